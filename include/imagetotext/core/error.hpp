@@ -1,0 +1,70 @@
+// Typed errors. Every error names the path, model or tensor it is about, so a user can act on the
+// message alone; the Python bindings map each type onto the matching Python exception.
+#pragma once
+
+#include <filesystem>
+#include <stdexcept>
+#include <string>
+
+namespace imagetotext {
+
+// Base of every error this library throws.
+class Error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+// A file or directory the caller named does not exist (Python: FileNotFoundError).
+class FileNotFoundError : public Error {
+ public:
+  explicit FileNotFoundError(const std::filesystem::path& path, const std::string& what = "file not found")
+      : Error(what + ": " + path.string()), path_(path) {}
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A file exists but is not an image we can decode: empty, truncated, corrupt, an unknown format, or
+// larger than the pixel limit (Python: ValueError).
+class ImageError : public Error {
+ public:
+  ImageError(const std::filesystem::path& path, const std::string& why)
+      : Error("cannot read image " + path.string() + ": " + why), path_(path) {}
+  const std::filesystem::path& path() const noexcept { return path_; }
+
+ private:
+  std::filesystem::path path_;
+};
+
+// A model name that is not in the registry (Python: ValueError); the message lists the valid names.
+class UnknownModelError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A model name that is registered but whose family is not built yet (Python: NotImplementedError).
+class ModelNotImplementedError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A checkpoint that is missing, truncated or does not match the model (Python: RuntimeError subclass).
+class CheckpointError : public Error {
+ public:
+  using Error::Error;
+};
+
+// A device that is unavailable or out of memory (Python: RuntimeError subclass).
+class DeviceError : public Error {
+ public:
+  using Error::Error;
+};
+
+// An argument with the wrong value, dtype, device or shape (Python: ValueError).
+class InvalidArgumentError : public Error {
+ public:
+  using Error::Error;
+};
+
+}  // namespace imagetotext

@@ -1,0 +1,158 @@
+// imagetotext._C: the Python face of the C++ library. Tensors cross through torch's own pybind11 casters;
+// tensor ops are reached as torch.ops.imagetotext.* (registered by libimagetotext itself). Native work
+// runs with the GIL released, and every C++ error type becomes the matching Python exception.
+#include <pybind11/stl.h>
+#include <pybind11/stl/filesystem.h>
+#include <torch/extension.h>
+
+#include <cerrno>
+#include <chrono>
+
+#include "imagetotext/core/error.hpp"
+#include "imagetotext/core/logging.hpp"
+#include "imagetotext/image_to_text.hpp"
+#include "imagetotext/io/image.hpp"
+
+namespace py = pybind11;
+using namespace imagetotext;
+
+namespace {
+
+// The Python exception classes live in imagetotext/errors.py (so each can derive from both
+// ImageToTextError and the built-in it stands for); this maps C++ types onto them.
+void register_error_translation() {
+  static const py::handle errors = py::module_::import("imagetotext.errors").release();
+  py::register_exception_translator([](std::exception_ptr thrown) {
+    auto raise = [](const char* cls, const std::exception& e) {
+      PyErr_SetString(errors.attr(cls).ptr(), e.what());
+    };
+    try {
+      std::rethrow_exception(thrown);
+    } catch (const FileNotFoundError& e) {
+      // Like open(): FileNotFoundError(errno, message, filename), so .filename is set.
+      const py::object error = errors.attr("ImageNotFoundError")(ENOENT, e.what(), e.path().string());
+      PyErr_SetObject(errors.attr("ImageNotFoundError").ptr(), error.ptr());
+    } catch (const ImageError& e) {
+      raise("ImageError", e);
+    } catch (const UnknownModelError& e) {
+      raise("UnknownModelError", e);
+    } catch (const ModelNotImplementedError& e) {
+      raise("ModelNotImplementedError", e);
+    } catch (const CheckpointError& e) {
+      raise("CheckpointError", e);
+    } catch (const DeviceError& e) {
+      raise("DeviceError", e);
+    } catch (const InvalidArgumentError& e) {
+      raise("InvalidArgumentError", e);
+    } catch (const Error& e) {
+      raise("ImageToTextError", e);
+    }
+  });
+}
+
+ModelOptions make_options(const std::string& device, std::optional<double> test_delay, int64_t max_pixels) {
+  ModelOptions options;
+  options.device = device;
+  if (test_delay) {
+    if (*test_delay < 0) throw InvalidArgumentError("test_delay must be >= 0 seconds");
+    options.test_delay = std::chrono::milliseconds(static_cast<int64_t>(*test_delay * 1000.0 + 0.5));
+  }
+  options.image.max_pixels = max_pixels;
+  return options;
+}
+
+}  // namespace
+
+PYBIND11_MODULE(_C, m) {
+  m.doc() = "Native core of imagetotext: model selection, image decoding and captioning.";
+  register_error_translation();
+
+  m.attr("default_model") = std::string(kDefaultModel);
+  m.attr("max_image_pixels") = io::kDefaultMaxImagePixels;
+  m.attr("file_decoding_available") = io::file_decoding_available();
+
+  m.def("available_models", &available_models, "Every model name model_selector accepts, in the service's order.");
+  m.def(
+      "model_registry",
+      [] {
+        py::list rows;
+        for (const ModelSpec& spec : model_registry()) {
+          py::dict row;
+          row["name"] = std::string(spec.name);
+          row["family"] = std::string(family_name(spec.family));
+          row["repo_id"] = std::string(spec.repo_id);
+          row["revision"] = std::string(spec.revision);
+          row["quantization"] = std::string(quantization_name(spec.quantization));
+          rows.append(row);
+        }
+        return rows;
+      },
+      "The registry table: one dict per model with name, family, repo_id, revision and quantization.");
+
+  py::class_<Captioner>(m, "Captioner", "A model as the service uses it: download() then extract(image_path).")
+      .def_property_readonly("name", [](const Captioner& c) { return std::string(c.name()); },
+                             "The registry name, e.g. 'Florence-2-base'.")
+      .def_property_readonly("model_id", [](const Captioner& c) { return std::string(c.model_id()); },
+                             "The Hugging Face hub id ('test-dummy-model' for the test model).")
+      .def_property_readonly("revision", [](const Captioner& c) { return std::string(c.revision()); },
+                             "The hub revision that is downloaded.")
+      .def_property_readonly("quantization",
+                             [](const Captioner& c) { return std::string(quantization_name(c.spec().quantization)); },
+                             "'none', 'int8', 'llm_int8' or 'nf4'.")
+      .def_property_readonly("downloaded", &Captioner::downloaded, "Whether the weights are loaded.")
+      .def("download", &Captioner::download, py::call_guard<py::gil_scoped_release>(),
+           "Load the weights, downloading them if needed. Calling it again does nothing.")
+      .def("extract", py::overload_cast<const std::filesystem::path&>(&Captioner::extract), py::arg("image_path"),
+           py::call_guard<py::gil_scoped_release>(),
+           "Caption an image file (loads the model on first use). Returns the caption.")
+      .def(
+          "extract_pixels",
+          [](Captioner& c, const at::Tensor& pixels, const std::string& name) {
+            io::RgbImage image = io::rgb_image_from_pixels(pixels, name);
+            py::gil_scoped_release release;
+            return c.extract(image);
+          },
+          py::arg("pixels"), py::arg("name") = "image",
+          "Caption decoded pixels: a uint8 tensor [height, width, 3] in RGB order.")
+      .def("extract_batch", &Captioner::extract_batch, py::arg("image_paths"), py::call_guard<py::gil_scoped_release>(),
+           "Caption several image files; captions come back in the same order.")
+      .def("__repr__", [](const Captioner& c) {
+        return "<imagetotext model '" + std::string(c.name()) + "' (" + std::string(c.model_id()) + ")>";
+      });
+
+  m.def(
+      "model_selector",
+      [](const std::string& name, const std::string& device, std::optional<double> test_delay, int64_t max_pixels) {
+        return model_selector(name, make_options(device, test_delay, max_pixels));
+      },
+      py::arg("model_name"), py::arg("device") = "auto", py::arg("test_delay") = py::none(),
+      py::arg("max_image_pixels") = io::kDefaultMaxImagePixels,
+      "Build the model registered under model_name. Raises UnknownModelError (a ValueError) listing the valid "
+      "names, or ModelNotImplementedError for a model this version does not implement yet.");
+
+  m.def(
+      "load_rgb_image",
+      [](const std::filesystem::path& path, int64_t max_pixels) {
+        io::ImageLoadOptions options;
+        options.max_pixels = max_pixels;
+        py::gil_scoped_release release;
+        return io::load_rgb_image(path, options).pixels;
+      },
+      py::arg("path"), py::arg("max_pixels") = io::kDefaultMaxImagePixels,
+      "Decode an image file as the service's load_rgb_image does: a uint8 tensor [height, width, 3], RGB.");
+
+  m.def(
+      "probe_image",
+      [](py::bytes data, const std::string& name) {
+        const std::string_view view = data;
+        const io::ImageInfo info = io::probe_image(
+            std::span(reinterpret_cast<const std::uint8_t*>(view.data()), view.size()), name);
+        return py::make_tuple(std::string(io::format_name(info.format)), info.width, info.height);
+      },
+      py::arg("data"), py::arg("name") = "<bytes>",
+      "Read (format, width, height) from an encoded image's header without decoding it.");
+
+  m.def(
+      "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),
+      "Set the native log level: 'debug', 'info', 'warning', 'error' or 'off'.");
+}
