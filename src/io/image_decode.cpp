@@ -166,17 +166,22 @@ at::Tensor decode_with_opencv(Bytes bytes, ImageFormat format, const fs::path& s
   switch (image.channels()) {
     case 1: cv::cvtColor(image, rgb, cv::COLOR_GRAY2RGB); break;
     case 3: cv::cvtColor(image, rgb, cv::COLOR_BGR2RGB); break;
-    case 4:
+    case 4: {
+      // libtiff hands OpenCV premultiplied colour (it converts unassociated alpha), which is already the
+      // colour over black: over white it only needs the white share added.
+      const bool premultiplied = format == ImageFormat::tiff;
       for (int y = 0; y < image.rows; ++y) {
         const auto* bgra = image.ptr<std::uint8_t>(y);
         auto* out = rgb.ptr<std::uint8_t>(y);
         for (int x = 0; x < image.cols; ++x, bgra += 4, out += 3) {
-          out[0] = detail::over_white(bgra[2], bgra[3]);
-          out[1] = detail::over_white(bgra[1], bgra[3]);
-          out[2] = detail::over_white(bgra[0], bgra[3]);
+          for (int c = 0; c < 3; ++c) {
+            out[c] = premultiplied ? static_cast<std::uint8_t>(std::min(255, bgra[2 - c] + 255 - bgra[3]))
+                                   : detail::over_white(bgra[2 - c], bgra[3]);
+          }
         }
       }
       break;
+    }
     default:
       throw ImageError(source, fmt::format("unsupported channel count {}", image.channels()));
   }

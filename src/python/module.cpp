@@ -30,7 +30,7 @@ void register_error_translation() {
       std::rethrow_exception(thrown);
     } catch (const FileNotFoundError& e) {
       // Like open(): FileNotFoundError(errno, message, filename), so .filename is set.
-      const py::object error = errors.attr("ImageNotFoundError")(ENOENT, e.what(), e.path().string());
+      const py::object error = errors.attr("ImageNotFoundError")(ENOENT, e.reason(), e.path().string());
       PyErr_SetObject(errors.attr("ImageNotFoundError").ptr(), error.ptr());
     } catch (const ImageError& e) {
       raise("ImageError", e);

@@ -17,12 +17,14 @@ class Error : public std::runtime_error {
 // A file or directory the caller named does not exist (Python: FileNotFoundError).
 class FileNotFoundError : public Error {
  public:
-  explicit FileNotFoundError(const std::filesystem::path& path, const std::string& what = "file not found")
-      : Error(what + ": " + path.string()), path_(path) {}
+  explicit FileNotFoundError(const std::filesystem::path& path, const std::string& reason = "file not found")
+      : Error(reason + ": " + path.string()), path_(path), reason_(reason) {}
   const std::filesystem::path& path() const noexcept { return path_; }
+  const std::string& reason() const noexcept { return reason_; }
 
  private:
   std::filesystem::path path_;
+  std::string reason_;
 };
 
 // A file exists but is not an image we can decode: empty, truncated, corrupt, an unknown format, or

@@ -1,0 +1,22 @@
+from __future__ import annotations
+
+import pytest
+import torch
+
+import imagetotext
+
+
+def pytest_collection_modifyitems(config, items):
+    # GPU tests run on the GPU machine (scripts/gpu_check.sh) and are skipped cleanly everywhere else.
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="no CUDA device")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+needs_codecs = pytest.mark.skipif(
+    not imagetotext._C.file_decoding_available,
+    reason="built with IMAGETOTEXT_WITH_IMAGE_CODECS=OFF (no file decoding)",
+)
