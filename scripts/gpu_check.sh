@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The GPU machine's build and test run, in one call (see docs/gpu.md):
+#   - builds the wheel with the CUDA kernels for sm_90 and the C++ tests, with file decoding left out
+#     (that machine has no OpenCV C++; GPU tests feed decoded pixels),
+#   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
+#   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
+# Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's (a carried wheel in
+# .whl/ is installed first if present), CMake, nvcc and Catch2.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-build}
+mkdir -p "$out"
+log="$out/gpu_check.log"
+exec > >(tee "$log") 2>&1
+
+if ls .whl/*.whl >/dev/null 2>&1; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+  export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+echo "== machine"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
+python3 -c "import torch, pybind11, scikit_build_core as s; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0)); print('pybind11', pybind11.__version__, 'scikit-build-core', s.__version__)"
+nvcc --version | tail -2
+cmake --version | head -1
+
+echo "== build (wheel + C++ tests, CUDA sm_90, no image codecs)"
+start=$(date +%s)
+rm -rf build/gpu build/gpu-dist build/gpu-site
+IMAGETOTEXT_BUILD_TESTS=ON IMAGETOTEXT_WITH_IMAGE_CODECS=OFF IMAGETOTEXT_CUDA_ARCHITECTURES=90 \
+  python3 -m pip wheel -q --no-build-isolation --no-deps -w build/gpu-dist -Cbuild-dir=build/gpu . || exit 1
+echo "build took $(( $(date +%s) - start )) s"
+python3 -m pip install -q --no-deps --no-compile --target build/gpu-site build/gpu-dist/imagetotext-*.whl || exit 1
+cuobjdump --list-elf build/gpu/libimagetotext.so | head -5
+
+status=0
+echo "== CTest (all labels, gpu included)"
+ctest --test-dir build/gpu --output-on-failure || status=1
+echo "== pytest (gpu-marked tests included)"
+(cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
+   -p no:cacheprovider) || status=1
+echo "== gpu_check finished with status $status"
+exit $status
