@@ -3,6 +3,7 @@
 #   IMAGETOTEXT_FMT_DEFINITIONS      how fmt is used (header-only, from torch's bundled copy)
 #   IMAGETOTEXT_OPENCV_TARGETS       the OpenCV modules used to decode images
 #   IMAGETOTEXT_TORCH_PYTHON_LIBRARY libtorch_python (for the Python extension)
+#   IMAGETOTEXT_SHARED_LINK_OPTIONS  link options for our shared libraries
 
 # --- Python and Torch -------------------------------------------------------------------------------
 # Torch comes from the torch wheel of the Python that runs the build, so the library, the extension and
@@ -78,7 +79,8 @@ if(IMAGETOTEXT_BUILD_PYTHON)
   # bundles: another version gives "type already registered" or undefined casters at import time.
   execute_process(COMMAND "${Python_EXECUTABLE}" -c "import pybind11; print(pybind11.get_cmake_dir())"
                   OUTPUT_VARIABLE _pybind11_dir OUTPUT_STRIP_TRAILING_WHITESPACE)
-  find_package(pybind11 CONFIG REQUIRED HINTS "${_pybind11_dir}")
+  # The pybind11 importable by this Python (not whichever a package index registered for CMake).
+  find_package(pybind11 CONFIG REQUIRED PATHS "${_pybind11_dir}" NO_DEFAULT_PATH)
   file(READ "${TORCH_INSTALL_PREFIX}/include/pybind11/detail/common.h" _pybind11_header)
   set(_torch_pybind11 "")
   foreach(_part MAJOR MINOR PATCH)
@@ -113,4 +115,15 @@ if(IMAGETOTEXT_WITH_IMAGE_CODECS)
     set(IMAGETOTEXT_OPENCV_TARGETS OpenCVModules::core OpenCVModules::imgproc OpenCVModules::imgcodecs)
   endif()
   find_package(GIF 5 REQUIRED)
+endif()
+
+# --- Linking ----------------------------------------------------------------------------------------
+# Some toolchains (the GPU machine's g++) link every shared library with -Bsymbolic. That binds inline
+# functions and their statics (iostream facets, c10's registries) inside each library, so a library gets
+# copies that disagree with libtorch's and crashes on the first ostream use. Undo it where ld can.
+include(CheckLinkerFlag)
+check_linker_flag(CXX "-Wl,-Bno-symbolic" IMAGETOTEXT_HAVE_NO_SYMBOLIC)
+set(IMAGETOTEXT_SHARED_LINK_OPTIONS "")
+if(IMAGETOTEXT_HAVE_NO_SYMBOLIC)
+  set(IMAGETOTEXT_SHARED_LINK_OPTIONS "-Wl,-Bno-symbolic")
 endif()

@@ -17,11 +17,18 @@ if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
+# The image's default compiler (/opt/gcc/bin/g++, a wrapper) links libstdc++ statically into shared
+# libraries; a second libstdc++ inside libimagetotext.so crashes the first time it formats a number in
+# a Python process. The distribution's g++ links the shared libstdc++ as torch does.
+if [ -x /usr/bin/g++ ]; then
+  export CXX=/usr/bin/g++ CC=/usr/bin/gcc CUDAHOSTCXX=/usr/bin/g++
+fi
 echo "== machine"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv
 python3 -c "import torch, pybind11, scikit_build_core as s; print('torch', torch.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0)); print('pybind11', pybind11.__version__, 'scikit-build-core', s.__version__)"
 nvcc --version | tail -2
 cmake --version | head -1
+"${CXX:-c++}" --version | head -1
 
 echo "== build (wheel + C++ tests, CUDA sm_90, no image codecs)"
 start=$(date +%s)
@@ -31,6 +38,9 @@ IMAGETOTEXT_BUILD_TESTS=ON IMAGETOTEXT_WITH_IMAGE_CODECS=OFF IMAGETOTEXT_CUDA_AR
 echo "build took $(( $(date +%s) - start )) s"
 python3 -m pip install -q --no-deps --no-compile --target build/gpu-site build/gpu-dist/imagetotext-*.whl || exit 1
 cuobjdump --list-elf build/gpu/libimagetotext.so | head -5
+if nm -D --defined-only build/gpu/libimagetotext.so | grep -q "_ZNKSt6locale2id5_M_idEv"; then
+  echo "error: libimagetotext.so carries its own copy of libstdc++ (see the compiler note above)"; exit 1
+fi
 
 status=0
 echo "== CTest (all labels, gpu included)"

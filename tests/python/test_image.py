@@ -15,9 +15,6 @@ from PIL import Image
 import imagetotext
 from conftest import needs_codecs
 
-pytestmark = needs_codecs
-
-
 def service_load_rgb_image(image_path):
     """meme-search image_to_text_generator/app/model_init.py, load_rgb_image (v2.3.0), verbatim logic."""
     image = Image.open(image_path)
@@ -88,6 +85,7 @@ EXACT_CASES = {
 }
 
 
+@needs_codecs
 @pytest.mark.parametrize("name", sorted(EXACT_CASES))
 def test_lossless_formats_match_the_service_exactly(tmp_path, name):
     params = {"lossless": True} if name.endswith(".webp") else {}
@@ -98,6 +96,7 @@ def test_lossless_formats_match_the_service_exactly(tmp_path, name):
     np.testing.assert_array_equal(got, expected)
 
 
+@needs_codecs
 def test_palette_with_transparency_is_flattened_on_white(tmp_path):
     image = Image.fromarray(random_rgb()).quantize(colors=16)
     alphas = bytes(RNG.integers(0, 256, size=16, dtype=np.uint8))
@@ -106,6 +105,7 @@ def test_palette_with_transparency_is_flattened_on_white(tmp_path):
     np.testing.assert_array_equal(ours(path), oracle(path))
 
 
+@needs_codecs
 def test_rgb_png_with_a_transparent_colour_key(tmp_path):
     pixels = random_rgb()
     pixels[:10, :10] = (12, 34, 56)
@@ -115,6 +115,7 @@ def test_rgb_png_with_a_transparent_colour_key(tmp_path):
     np.testing.assert_array_equal(ours(path), expected)
 
 
+@needs_codecs
 def test_rgba_red_half_transparent_is_the_services_pink(tmp_path):
     # The service's own unit test: RGBA(255, 0, 0, 128) on white becomes (255, 127, 127).
     path = save(tmp_path, "red.png", Image.new("RGBA", (3, 2), (255, 0, 0, 128)))
@@ -124,6 +125,7 @@ def test_rgba_red_half_transparent_is_the_services_pink(tmp_path):
 # ---- GIF through giflib: first frame only, transparency on white ----
 
 
+@needs_codecs
 def test_gif_first_frame_of_an_animation(tmp_path):
     frames = [Image.fromarray(random_rgb()).quantize(colors=64) for _ in range(3)]
     path = tmp_path / "anim.gif"
@@ -132,6 +134,7 @@ def test_gif_first_frame_of_an_animation(tmp_path):
     np.testing.assert_array_equal(ours(path), oracle(path))
 
 
+@needs_codecs
 def test_gif_with_transparency_and_interlace(tmp_path):
     image = Image.fromarray(random_rgb(64, 80)).quantize(colors=32)
     path = save(tmp_path, "trns.gif", image, transparency=3, interlace=True)
@@ -140,6 +143,7 @@ def test_gif_with_transparency_and_interlace(tmp_path):
     np.testing.assert_array_equal(ours(path), expected)
 
 
+@needs_codecs
 def test_gif_truncated_after_its_first_frame_still_reads(tmp_path):
     frames = [Image.fromarray(random_rgb()).quantize(colors=64) for _ in range(2)]
     whole = tmp_path / "two.gif"
@@ -154,6 +158,7 @@ def test_gif_truncated_after_its_first_frame_still_reads(tmp_path):
 # ---- lossy formats: decoders of one family, compared within one level ----
 
 
+@needs_codecs
 @pytest.mark.parametrize(
     "name,params",
     [
@@ -176,6 +181,7 @@ def test_lossy_formats_match_within_one_level(tmp_path, name, params):
     assert np.abs(got - expected).max() <= 1
 
 
+@needs_codecs
 def test_exif_orientation_is_not_applied(tmp_path):
     # Pillow's Image.open does not rotate by EXIF, so the service does not; OpenCV would by default.
     exif = Image.Exif()
@@ -216,6 +222,7 @@ def test_not_an_image(tmp_path):
         imagetotext.load_rgb_image(path)
 
 
+@needs_codecs
 @pytest.mark.parametrize("ext", ["png", "jpg", "gif", "webp", "bmp", "tiff"])
 def test_truncated_files(tmp_path, ext):
     params = {"lossless": True} if ext == "webp" else {}
@@ -233,6 +240,7 @@ def test_truncated_files(tmp_path, ext):
     assert str(cut) in str(caught.value)
 
 
+@needs_codecs
 def test_pixel_limit_is_pillows(tmp_path):
     assert imagetotext.max_image_pixels == Image.MAX_IMAGE_PIXELS
     path = save(tmp_path, "wide.png", Image.new("RGB", (300, 200)))

@@ -28,7 +28,9 @@ __global__ void normalize_pixels_kernel(const uint8_t* __restrict__ in, scalar_t
     const int64_t x = i % width, y = (i / width) % height, c = (i / (width * height)) % channels;
     const int64_t n = i / (width * height * channels);
     const float value = static_cast<float>(in[((n * height + y) * width + x) * channels + c]);
-    out[i] = static_cast<scalar_t>((value * scale - params.mean[c]) / params.std[c]);
+    // Explicitly rounded steps: nvcc would otherwise fuse the multiply and subtract into one FMA and
+    // differ in the last bit from the CPU kernel and from the processors' numpy arithmetic.
+    out[i] = static_cast<scalar_t>(__fdiv_rn(__fsub_rn(__fmul_rn(value, scale), params.mean[c]), params.std[c]));
   }
 }
 
