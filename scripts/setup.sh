@@ -5,7 +5,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 APT_PACKAGES=(
-  build-essential cmake ninja-build pkg-config python3-venv
+  build-essential cmake ninja-build pkg-config
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding (JPEG, PNG, BMP, WebP, TIFF)
   libgif-dev                                                        # GIF, which OpenCV 4.6 cannot read
   catch2                                                            # C++ tests (2.13 here, 3.x also works)
