@@ -15,6 +15,7 @@
 #include <string_view>
 #include <vector>
 
+#include "imagetotext/core/logging.hpp"
 #include "imagetotext/io/image.hpp"
 #include "imagetotext/models/registry.hpp"
 
@@ -91,18 +92,22 @@ class ImageToText final : public Captioner {
 
  private:
   Model& loaded_model() {
-    if (!model_) model_.emplace(Family::load(spec_, options_));
+    if (!model_) {
+      log_info("loading model '{}' ({})", spec_.name, spec_.repo_id);
+      model_.emplace(Family::load(spec_, options_));
+    }
     return *model_;
   }
 
-  const ModelSpec& spec_;
+  ModelSpec spec_;  // a copy: string views into the static registry, or into storage the caller keeps
   ModelOptions options_;
   mutable std::mutex mutex_;
   std::optional<Model> model_;
 };
 
-// Builds the model registered under `name`. Throws UnknownModelError (the message lists the valid names)
-// or ModelNotImplementedError for a registered model whose family this build does not have yet.
+// Builds the model registered under `name`. Throws UnknownModelError (the message lists the valid names),
+// ModelNotImplementedError for a registered model whose family this build does not have yet, or
+// InvalidArgumentError for a device that is not "auto", "cpu", "cuda" or "cuda:N".
 std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOptions& options = {});
 
 }  // namespace imagetotext

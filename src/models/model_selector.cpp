@@ -1,3 +1,4 @@
+#include <c10/core/Device.h>
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
@@ -8,8 +9,26 @@ namespace imagetotext {
 
 template class ImageToText<TestFamily>;
 
+namespace {
+bool is_cpu_or_cuda(const std::string& device) {
+  try {
+    const c10::Device parsed(device);
+    return parsed.is_cpu() || parsed.is_cuda();
+  } catch (const c10::Error&) {
+    return false;  // not a device string at all
+  }
+}
+
+void check_device(const std::string& device) {
+  if (device != "auto" && !is_cpu_or_cuda(device)) {
+    throw InvalidArgumentError(fmt::format("unknown device '{}' (use auto, cpu, cuda or cuda:N)", device));
+  }
+}
+}  // namespace
+
 std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOptions& options) {
   const ModelSpec& spec = find_model(name);
+  check_device(options.device);
   switch (spec.family) {
     case ModelFamily::test:
       return std::make_unique<ImageToText<TestFamily>>(spec, options);

@@ -78,3 +78,16 @@ TEST_CASE("eight threads captioning one model get their own captions", "[models]
   for (auto& thread : threads) thread.join();
   CHECK(std::all_of(results.begin(), results.end(), [](const std::string& r) { return r.empty(); }));
 }
+
+TEST_CASE("devices are checked when the model is selected", "[models]") {
+  ModelOptions options = no_delay();
+  for (const char* device : {"auto", "cpu", "cuda", "cuda:1"}) {
+    options.device = device;
+    CHECK_NOTHROW(model_selector("test", options));
+  }
+  for (const char* device : {"tpu", "cuda:x", "", "mps:0"}) {
+    options.device = device;
+    INFO(device);
+    REQUIRE_THROWS_AS(model_selector("test", options), InvalidArgumentError);
+  }
+}

@@ -92,6 +92,12 @@ def test_bad_images_through_extract(tmp_path):
         model.extract(corrupt)
 
 
+@pytest.mark.parametrize("device", ["tpu", "cuda:x", "mps:0"])
+def test_unknown_devices_are_refused(device):
+    with pytest.raises(ValueError, match=f"unknown device '{device}'"):
+        imagetotext.model_selector("test", device=device)
+
+
 def test_eight_threads_share_one_model_without_mixing_results():
     model = imagetotext.model_selector("test", test_delay=0.001)
     failures = []
