@@ -7,6 +7,7 @@
 #include <cstring>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <memory>
 #include <vector>
 
@@ -149,9 +150,12 @@ at::Tensor decode_with_opencv(Bytes bytes, ImageFormat format, const fs::path& s
   // JPEG has no alpha and Pillow ignores a BMP's fourth channel, so both are read as colour directly.
   const bool colour_only = format == ImageFormat::jpeg || format == ImageFormat::bmp;
   const int flags = (colour_only ? cv::IMREAD_COLOR : cv::IMREAD_UNCHANGED) | cv::IMREAD_IGNORE_ORIENTATION;
-  const cv::Mat encoded(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<std::uint8_t*>(bytes.data()));
   cv::Mat decoded;
   try {
+    if (bytes.size() > static_cast<std::size_t>(std::numeric_limits<int>::max())) {
+      throw ImageError(source, "the file is over 2 GiB, larger than the decoder can take");
+    }
+    const cv::Mat encoded(1, static_cast<int>(bytes.size()), CV_8UC1, const_cast<std::uint8_t*>(bytes.data()));
     decoded = cv::imdecode(encoded, flags);
   } catch (const cv::Exception& e) {
     throw ImageError(source, fmt::format("corrupt {} data ({})", format_name(format), e.err));
