@@ -117,6 +117,12 @@ if(IMAGETOTEXT_WITH_IMAGE_CODECS)
   find_package(GIF 5 REQUIRED)
 endif()
 
+# --- Downloads --------------------------------------------------------------------------------------
+if(IMAGETOTEXT_WITH_DOWNLOADS)
+  find_package(CURL 7.68 REQUIRED)      # Debian: libcurl4-openssl-dev
+  find_package(OpenSSL 1.1 REQUIRED)    # SHA-256 of downloaded files; Debian: libssl-dev
+endif()
+
 # --- Linking ----------------------------------------------------------------------------------------
 # Some toolchains (the GPU machine's g++) link every shared library with -Bsymbolic. That binds inline
 # functions and their statics (iostream facets, c10's registries) inside each library, so a library gets

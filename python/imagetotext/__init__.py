@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 import torch  # noqa: F401  (loads libtorch, which the native extension links against)
 
-from . import _C
+from . import _C, hub
 from .errors import (
     CheckpointError,
     DeviceError,
@@ -83,6 +83,7 @@ __all__ = [
     "UnknownModelError",
     "available_models",
     "default_model",
+    "hub",
     "load_rgb_image",
     "max_image_pixels",
     "model_registry",

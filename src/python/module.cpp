@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <chrono>
 
+#include "bindings.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/core/logging.hpp"
 #include "imagetotext/image_to_text.hpp"
@@ -151,6 +152,8 @@ PYBIND11_MODULE(_C, m) {
       },
       py::arg("data"), py::arg("name") = "<bytes>",
       "Read (format, width, height) from an encoded image's header without decoding it.");
+
+  python::bind_hub(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),

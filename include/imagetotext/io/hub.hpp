@@ -1,0 +1,60 @@
+// Hugging Face hub files: found in the cache transformers and huggingface_hub already fill, downloaded
+// into it when missing, laid out exactly as huggingface_hub lays it out:
+//
+//   <cache>/models--<org>--<name>/blobs/<etag>                   the file's bytes
+//   <cache>/models--<org>--<name>/snapshots/<commit>/<filename>  -> ../../blobs/<etag> (relative symlink)
+//   <cache>/models--<org>--<name>/refs/<revision>                the commit a branch or tag pointed to
+//
+// Environment, as huggingface_hub reads it: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, XDG_CACHE_HOME
+// (the cache), HF_ENDPOINT (the server), HF_TOKEN / HF_TOKEN_PATH (the token), HF_HUB_OFFLINE.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <filesystem>
+#include <functional>
+#include <optional>
+#include <string>
+#include <string_view>
+
+namespace imagetotext::io {
+
+struct HubDownloadProgress {
+  std::string filename;
+  std::uint64_t received = 0;  // bytes of the file on disk so far (a resumed download starts above 0)
+  std::uint64_t total = 0;     // 0 when the server did not say
+};
+
+struct HubOptions {
+  std::filesystem::path cache_dir;      // empty: from the environment (default_hub_cache_dir())
+  std::string endpoint;                 // empty: $HF_ENDPOINT, else https://huggingface.co
+  std::optional<std::string> token;     // unset: $HF_TOKEN, else the token file; "" sends none
+  std::optional<bool> offline;          // unset: $HF_HUB_OFFLINE
+  std::chrono::seconds timeout{10};     // to connect, and the longest a transfer may stall
+  std::function<void(const HubDownloadProgress&)> on_progress;
+};
+
+// The hub cache directory the environment selects, as huggingface_hub computes it.
+std::filesystem::path default_hub_cache_dir();
+
+// <cache_dir>/models--<org>--<name>.
+std::filesystem::path repo_cache_dir(std::string_view repo_id, const std::filesystem::path& cache_dir);
+
+// The cached copy of `filename` at `revision` (a branch, tag or full commit hash), without any network
+// access; nullopt when it is not in the cache.
+std::optional<std::filesystem::path> cached_hub_file(std::string_view repo_id, std::string_view filename,
+                                                     std::string_view revision,
+                                                     const std::filesystem::path& cache_dir);
+
+// The local path of `filename` in `repo` at `revision`, downloading it into the cache when missing.
+// `repo` may also be a local directory, which is used as it is. An interrupted download resumes on the next
+// call; a file whose SHA-256 does not match the hub's ETag is deleted. Throws CheckpointError naming the
+// repository and the file (not found, access denied, unreachable server, timeout, checksum mismatch,
+// offline and not cached).
+std::filesystem::path hub_file(std::string_view repo, std::string_view filename, std::string_view revision = "main",
+                               const HubOptions& options = {});
+
+// False when built with IMAGETOTEXT_WITH_DOWNLOADS=OFF: then only cached files and local directories work.
+bool downloads_available() noexcept;
+
+}  // namespace imagetotext::io

@@ -1,0 +1,11 @@
+// One function per area of the Python module, each in its own file of src/python/, called from
+// PYBIND11_MODULE in module.cpp.
+#pragma once
+
+#include <pybind11/pybind11.h>
+
+namespace imagetotext::python {
+
+void bind_hub(pybind11::module_& m);  // hub.cpp
+
+}  // namespace imagetotext::python
