@@ -8,6 +8,7 @@ APT_PACKAGES=(
   build-essential cmake ninja-build pkg-config
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding (JPEG, PNG, BMP, WebP, TIFF)
   libgif-dev                                                        # GIF, which OpenCV 4.6 cannot read
+  nlohmann-json3-dev                                                # checkpoint headers and indexes (header-only)
   catch2                                                            # C++ tests (2.13 here, 3.x also works)
 )
 missing=()
