@@ -207,8 +207,9 @@ SafetensorsEntry parse_entry(const std::string& name, const json& value, const f
 }
 
 MetadataMap parse_metadata(const json& value, const fs::path& path) {
-  if (!value.is_object()) fail(path, "__metadata__ is not a JSON object");
   MetadataMap metadata;
+  if (value.is_null()) return metadata;  // the reference reads null as "no metadata"
+  if (!value.is_object()) fail(path, "__metadata__ is not a JSON object");
   for (const auto& [key, text] : value.items()) {
     if (!text.is_string()) fail(path, fmt::format("__metadata__ value of '{}' is not a string", key));
     metadata.emplace(key, text.get<std::string>());

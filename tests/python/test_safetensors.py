@@ -183,6 +183,22 @@ def test_corrupted_files_raise_checkpoint_error_naming_the_file(tmp_path: Path, 
     assert fragment in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    "header",
+    [
+        '{"__metadata__":null,"a":%s}' % json.dumps(u8(0, 4)),
+        '  {"a":%s}  ' % json.dumps(u8(0, 4)),
+        '{"a":{"dtype":"U8","shape":[4],"data_offsets":[0,4],"unused":[1]}}',
+        '{"b":%s,"a":%s}' % (json.dumps(u8(2, 4)), json.dumps(u8(0, 2))),
+    ],
+    ids=["null-metadata", "whitespace", "extra-field", "names-out-of-offset-order"],
+)
+def test_headers_the_reference_accepts_load_the_same(tmp_path: Path, header: str):
+    path = tmp_path / "accepted.safetensors"
+    path.write_bytes(file_bytes(header, bytes([1, 2, 3, 4])))
+    assert_identical(ours.load_file(path), safetensors.torch.load_file(path))
+
+
 def test_duplicate_names_are_refused(tmp_path: Path):
     # JSON can repeat a key; the reference silently keeps the last entry, which hides a broken writer.
     header = '{"a":%s,"a":%s}' % (json.dumps(u8(0, 2)), json.dumps(u8(2, 4)))
