@@ -6,6 +6,7 @@
 #include <fcntl.h>
 #include <fmt/format.h>
 #include <fmt/ranges.h>
+#include <nlohmann/json.hpp>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,9 +17,10 @@
 #include <cstring>
 #include <fstream>
 #include <limits>
-#include <nlohmann/json.hpp>
+#include <optional>
 #include <set>
 #include <system_error>
+#include <tuple>
 
 #include "imagetotext/core/error.hpp"
 
@@ -390,9 +392,10 @@ Checkpoint load_sharded(const fs::path& index_path) {
 }  // namespace
 
 Checkpoint load_safetensors(const fs::path& path) {
-  if (fs::is_directory(path)) {
-    if (fs::exists(path / kSingleFileName)) return load_safetensors(path / kSingleFileName);
-    if (fs::exists(path / kIndexFileName)) return load_sharded(path / kIndexFileName);
+  std::error_code unreadable;  // a path that cannot be inspected is reported when it is opened
+  if (fs::is_directory(path, unreadable)) {
+    if (fs::exists(path / kSingleFileName, unreadable)) return load_safetensors(path / kSingleFileName);
+    if (fs::exists(path / kIndexFileName, unreadable)) return load_sharded(path / kIndexFileName);
     throw CheckpointError(fmt::format("checkpoint directory {} holds neither {} nor {}", path.string(), kSingleFileName,
                                       kIndexFileName));
   }
