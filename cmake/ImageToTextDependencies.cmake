@@ -4,6 +4,7 @@
 #   IMAGETOTEXT_OPENCV_TARGETS       the OpenCV modules used to decode images
 #   IMAGETOTEXT_TORCH_PYTHON_LIBRARY libtorch_python (for the Python extension)
 #   IMAGETOTEXT_SHARED_LINK_OPTIONS  link options for our shared libraries
+# and the imported target nlohmann_json::nlohmann_json (checkpoint headers and indexes).
 
 # --- Python and Torch -------------------------------------------------------------------------------
 # Torch comes from the torch wheel of the Python that runs the build, so the library, the extension and
@@ -101,6 +102,15 @@ endif()
 set(IMAGETOTEXT_FMT_DEFINITIONS FMT_HEADER_ONLY=1)
 if(NOT EXISTS "${TORCH_INSTALL_PREFIX}/include/fmt/format-inl.h")
   message(FATAL_ERROR "torch at ${TORCH_INSTALL_PREFIX} ships no fmt headers; imagetotext uses them")
+endif()
+
+# --- JSON -------------------------------------------------------------------------------------------
+# Header-only; parses safetensors headers and checkpoint indexes inside the library (never in a public
+# header), so consumers of the installed package do not need it.
+find_package(nlohmann_json 3 QUIET CONFIG)
+if(NOT nlohmann_json_FOUND)
+  message(FATAL_ERROR "imagetotext needs nlohmann-json 3 (header-only): apt-get install nlohmann-json3-dev, "
+                      "or pass -Dnlohmann_json_DIR=<prefix>/share/cmake/nlohmann_json")
 endif()
 
 # --- Image codecs -----------------------------------------------------------------------------------

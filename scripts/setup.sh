@@ -9,6 +9,7 @@ APT_PACKAGES=(
   libopencv-core-dev libopencv-imgproc-dev libopencv-imgcodecs-dev  # image decoding (JPEG, PNG, BMP, WebP, TIFF)
   libgif-dev                                                        # GIF, which OpenCV 4.6 cannot read
   libcurl4-openssl-dev libssl-dev                                   # hub downloads and their SHA-256
+  nlohmann-json3-dev                                                # checkpoint headers and indexes (header-only)
   catch2                                                            # C++ tests (2.13 here, 3.x also works)
 )
 missing=()

@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 import torch  # noqa: F401  (loads libtorch, which the native extension links against)
 
-from . import _C, hub
+from . import _C, hub, safetensors
 from .errors import (
     CheckpointError,
     DeviceError,
@@ -89,5 +89,6 @@ __all__ = [
     "model_registry",
     "model_selector",
     "probe_image",
+    "safetensors",
     "set_log_level",
 ]

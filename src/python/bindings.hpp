@@ -6,6 +6,7 @@
 
 namespace imagetotext::python {
 
-void bind_hub(pybind11::module_& m);  // hub.cpp
+void bind_hub(pybind11::module_& m);          // hub.cpp
+void bind_safetensors(pybind11::module_& m);  // safetensors.cpp
 
 }  // namespace imagetotext::python

@@ -154,6 +154,7 @@ PYBIND11_MODULE(_C, m) {
       "Read (format, width, height) from an encoded image's header without decoding it.");
 
   python::bind_hub(m);
+  python::bind_safetensors(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),

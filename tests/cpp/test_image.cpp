@@ -1,8 +1,6 @@
 // The io layer: decoding files the tests write, the flattening formula, and one clear error per bad input.
 #include <ATen/ATen.h>
 
-#include <unistd.h>
-
 #include <filesystem>
 #include <fstream>
 #include <random>
@@ -11,6 +9,7 @@
 #include "catch.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/io/image.hpp"
+#include "test_files.hpp"
 
 #if IMAGETOTEXT_WITH_IMAGE_CODECS
 #include <opencv2/imgcodecs.hpp>
@@ -19,25 +18,9 @@
 namespace fs = std::filesystem;
 using namespace imagetotext;
 
-namespace {
-
-fs::path scratch_dir() {
-  const fs::path dir = fs::temp_directory_path() / ("imagetotext_tests_" + std::to_string(::getpid()));
-  fs::create_directories(dir);
-  return dir;
-}
-
-void write_bytes(const fs::path& path, const std::vector<std::uint8_t>& bytes) {
-  std::ofstream out(path, std::ios::binary);
-  out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-}
-
-std::vector<std::uint8_t> read_bytes(const fs::path& path) {
-  std::ifstream in(path, std::ios::binary);
-  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
-}
-
-}  // namespace
+using testing::read_bytes;
+using testing::scratch_dir;
+using testing::write_bytes;
 
 TEST_CASE("missing, directory, empty and non-image files each give one clear error", "[image]") {
   const fs::path dir = scratch_dir();
