@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 import torch  # noqa: F401  (loads libtorch, which the native extension links against)
 
-from . import _C
+from . import _C, quant
 from .errors import (
     CheckpointError,
     DeviceError,
@@ -88,5 +88,6 @@ __all__ = [
     "model_registry",
     "model_selector",
     "probe_image",
+    "quant",
     "set_log_level",
 ]

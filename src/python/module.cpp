@@ -12,6 +12,7 @@
 #include "imagetotext/core/logging.hpp"
 #include "imagetotext/image_to_text.hpp"
 #include "imagetotext/io/image.hpp"
+#include "bindings.hpp"
 
 namespace py = pybind11;
 using namespace imagetotext;
@@ -66,6 +67,7 @@ ModelOptions make_options(const std::string& device, std::optional<double> test_
 PYBIND11_MODULE(_C, m) {
   m.doc() = "Native core of imagetotext: model selection, image decoding and captioning.";
   register_error_translation();
+  imagetotext::python::bind_quant(m);
 
   m.attr("default_model") = std::string(kDefaultModel);
   m.attr("max_image_pixels") = io::kDefaultMaxImagePixels;
