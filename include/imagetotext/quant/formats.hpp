@@ -148,7 +148,7 @@ IMAGETOTEXT_HOST_DEVICE constexpr uint8_t encode_8bit(const float* code, float s
 
 // ---- INT8 row-wise (LLM.int8 "vector-wise") --------------------------------------------------------
 
-// CB = round_half_even(x * (127 / rowmax)); dequantized x = CB * SCB * (1/127) with bitsandbytes' constant.
+// CB = round_half_even(x * (127 * (1 / rowmax))); dequantized x = CB * SCB * (1/127) with bitsandbytes' constant.
 inline constexpr float kInt8Range = 127.0f;
 inline constexpr float kInt8DequantScale = 7.874015718698502e-3f;
 // LLM.int8's default outlier threshold (|x| >= threshold marks an outlier column).

@@ -36,7 +36,9 @@ std::vector<int64_t> quantize_rows(const scalar_t* in, int64_t rows, int64_t col
         if (!is_outlier(magnitude)) rowmax = std::max(rowmax, magnitude);
       }
       scb[r] = rowmax;
-      const float scale = quant::kInt8Range / rowmax;
+      // 127 * (1 / rowmax), two roundings: torch evaluates bitsandbytes' `127.0 / row_stats` as a
+      // reciprocal times 127, and the CUDA kernel's __fdividef is a reciprocal times 127 as well.
+      const float scale = quant::kInt8Range * (1.0f / rowmax);
       for (int64_t c = 0; c < cols; ++c) {
         const float x = static_cast<float>(row[c]);
         cb[r * cols + c] = is_outlier(std::abs(x)) ? 0 : round_to_int8(x * scale);
