@@ -336,3 +336,30 @@ CODE = quant.create_dynamic_map()
 def test_bad_arguments_raise_value_error(call, message):
     with pytest.raises(ValueError, match=message):
         call()
+
+
+META = torch.device("meta")
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: ops.dequantize_4bit(PACKED, ABSMAX.to(META), 64, "nf4", [4, 64], torch.float32),
+         "absmax must be on the device of packed"),
+        (lambda: ops.quantize_blockwise(W, CODE.to(META), 256), "code must be on the device of A"),
+        (lambda: ops.dequantize_blockwise(PACKED.to(META), ABSMAX, CODE, 256, torch.float32),
+         "absmax must be on the device of q"),
+        (lambda: quant.int8_vectorwise_dequant(W.to(torch.int8), torch.ones(4, device=META)),
+         "SCB must be on the device of CB"),
+    ],
+)
+def test_arguments_on_different_devices_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+def test_meta_tensors_give_the_output_shapes():
+    packed, absmax = ops.quantize_4bit(torch.empty(5, 7, device=META), 32, "fp4")
+    assert packed.shape == (18, 1) and packed.dtype == torch.uint8 and absmax.shape == (2,)
+    out = ops.dequantize_4bit(packed, absmax, 32, "fp4", [5, 7], torch.bfloat16)
+    assert out.shape == (5, 7) and out.dtype == torch.bfloat16 and out.device == META
