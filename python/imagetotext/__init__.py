@@ -14,7 +14,7 @@ from importlib.metadata import PackageNotFoundError, version as _version
 
 import torch  # noqa: F401  (loads libtorch, which the native extension links against)
 
-from . import _C, hub, safetensors
+from . import _C, hub, quant, safetensors
 from .errors import (
     CheckpointError,
     DeviceError,
@@ -89,6 +89,7 @@ __all__ = [
     "model_registry",
     "model_selector",
     "probe_image",
+    "quant",
     "safetensors",
     "set_log_level",
 ]

@@ -5,4 +5,17 @@
 TORCH_LIBRARY(imagetotext, m) {
   // uint8 [..., H, W, C] -> dtype [..., C, H, W]: (pixel * scale - mean[c]) / std[c], in float32.
   m.def("normalize_pixels(Tensor pixels, float[] mean, float[] std, float scale, ScalarType dtype) -> Tensor");
+  // float A (any shape, flattened) -> uint8 [(n+1)//2, 1] NF4/FP4 codes (high nibble first) + float32 absmax/block.
+  m.def("quantize_4bit(Tensor A, int blocksize, str quant_type) -> (Tensor packed, Tensor absmax)");
+  // packed 4-bit codes + absmax -> dtype tensor of `shape`: dtype(code[q] * absmax[i // blocksize]).
+  m.def("dequantize_4bit(Tensor packed, Tensor absmax, int blocksize, str quant_type, int[] shape, "
+        "ScalarType dtype) -> Tensor");
+  // float A -> uint8 indices into a sorted 256-entry code (bitsandbytes' binary search) + float32 absmax/block.
+  m.def("quantize_blockwise(Tensor A, Tensor code, int blocksize) -> (Tensor q, Tensor absmax)");
+  // uint8 indices + absmax -> dtype(code[q] * absmax[i // blocksize]), q's shape.
+  m.def("dequantize_blockwise(Tensor q, Tensor absmax, Tensor code, int blocksize, ScalarType dtype) -> Tensor");
+  // float A [rows, cols] -> int8 CB = round(x * 127 / rowmax), float32 SCB = rowmax, int64 outlier columns.
+  m.def("int8_vectorwise_quant(Tensor A, float threshold) -> (Tensor CB, Tensor SCB, Tensor? outlier_cols)");
+  // int8 CB [rows, cols] + float32 SCB [rows] -> float32 CB * SCB * (1/127).
+  m.def("int8_vectorwise_dequant(Tensor CB, Tensor SCB) -> Tensor");
 }

@@ -13,6 +13,7 @@
 #include "imagetotext/core/logging.hpp"
 #include "imagetotext/image_to_text.hpp"
 #include "imagetotext/io/image.hpp"
+#include "bindings.hpp"
 
 namespace py = pybind11;
 using namespace imagetotext;
@@ -154,6 +155,7 @@ PYBIND11_MODULE(_C, m) {
       "Read (format, width, height) from an encoded image's header without decoding it.");
 
   python::bind_hub(m);
+  python::bind_quant(m);
   python::bind_safetensors(m);
 
   m.def(

@@ -1,0 +1,83 @@
+// Weight quantization in the bitsandbytes formats (include/imagetotext/quant/formats.hpp has the formats,
+// docs/quantization.md the bytes). Two layers:
+//  - imagetotext::ops: the registered torch ops (torch.ops.imagetotext.*), one kernel per device in
+//    src/ops/cpu/ and src/ops/cuda/, chosen by the dispatcher;
+//  - imagetotext::quant: QuantState and quantize_4bit / dequantize_4bit with double quantization, as
+//    bitsandbytes.functional does them.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <optional>
+#include <string>
+#include <tuple>
+#include <utility>
+#include <vector>
+
+#include "imagetotext/quant/formats.hpp"
+
+namespace imagetotext::ops {
+
+// A (float32/float16/bfloat16, any shape, flattened row-major) -> (packed uint8 [(n+1)/2, 1], absmax
+// float32 [ceil(n/blocksize)]). quant_type "nf4" or "fp4"; blocksize a power of two in 32..4096.
+std::tuple<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& A, int64_t blocksize, const std::string& quant_type);
+// The inverse: a tensor of `shape` and `dtype`, element i = dtype(code[nibble i] * absmax[i / blocksize]).
+at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                           const std::string& quant_type, const std::vector<int64_t>& shape, at::ScalarType dtype);
+// 8-bit blockwise with a sorted 256-entry float32 code (the dynamic map): (q uint8 of A's shape, absmax
+// float32 [ceil(n/blocksize)]).
+std::tuple<at::Tensor, at::Tensor> quantize_blockwise(const at::Tensor& A, const at::Tensor& code, int64_t blocksize);
+at::Tensor dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, const at::Tensor& code,
+                                int64_t blocksize, at::ScalarType dtype);
+// LLM.int8 row-wise quantization of A [rows, cols]: (CB int8, SCB float32 [rows], outlier_cols int64 or
+// none when threshold == 0). Values with |x| >= threshold are outliers: left out of the row absmax and
+// quantized to 0; with more than one row, their whole columns are zeroed.
+std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_quant(const at::Tensor& A,
+                                                                                   double threshold);
+// float32 CB * SCB[row] * (1/127).
+at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+
+}  // namespace imagetotext::ops
+
+namespace imagetotext::quant {
+
+// bitsandbytes' create_dynamic_map(signed=True): the 256-entry float32 code of double quantization, as
+// x86 torch (AVX2/AVX-512 linspace) computes it, so nested absmax bytes match a stock bitsandbytes.
+at::Tensor dynamic_map();
+
+// The code table of a 4-bit type as a float32 [16] tensor (bitsandbytes' QuantState.code / quant_map).
+at::Tensor code_4bit(QuantType type);
+QuantType parse_quant_type(const std::string& name);  // "nf4" or "fp4"; c10::ValueError otherwise
+const char* quant_type_name(QuantType type);
+
+// Statistics of double quantization: the 4-bit absmax vector minus `offset`, 8-bit quantized with `code`
+// (the dynamic map) in blocks of `blocksize` (256) with float32 `absmax` per block.
+struct NestedQuantState {
+  at::Tensor absmax;  // float32 [ceil(nblocks / 256)]
+  at::Tensor code;    // float32 [256]
+  int64_t blocksize = kNestedBlocksize;
+  at::Tensor offset;  // float32 0-dim: mean of the 4-bit absmax
+};
+
+// Everything dequantize_4bit needs besides the packed bytes (bitsandbytes.functional.QuantState).
+struct QuantState {
+  at::Tensor absmax;  // float32 [nblocks], or uint8 [nblocks] when `nested` holds the statistics
+  at::Tensor code;    // float32 [16]: the table of quant_type
+  int64_t blocksize = kDefaultBlocksize4bit;
+  QuantType quant_type = QuantType::nf4;
+  at::ScalarType dtype = at::kFloat;  // of the original weight and of the dequantized result
+  std::vector<int64_t> shape;         // of the original weight
+  std::optional<NestedQuantState> nested;
+
+  // The float32 absmax per block: the stored one, or the nested one dequantized plus offset.
+  at::Tensor float_absmax() const;
+};
+
+// bitsandbytes.functional.quantize_4bit: with compress_statistics, offset = absmax.mean() and the absmax
+// is stored as quantize_blockwise(absmax - offset, dynamic_map(), 256).
+std::pair<at::Tensor, QuantState> quantize_4bit(const at::Tensor& weight, int64_t blocksize = kDefaultBlocksize4bit,
+                                                QuantType quant_type = QuantType::nf4,
+                                                bool compress_statistics = true);
+at::Tensor dequantize_4bit(const at::Tensor& packed, const QuantState& state);
+
+}  // namespace imagetotext::quant

@@ -1,0 +1,53 @@
+// Meta kernels of the quantization ops: the same argument checks and the output shapes, no data. They let
+// shape inference (meta/fake tensors) run, and make arguments split between devices fail with the checks'
+// ValueError (the dispatcher routes a meta + CPU mix here). int8_vectorwise_quant has none: its outlier
+// column count depends on the data.
+#include <ATen/ops/empty.h>
+#include <torch/library.h>
+
+#include "../quantize.hpp"
+
+namespace imagetotext::ops {
+namespace {
+
+std::tuple<at::Tensor, at::Tensor> quantize_4bit_meta(const at::Tensor& A, int64_t blocksize,
+                                                      c10::string_view quant_type) {
+  detail::check_quantize_4bit(A, blocksize, quant_type);
+  return {at::empty({quant::packed_4bit_bytes(A.numel()), 1}, A.options().dtype(at::kByte)),
+          at::empty({quant::block_count(A.numel(), blocksize)}, A.options().dtype(at::kFloat))};
+}
+
+at::Tensor dequantize_4bit_meta(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                                c10::string_view quant_type, c10::ArrayRef<int64_t> shape, at::ScalarType dtype) {
+  detail::check_dequantize_4bit(packed, absmax, blocksize, quant_type, shape, dtype);
+  return at::empty(shape, packed.options().dtype(dtype));
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_blockwise_meta(const at::Tensor& A, const at::Tensor& code,
+                                                           int64_t blocksize) {
+  detail::check_quantize_blockwise(A, code, blocksize);
+  return {at::empty(A.sizes(), A.options().dtype(at::kByte)),
+          at::empty({quant::block_count(A.numel(), blocksize)}, A.options().dtype(at::kFloat))};
+}
+
+at::Tensor dequantize_blockwise_meta(const at::Tensor& q, const at::Tensor& absmax, const at::Tensor& code,
+                                     int64_t blocksize, at::ScalarType dtype) {
+  detail::check_dequantize_blockwise(q, absmax, code, blocksize, dtype);
+  return at::empty(q.sizes(), q.options().dtype(dtype));
+}
+
+at::Tensor int8_vectorwise_dequant_meta(const at::Tensor& CB, const at::Tensor& SCB) {
+  detail::check_int8_vectorwise_dequant(CB, SCB);
+  return at::empty(CB.sizes(), CB.options().dtype(at::kFloat));
+}
+
+}  // namespace
+}  // namespace imagetotext::ops
+
+TORCH_LIBRARY_IMPL(imagetotext, Meta, m) {
+  m.impl("quantize_4bit", &imagetotext::ops::quantize_4bit_meta);
+  m.impl("dequantize_4bit", &imagetotext::ops::dequantize_4bit_meta);
+  m.impl("quantize_blockwise", &imagetotext::ops::quantize_blockwise_meta);
+  m.impl("dequantize_blockwise", &imagetotext::ops::dequantize_blockwise_meta);
+  m.impl("int8_vectorwise_dequant", &imagetotext::ops::int8_vectorwise_dequant_meta);
+}

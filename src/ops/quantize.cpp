@@ -1,0 +1,171 @@
+#include "quantize.hpp"
+
+#include <ATen/core/dispatch/Dispatcher.h>
+#include <c10/util/Exception.h>
+
+#include "imagetotext/quant/quantize.hpp"
+
+namespace imagetotext::ops::detail {
+namespace {
+
+bool is_weight_dtype(at::ScalarType dtype) {
+  return dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16;
+}
+
+void check_weight_dtype(std::string_view op, std::string_view name, at::ScalarType dtype) {
+  TORCH_CHECK_VALUE(is_weight_dtype(dtype), op, ": ", name, " must be float32, float16 or bfloat16, got ", dtype);
+}
+
+void check_dtype(std::string_view op, std::string_view name, const at::Tensor& t, at::ScalarType expected) {
+  TORCH_CHECK_VALUE(t.scalar_type() == expected, op, ": ", name, " must be ", expected, ", got ", t.scalar_type());
+}
+
+void check_same_device(std::string_view op, std::string_view name, const at::Tensor& t, std::string_view ref_name,
+                       const at::Tensor& ref) {
+  TORCH_CHECK_VALUE(t.device() == ref.device(), op, ": ", name, " must be on the device of ", ref_name, " (",
+                    ref.device(), "), got ", t.device());
+}
+
+void check_numel(std::string_view op, std::string_view name, const at::Tensor& t, int64_t expected,
+                 std::string_view why) {
+  TORCH_CHECK_VALUE(t.numel() == expected, op, ": ", name, " must hold ", expected, " values (", why, "), got ",
+                    t.numel(), " (shape ", t.sizes(), ")");
+}
+
+quant::QuantType parse_quant_type(std::string_view op, std::string_view quant_type) {
+  if (quant_type == "nf4") return quant::QuantType::nf4;
+  TORCH_CHECK_VALUE(quant_type == "fp4", op, ": quant_type must be 'nf4' or 'fp4', got '", quant_type, "'");
+  return quant::QuantType::fp4;
+}
+
+void check_blocksize_4bit(std::string_view op, int64_t blocksize) {
+  TORCH_CHECK_VALUE(quant::is_valid_blocksize_4bit(blocksize), op, ": blocksize must be a power of two from ",
+                    quant::kMinBlocksize4bit, " to ", quant::kMaxBlocksize4bit, ", got ", blocksize);
+}
+
+void check_code_8bit(std::string_view op, const at::Tensor& code, const at::Tensor& ref, std::string_view ref_name) {
+  check_dtype(op, "code", code, at::kFloat);
+  TORCH_CHECK_VALUE(code.dim() == 1 && code.numel() == quant::kDynamicMapSize, op, ": code must be 1-D with ",
+                    quant::kDynamicMapSize, " sorted values, got shape ", code.sizes());
+  check_same_device(op, "code", code, ref_name, ref);
+}
+
+}  // namespace
+
+quant::QuantType check_quantize_4bit(const at::Tensor& A, int64_t blocksize, std::string_view quant_type) {
+  constexpr std::string_view op = "quantize_4bit";
+  check_weight_dtype(op, "A", A.scalar_type());
+  check_blocksize_4bit(op, blocksize);
+  return parse_quant_type(op, quant_type);
+}
+
+quant::QuantType check_dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                                       std::string_view quant_type, c10::ArrayRef<int64_t> shape,
+                                       at::ScalarType dtype) {
+  constexpr std::string_view op = "dequantize_4bit";
+  check_dtype(op, "packed", packed, at::kByte);
+  check_dtype(op, "absmax", absmax, at::kFloat);
+  check_same_device(op, "absmax", absmax, "packed", packed);
+  check_blocksize_4bit(op, blocksize);
+  const quant::QuantType type = parse_quant_type(op, quant_type);
+  check_weight_dtype(op, "dtype", dtype);
+  int64_t n = 1;
+  for (int64_t size : shape) {
+    TORCH_CHECK_VALUE(size >= 0, op, ": shape must not have negative sizes, got ", shape);
+    n *= size;
+  }
+  check_numel(op, "packed", packed, quant::packed_4bit_bytes(n), "two codes per byte for the elements of shape");
+  check_numel(op, "absmax", absmax, quant::block_count(n, blocksize), "one per block of the elements of shape");
+  return type;
+}
+
+void check_quantize_blockwise(const at::Tensor& A, const at::Tensor& code, int64_t blocksize) {
+  constexpr std::string_view op = "quantize_blockwise";
+  check_weight_dtype(op, "A", A.scalar_type());
+  check_code_8bit(op, code, A, "A");
+  TORCH_CHECK_VALUE(blocksize > 0, op, ": blocksize must be positive, got ", blocksize);
+}
+
+void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, const at::Tensor& code,
+                                int64_t blocksize, at::ScalarType dtype) {
+  constexpr std::string_view op = "dequantize_blockwise";
+  check_dtype(op, "q", q, at::kByte);
+  check_dtype(op, "absmax", absmax, at::kFloat);
+  check_same_device(op, "absmax", absmax, "q", q);
+  check_code_8bit(op, code, q, "q");
+  TORCH_CHECK_VALUE(blocksize > 0, op, ": blocksize must be positive, got ", blocksize);
+  check_weight_dtype(op, "dtype", dtype);
+  check_numel(op, "absmax", absmax, quant::block_count(q.numel(), blocksize), "one per block of q");
+}
+
+void check_int8_vectorwise_quant(const at::Tensor& A, double threshold) {
+  constexpr std::string_view op = "int8_vectorwise_quant";
+  check_weight_dtype(op, "A", A.scalar_type());
+  TORCH_CHECK_VALUE(A.dim() == 2, op, ": A must be 2-D [rows, columns], got shape ", A.sizes());
+  TORCH_CHECK_VALUE(threshold >= 0.0, op, ": threshold must be >= 0 (0 disables outliers), got ", threshold);
+}
+
+void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) {
+  constexpr std::string_view op = "int8_vectorwise_dequant";
+  check_dtype(op, "CB", CB, at::kChar);
+  check_dtype(op, "SCB", SCB, at::kFloat);
+  check_same_device(op, "SCB", SCB, "CB", CB);
+  TORCH_CHECK_VALUE(CB.dim() == 2, op, ": CB must be 2-D [rows, columns], got shape ", CB.sizes());
+  check_numel(op, "SCB", SCB, CB.size(0), "one per row of CB");
+}
+
+}  // namespace imagetotext::ops::detail
+
+namespace imagetotext::ops {
+namespace {
+
+c10::OperatorHandle find_op(const char* name) {
+  return c10::Dispatcher::singleton().findSchemaOrThrow(name, "");
+}
+
+}  // namespace
+
+std::tuple<at::Tensor, at::Tensor> quantize_4bit(const at::Tensor& A, int64_t blocksize, const std::string& quant_type) {
+  static const auto op = find_op("imagetotext::quantize_4bit")
+                             .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, int64_t, c10::string_view)>();
+  return op.call(A, blocksize, quant_type);
+}
+
+at::Tensor dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                           const std::string& quant_type, const std::vector<int64_t>& shape, at::ScalarType dtype) {
+  static const auto op = find_op("imagetotext::dequantize_4bit")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, int64_t, c10::string_view,
+                                               c10::ArrayRef<int64_t>, at::ScalarType)>();
+  return op.call(packed, absmax, blocksize, quant_type, shape, dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor> quantize_blockwise(const at::Tensor& A, const at::Tensor& code, int64_t blocksize) {
+  static const auto op =
+      find_op("imagetotext::quantize_blockwise")
+          .typed<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, int64_t)>();
+  return op.call(A, code, blocksize);
+}
+
+at::Tensor dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, const at::Tensor& code,
+                                int64_t blocksize, at::ScalarType dtype) {
+  static const auto op =
+      find_op("imagetotext::dequantize_blockwise")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t, at::ScalarType)>();
+  return op.call(q, absmax, code, blocksize, dtype);
+}
+
+std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_quant(const at::Tensor& A,
+                                                                                   double threshold) {
+  static const auto op =
+      find_op("imagetotext::int8_vectorwise_quant")
+          .typed<std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>>(const at::Tensor&, double)>();
+  return op.call(A, threshold);
+}
+
+at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) {
+  static const auto op =
+      find_op("imagetotext::int8_vectorwise_dequant").typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
+  return op.call(CB, SCB);
+}
+
+}  // namespace imagetotext::ops

@@ -1,0 +1,36 @@
+// Argument checks shared by the quantization ops (imagetotext::quantize_4bit, dequantize_4bit,
+// quantize_blockwise, dequantize_blockwise, int8_vectorwise_quant, int8_vectorwise_dequant) and by
+// their CPU and CUDA kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
+// argument and what was expected.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+#include <c10/util/ArrayRef.h>
+
+#include <string_view>
+#include <vector>
+
+#include "imagetotext/quant/formats.hpp"
+
+namespace imagetotext::ops::detail {
+
+// Inputs may be non-contiguous (bitsandbytes flattens with reshape/contiguous too): kernels copy them.
+
+// quantize_4bit: A float32/float16/bfloat16; returns the parsed quant type.
+quant::QuantType check_quantize_4bit(const at::Tensor& A, int64_t blocksize, std::string_view quant_type);
+// dequantize_4bit: packed uint8 with (n+1)/2 bytes and absmax float32 with ceil(n/blocksize) values,
+// n = prod(shape), both on one device.
+quant::QuantType check_dequantize_4bit(const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                                       std::string_view quant_type, c10::ArrayRef<int64_t> shape,
+                                       at::ScalarType dtype);
+// quantize_blockwise: A float32/float16/bfloat16, code float32 [256] on A's device, blocksize > 0.
+void check_quantize_blockwise(const at::Tensor& A, const at::Tensor& code, int64_t blocksize);
+// dequantize_blockwise: q uint8, absmax float32 with ceil(numel/blocksize) values, code float32 [256].
+void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, const at::Tensor& code,
+                                int64_t blocksize, at::ScalarType dtype);
+// int8_vectorwise_quant: A 2-D [rows, cols] float32/float16/bfloat16, threshold >= 0.
+void check_int8_vectorwise_quant(const at::Tensor& A, double threshold);
+// int8_vectorwise_dequant: CB int8 2-D [rows, cols], SCB float32 [rows] on CB's device.
+void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+
+}  // namespace imagetotext::ops::detail
