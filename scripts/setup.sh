@@ -10,6 +10,7 @@ APT_PACKAGES=(
   libgif-dev                                                        # GIF, which OpenCV 4.6 cannot read
   libcurl4-openssl-dev libssl-dev                                   # hub downloads and their SHA-256
   nlohmann-json3-dev                                                # checkpoint headers and indexes (header-only)
+  libpcre2-dev                                                      # the tokenizers' Unicode pre-tokenizer regexes
   catch2                                                            # C++ tests (2.13 here, 3.x also works)
 )
 missing=()
