@@ -4,8 +4,8 @@
 #     (that machine has no OpenCV C++; GPU tests feed decoded pixels),
 #   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
-# Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's (a carried wheel in
-# .whl/ is installed first if present), CMake, nvcc and Catch2.
+# Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
+# Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 out=${OUT:-build}
@@ -13,9 +13,24 @@ mkdir -p "$out"
 log="$out/gpu_check.log"
 exec > >(tee "$log") 2>&1
 
+# What the machine lacks travels with the call (docs/gpu.md): Python wheels in .whl/, Debian packages
+# (header-only or self-contained libraries) in .deps/, unpacked into /tmp/deps.
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
   export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+if ls .deps/*.deb >/dev/null 2>&1; then
+  for deb in .deps/*.deb; do dpkg -x "$deb" /tmp/deps; done
+  export CMAKE_PREFIX_PATH=/tmp/deps/usr${CMAKE_PREFIX_PATH:+:$CMAKE_PREFIX_PATH}
+  export PKG_CONFIG_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  export LD_LIBRARY_PATH=/tmp/deps/usr/lib/x86_64-linux-gnu${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
+fi
+# No OpenCV C++ there; downloads only where libcurl's and OpenSSL's headers are installed.
+export IMAGETOTEXT_WITH_IMAGE_CODECS=OFF
+if [ -f /usr/include/curl/curl.h ] && [ -f /usr/include/openssl/evp.h ]; then
+  export IMAGETOTEXT_WITH_DOWNLOADS=ON
+else
+  export IMAGETOTEXT_WITH_DOWNLOADS=OFF
 fi
 # The image's default compiler (/opt/gcc/bin/g++, a wrapper) links libstdc++ statically into shared
 # libraries; a second libstdc++ inside libimagetotext.so crashes the first time it formats a number in
@@ -30,10 +45,10 @@ nvcc --version | tail -2
 cmake --version | head -1
 "${CXX:-c++}" --version | head -1
 
-echo "== build (wheel + C++ tests, CUDA sm_90, no image codecs)"
+echo "== build (wheel + C++ tests, CUDA sm_90, no image codecs, downloads $IMAGETOTEXT_WITH_DOWNLOADS)"
 start=$(date +%s)
 rm -rf build/gpu build/gpu-dist build/gpu-site
-IMAGETOTEXT_BUILD_TESTS=ON IMAGETOTEXT_WITH_IMAGE_CODECS=OFF IMAGETOTEXT_CUDA_ARCHITECTURES=90 \
+IMAGETOTEXT_BUILD_TESTS=ON IMAGETOTEXT_CUDA_ARCHITECTURES=90 \
   python3 -m pip wheel -q --no-build-isolation --no-deps -w build/gpu-dist -Cbuild-dir=build/gpu . || exit 1
 echo "build took $(( $(date +%s) - start )) s"
 python3 -m pip install -q --no-deps --no-compile --target build/gpu-site build/gpu-dist/imagetotext-*.whl || exit 1
