@@ -160,7 +160,13 @@ def test_dequantize_4bit_matches_bitsandbytes(compress_statistics, quant_type, b
         native = bnb_functional.dequantize_4bit(packed, bnb_state_from(state))
         if native.shape != out.shape:  # bitsandbytes transposes a [1, n/2] packed input back (a legacy shim)
             native = native.t()
-        assert torch.equal(out, native)
+        if dtype == torch.float16:
+            # bitsandbytes' native CPU kernel rounds some float16 products differently on some CPUs (exact on
+            # the CI machine's, one ulp apart on the GPU machine's Xeon); the formula above is checked exactly.
+            ulp = torch.finfo(torch.float16).eps * out.float().abs()
+            assert ((out.float() - native.float()).abs() <= ulp).all()
+        else:
+            assert torch.equal(out, native)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
