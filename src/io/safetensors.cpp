@@ -2,6 +2,8 @@
 // (the header layout that implementation writes, renamed into place only when complete).
 #include "imagetotext/io/safetensors.hpp"
 
+#include "json_file.hpp"
+
 #include <ATen/ATen.h>
 #include <fcntl.h>
 #include <fmt/format.h>
@@ -91,14 +93,6 @@ const FormatDtype& format_dtype_of(at::ScalarType type) {
   throw CheckpointError(fmt::format("invalid safetensors checkpoint {}: tensor '{}' {}", path.string(), tensor, why));
 }
 
-// nlohmann's parse errors quote the bytes last read, which in a corrupt file need not be UTF-8; messages
-// must be (Python decodes them), so anything outside printable ASCII becomes '?'.
-std::string json_error_text(const nlohmann::json::exception& error) {
-  std::string text = error.what();
-  std::replace_if(text.begin(), text.end(), [](char c) { return c < 0x20 || c > 0x7e; }, '?');
-  return text;
-}
-
 }  // namespace
 
 // ---- The mapping ----------------------------------------------------------------------------------------
@@ -165,7 +159,7 @@ json parse_header_json(std::string_view text, const fs::path& path) {
   try {
     header = json::parse(text.begin(), text.end(), note_duplicates);
   } catch (const json::exception& e) {
-    fail(path, fmt::format("the header is not valid JSON ({})", json_error_text(e)));
+    fail(path, fmt::format("the header is not valid JSON ({})", detail::json_error_text(e)));
   }
   if (!header.is_object()) fail(path, "the header is not a JSON object");
   if (duplicate) fail_tensor(path, *duplicate, "appears more than once in the header");
@@ -334,15 +328,6 @@ constexpr std::string_view kSingleFileName = "model.safetensors";
 constexpr std::string_view kIndexFileName = "model.safetensors.index.json";
 constexpr std::string_view kIndexSuffix = ".index.json";
 
-json read_index(const fs::path& index_path) {
-  std::ifstream in(index_path, std::ios::binary);
-  if (!in) throw CheckpointError(fmt::format("cannot open checkpoint index {}", index_path.string()));
-  try {
-    return json::parse(in);
-  } catch (const json::exception& e) {
-    throw CheckpointError(fmt::format("checkpoint index {} is not valid JSON ({})", index_path.string(), json_error_text(e)));
-  }
-}
 
 // A shard must be a file beside the index: an absolute path or '..' would read outside the checkpoint.
 fs::path shard_path(const fs::path& index_path, const std::string& shard) {
@@ -356,7 +341,7 @@ fs::path shard_path(const fs::path& index_path, const std::string& shard) {
 }
 
 Checkpoint load_sharded(const fs::path& index_path) {
-  const json index = read_index(index_path);
+  const json index = detail::read_json_file(index_path, "checkpoint index");
   const auto weight_map = index.is_object() ? index.find("weight_map") : index.end();
   if (weight_map == index.end() || !weight_map->is_object()) {
     throw CheckpointError(fmt::format("checkpoint index {} has no weight_map object", index_path.string()));
@@ -455,7 +440,7 @@ std::string header_text(const std::vector<TensorToWrite>& tensors, const Metadat
   try {
     text = header.dump();
   } catch (const nlohmann::ordered_json::exception& e) {
-    throw InvalidArgumentError(fmt::format("a tensor name or metadata string is not valid UTF-8 ({})", json_error_text(e)));
+    throw InvalidArgumentError(fmt::format("a tensor name or metadata string is not valid UTF-8 ({})", detail::json_error_text(e)));
   }
   // Padding with spaces to a multiple of 8 keeps the data section 8-byte aligned.
   text.resize((text.size() + 7) / 8 * 8, ' ');

@@ -154,6 +154,7 @@ PYBIND11_MODULE(_C, m) {
       py::arg("data"), py::arg("name") = "<bytes>",
       "Read (format, width, height) from an encoded image's header without decoding it.");
 
+  python::bind_configs(m);
   python::bind_hub(m);
   python::bind_quant(m);
   python::bind_safetensors(m);

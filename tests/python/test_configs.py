@@ -1,0 +1,151 @@
+"""config.json and generation_config.json read by C++ against transformers reading the same files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+import imagetotext
+from imagetotext import _C
+
+transformers = pytest.importorskip("transformers")
+
+# SmolVLM-256M-Instruct's published values (shared/reference/vlm_models.md, A.1).
+SMOLVLM_256M = {
+    "scale_factor": 4,
+    "image_token_id": 49190,
+    "tie_word_embeddings": False,
+    "vision_config": {"hidden_size": 768, "num_attention_heads": 12, "patch_size": 16, "image_size": 512},
+    "text_config": {
+        "model_type": "llama", "vocab_size": 49280, "hidden_size": 576, "intermediate_size": 1536,
+        "num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3, "head_dim": 64,
+        "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "pad_token_id": 2,
+    },
+}
+
+
+def transformers_view(config_dir):
+    """What transformers makes of the file: the oracle."""
+    config = transformers.AutoConfig.from_pretrained(config_dir)
+    text, vision = config.text_config, config.vision_config
+    return {
+        "model_type": config.model_type,
+        "scale_factor": config.scale_factor,
+        "image_token_id": config.image_token_id,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "vision_config": {k: getattr(vision, k) for k in (
+            "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "num_channels",
+            "image_size", "patch_size", "hidden_act", "layer_norm_eps")},
+        "text_config": {
+            **{k: getattr(text, k) for k in (
+                "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps", "hidden_act",
+                "attention_bias", "mlp_bias", "pad_token_id")},
+            "rope_theta": text.rope_parameters["rope_theta"],
+        },
+    }
+
+
+def ours(config_dir):
+    config = _C.load_smolvlm_config(config_dir / "config.json")
+    config.pop("image_seq_len")
+    return config
+
+
+def write_config(tmp_path, values):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "idefics3", **values}))
+    return tmp_path
+
+
+def test_the_256m_config_saved_by_transformers(tmp_path):
+    transformers.Idefics3Config(**SMOLVLM_256M).save_pretrained(tmp_path)
+    assert ours(tmp_path) == transformers_view(tmp_path)
+    # 64 image tokens per 512-pixel tile, as transformers' Idefics3Model computes image_seq_len.
+    assert _C.load_smolvlm_config(tmp_path / "config.json")["image_seq_len"] == 64
+
+
+@pytest.mark.parametrize("drop", [
+    [],
+    ["scale_factor", "image_token_id"],
+    ["vision_config"],
+    ["text_config"],
+    ["text_config.num_key_value_heads", "text_config.head_dim", "text_config.rope_theta"],
+    ["text_config.rms_norm_eps", "text_config.pad_token_id", "vision_config.patch_size"],
+])
+def test_absent_fields_take_transformers_defaults(tmp_path, drop):
+    values = json.loads(json.dumps(SMOLVLM_256M))
+    for field in drop:
+        parent, _, key = field.rpartition(".")
+        (values[parent] if parent else values).pop(key)
+    write_config(tmp_path, values)
+    assert ours(tmp_path) == transformers_view(tmp_path)
+
+
+def test_rope_parameters_form_of_transformers_5(tmp_path):
+    values = json.loads(json.dumps(SMOLVLM_256M))
+    values["text_config"].pop("rope_theta")
+    values["text_config"]["rope_parameters"] = {"rope_type": "default", "rope_theta": 100000.0}
+    write_config(tmp_path, values)
+    assert ours(tmp_path)["text_config"]["rope_theta"] == transformers_view(tmp_path)["text_config"]["rope_theta"]
+
+
+@pytest.mark.parametrize("mutate,field,why", [
+    (lambda v: v["text_config"].update(hidden_size="576"), "text_config.hidden_size", "must be an integer"),
+    (lambda v: v.update(scale_factor=4.5), "scale_factor", "must be an integer"),
+    (lambda v: v["vision_config"].update(hidden_act=1), "vision_config.hidden_act", "must be a string"),
+    (lambda v: v.update(model_type="bart"), "model_type", "not a SmolVLM model"),
+    (lambda v: v.pop("model_type"), "model_type", "is missing"),
+    (lambda v: v["text_config"].update(num_attention_heads=7), "text_config.hidden_size", "multiple of num_attention_heads"),
+])
+def test_bad_fields_name_the_file_and_the_field(tmp_path, mutate, field, why):
+    values = {"model_type": "idefics3", **json.loads(json.dumps(SMOLVLM_256M))}
+    mutate(values)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(values))
+    with pytest.raises(imagetotext.CheckpointError) as caught:
+        _C.load_smolvlm_config(path)
+    message = str(caught.value)
+    assert str(path) in message and f"'{field}'" in message and why in message
+
+
+def test_missing_and_invalid_files(tmp_path):
+    with pytest.raises(imagetotext.CheckpointError, match="cannot open model config"):
+        _C.load_smolvlm_config(tmp_path / "config.json")
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(imagetotext.CheckpointError, match="is not valid JSON"):
+        _C.load_smolvlm_config(tmp_path / "config.json")
+
+
+GENERATION_FIELDS = ["bos_token_id", "pad_token_id", "decoder_start_token_id", "forced_bos_token_id",
+                     "forced_eos_token_id", "max_length", "max_new_tokens", "num_beams", "no_repeat_ngram_size",
+                     "early_stopping", "length_penalty", "do_sample"]
+
+
+def generation_view(config):
+    # Fields a file leaves unset are None in transformers 5; generate() then fills them from these defaults.
+    defaults = config._get_default_generation_params()
+    view = {k: getattr(config, k) if getattr(config, k) is not None else defaults.get(k) for k in GENERATION_FIELDS}
+    eos = config.eos_token_id
+    view["eos_token_id"] = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    return view
+
+
+@pytest.mark.parametrize("values", [
+    {},
+    # Florence-2's: 3 beams, no repeated 3-grams, forced BOS/EOS, early stopping.
+    {"bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "decoder_start_token_id": 2, "forced_bos_token_id": 0,
+     "forced_eos_token_id": 2, "num_beams": 3, "no_repeat_ngram_size": 3, "early_stopping": True, "max_length": 1025},
+    # SmolVLM's: several end tokens.
+    {"bos_token_id": 1, "eos_token_id": [2, 49279], "pad_token_id": 2, "max_new_tokens": 250},
+    {"num_beams": 4, "early_stopping": "never", "length_penalty": 0.8},
+])
+def test_generation_config_matches_transformers(tmp_path, values):
+    transformers.GenerationConfig(**values).save_pretrained(tmp_path)
+    expected = generation_view(transformers.GenerationConfig.from_pretrained(tmp_path))
+    assert _C.load_generation_config(tmp_path / "generation_config.json") == expected
+
+
+def test_absent_generation_config_is_transformers_defaults(tmp_path):
+    assert _C.load_generation_config(tmp_path / "generation_config.json") == generation_view(
+        transformers.GenerationConfig())
