@@ -18,6 +18,8 @@ __all__ = [
     "create_dynamic_map",
     "dequantize_4bit",
     "dequantize_blockwise",
+    "gemm_4bit",
+    "gemm_int8_weight_only",
     "get_4bit_type",
     "int8_vectorwise_dequant",
     "int8_vectorwise_quant",
@@ -91,23 +93,47 @@ def quantize_4bit(
     return packed, state
 
 
-def dequantize_4bit(A: torch.Tensor, quant_state: QuantState) -> torch.Tensor:
-    """Inverse of :func:`quantize_4bit`: a tensor of ``quant_state.shape`` and ``quant_state.dtype``."""
-    s = quant_state
+def _state_arguments(s: QuantState) -> tuple[list, dict]:
+    """The QuantState as the native functions take it: positional fields and the nested ones by keyword."""
     nested = s.state2
-    return _C.dequantize_4bit(
-        A,
-        s.absmax,
-        s.code,
-        s.blocksize,
-        s.quant_type,
-        s.dtype,
-        list(s.shape),
+    positional = [s.absmax, s.code, s.blocksize, s.quant_type, s.dtype, list(s.shape)]
+    keywords = dict(
         nested_absmax=None if nested is None else nested.absmax,
         nested_code=None if nested is None else nested.code,
         nested_blocksize=256 if nested is None else nested.blocksize,
         offset=s.offset,
     )
+    return positional, keywords
+
+
+def dequantize_4bit(A: torch.Tensor, quant_state: QuantState) -> torch.Tensor:
+    """Inverse of :func:`quantize_4bit`: a tensor of ``quant_state.shape`` and ``quant_state.dtype``."""
+    positional, keywords = _state_arguments(quant_state)
+    return _C.dequantize_4bit(A, *positional, **keywords)
+
+
+def gemm_4bit(
+    A: torch.Tensor, packed: torch.Tensor, quant_state: QuantState, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``A @ W.T + bias`` for the 4-bit weight ``W`` [N, K] of (packed, quant_state): [..., N] in A's dtype.
+
+    A is [..., K] float32/float16/bfloat16 on the weight's device; a nested absmax is dequantized first.
+    On CUDA, up to 16 rows of A run a fused dequantize-GEMV, more rows dequantize + cuBLAS; on CPU, the
+    dequantized weight and ``torch.nn.functional.linear``. Raises ValueError for mismatched shapes,
+    dtypes or devices.
+    """
+    positional, keywords = _state_arguments(quant_state)
+    return _C.gemm_4bit(A, packed, *positional, **keywords, bias=bias)
+
+
+def gemm_int8_weight_only(
+    A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """``A @ W.T + bias`` for the INT8 weight ``W = CB * SCB[:, None] / 127`` [N, K]: [..., N] in A's dtype.
+
+    The weight-only INT8 path (activations stay in A's dtype), fused GEMV for up to 16 rows on CUDA.
+    """
+    return torch.ops.imagetotext.gemm_int8_weight_only(A, CB, SCB, bias)
 
 
 def quantize_blockwise(A: torch.Tensor, code: torch.Tensor | None = None, blocksize: int = 4096):

@@ -1,6 +1,7 @@
 #include "quantize.hpp"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/linear.h>
 #include <c10/util/Exception.h>
 
 #include "imagetotext/quant/quantize.hpp"
@@ -50,6 +51,35 @@ void check_code_8bit(std::string_view op, const at::Tensor& code, const at::Tens
   check_same_device(op, "code", code, ref_name, ref);
 }
 
+// packed uint8 with (n+1)/2 bytes and absmax float32 with ceil(n/blocksize) values on packed's device,
+// n = the element count of `what`.
+quant::QuantType check_packed_4bit(std::string_view op, const at::Tensor& packed, const at::Tensor& absmax,
+                                   int64_t blocksize, std::string_view quant_type, int64_t n, std::string_view what) {
+  check_dtype(op, "packed", packed, at::kByte);
+  check_dtype(op, "absmax", absmax, at::kFloat);
+  check_same_device(op, "absmax", absmax, "packed", packed);
+  check_blocksize_4bit(op, blocksize);
+  const quant::QuantType type = parse_quant_type(op, quant_type);
+  const std::string two_per_byte = "two codes per byte for the elements of " + std::string(what);
+  const std::string one_per_block = "one per block of the elements of " + std::string(what);
+  check_numel(op, "packed", packed, quant::packed_4bit_bytes(n), two_per_byte);
+  check_numel(op, "absmax", absmax, quant::block_count(n, blocksize), one_per_block);
+  return type;
+}
+
+// The activation and bias of a gemm: A [..., K] of a float dtype; bias none or [N] of A's dtype and device.
+void check_gemm_activation(std::string_view op, const at::Tensor& A, int64_t out_features, int64_t in_features,
+                           const std::optional<at::Tensor>& bias) {
+  check_weight_dtype(op, "A", A.scalar_type());
+  TORCH_CHECK_VALUE(A.dim() >= 1 && A.size(-1) == in_features, op, ": A must be [..., K] with K = ", in_features,
+                    " (the weight's in_features), got shape ", A.sizes());
+  if (!bias) return;
+  check_dtype(op, "bias", *bias, A.scalar_type());
+  check_same_device(op, "bias", *bias, "A", A);
+  TORCH_CHECK_VALUE(bias->dim() == 1 && bias->size(0) == out_features, op, ": bias must be 1-D [", out_features,
+                    "] (the weight's out_features), got shape ", bias->sizes());
+}
+
 }  // namespace
 
 quant::QuantType check_quantize_4bit(const at::Tensor& A, int64_t blocksize, std::string_view quant_type) {
@@ -63,20 +93,13 @@ quant::QuantType check_dequantize_4bit(const at::Tensor& packed, const at::Tenso
                                        std::string_view quant_type, c10::ArrayRef<int64_t> shape,
                                        at::ScalarType dtype) {
   constexpr std::string_view op = "dequantize_4bit";
-  check_dtype(op, "packed", packed, at::kByte);
-  check_dtype(op, "absmax", absmax, at::kFloat);
-  check_same_device(op, "absmax", absmax, "packed", packed);
-  check_blocksize_4bit(op, blocksize);
-  const quant::QuantType type = parse_quant_type(op, quant_type);
   check_weight_dtype(op, "dtype", dtype);
   int64_t n = 1;
   for (int64_t size : shape) {
     TORCH_CHECK_VALUE(size >= 0, op, ": shape must not have negative sizes, got ", shape);
     n *= size;
   }
-  check_numel(op, "packed", packed, quant::packed_4bit_bytes(n), "two codes per byte for the elements of shape");
-  check_numel(op, "absmax", absmax, quant::block_count(n, blocksize), "one per block of the elements of shape");
-  return type;
+  return check_packed_4bit(op, packed, absmax, blocksize, quant_type, n, "shape");
 }
 
 void check_quantize_blockwise(const at::Tensor& A, const at::Tensor& code, int64_t blocksize) {
@@ -112,6 +135,47 @@ void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) 
   check_same_device(op, "SCB", SCB, "CB", CB);
   TORCH_CHECK_VALUE(CB.dim() == 2, op, ": CB must be 2-D [rows, columns], got shape ", CB.sizes());
   check_numel(op, "SCB", SCB, CB.size(0), "one per row of CB");
+}
+
+WeightShape check_gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                            std::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
+                            const std::optional<at::Tensor>& bias) {
+  constexpr std::string_view op = "gemm_4bit";
+  TORCH_CHECK_VALUE(weight_shape.size() == 2 && weight_shape[0] >= 0 && weight_shape[1] >= 0, op,
+                    ": weight_shape must be [out_features, in_features], got ", weight_shape);
+  const WeightShape shape{weight_shape[0], weight_shape[1]};
+  check_packed_4bit(op, packed, absmax, blocksize, quant_type, shape.out_features * shape.in_features,
+                    "weight_shape");
+  check_same_device(op, "packed", packed, "A", A);
+  check_gemm_activation(op, A, shape.out_features, shape.in_features, bias);
+  return shape;
+}
+
+WeightShape check_gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                        const std::optional<at::Tensor>& bias) {
+  constexpr std::string_view op = "gemm_int8_weight_only";
+  check_dtype(op, "CB", CB, at::kChar);
+  check_dtype(op, "SCB", SCB, at::kFloat);
+  TORCH_CHECK_VALUE(CB.dim() == 2, op, ": CB must be 2-D [out_features, in_features], got shape ", CB.sizes());
+  check_numel(op, "SCB", SCB, CB.size(0), "one per row of CB");
+  check_same_device(op, "CB", CB, "A", A);
+  check_same_device(op, "SCB", SCB, "A", A);
+  check_gemm_activation(op, A, CB.size(0), CB.size(1), bias);
+  return {CB.size(0), CB.size(1)};
+}
+
+at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
+                                       int64_t blocksize, std::string_view quant_type, WeightShape shape,
+                                       const std::optional<at::Tensor>& bias) {
+  const at::Tensor weight = ops::dequantize_4bit(packed, absmax, blocksize, std::string(quant_type),
+                                                 {shape.out_features, shape.in_features}, A.scalar_type());
+  return at::linear(A, weight, bias);
+}
+
+std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features) {
+  std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end());
+  shape.back() = out_features;
+  return shape;
 }
 
 }  // namespace imagetotext::ops::detail
@@ -166,6 +230,24 @@ at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) 
   static const auto op =
       find_op("imagetotext::int8_vectorwise_dequant").typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
   return op.call(CB, SCB);
+}
+
+at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                     const std::string& quant_type, const std::vector<int64_t>& weight_shape,
+                     const std::optional<at::Tensor>& bias) {
+  static const auto op = find_op("imagetotext::gemm_4bit")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
+                                               c10::string_view, c10::ArrayRef<int64_t>,
+                                               const std::optional<at::Tensor>&)>();
+  return op.call(A, packed, absmax, blocksize, quant_type, weight_shape, bias);
+}
+
+at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                 const std::optional<at::Tensor>& bias) {
+  static const auto op = find_op("imagetotext::gemm_int8_weight_only")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                               const std::optional<at::Tensor>&)>();
+  return op.call(A, CB, SCB, bias);
 }
 
 }  // namespace imagetotext::ops

@@ -1,12 +1,13 @@
 // Argument checks shared by the quantization ops (imagetotext::quantize_4bit, dequantize_4bit,
-// quantize_blockwise, dequantize_blockwise, int8_vectorwise_quant, int8_vectorwise_dequant) and by
-// their CPU and CUDA kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
+// quantize_blockwise, dequantize_blockwise, int8_vectorwise_quant, int8_vectorwise_dequant, gemm_4bit,
+// gemm_int8_weight_only) and by their CPU, CUDA and meta kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
 // argument and what was expected.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 #include <c10/util/ArrayRef.h>
 
+#include <optional>
 #include <string_view>
 #include <vector>
 
@@ -32,5 +33,30 @@ void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, c
 void check_int8_vectorwise_quant(const at::Tensor& A, double threshold);
 // int8_vectorwise_dequant: CB int8 2-D [rows, cols], SCB float32 [rows] on CB's device.
 void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+
+// The [N, K] of a quantized weight, as the gemm checks return it.
+struct WeightShape {
+  int64_t out_features;  // N
+  int64_t in_features;   // K
+};
+
+// gemm_4bit: A [..., K] float32/float16/bfloat16; weight_shape [N, K]; packed/absmax as dequantize_4bit
+// for N*K elements; bias none or A's dtype [N]; everything on A's device.
+WeightShape check_gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                            std::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
+                            const std::optional<at::Tensor>& bias);
+// gemm_int8_weight_only: A [..., K] float32/float16/bfloat16; CB int8 [N, K]; SCB float32 [N]; bias none or
+// A's dtype [N]; everything on A's device.
+WeightShape check_gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                        const std::optional<at::Tensor>& bias);
+
+// gemm_4bit by dequantize_4bit to A's dtype (through the dispatcher) and at::linear: the CPU kernel, and
+// the CUDA path for many rows of A, where cuBLAS' tensor cores beat a fused GEMV.
+at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
+                                       int64_t blocksize, std::string_view quant_type, WeightShape shape,
+                                       const std::optional<at::Tensor>& bias);
+
+// The output shape of a gemm: A's shape with the last size replaced by N.
+std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features);
 
 }  // namespace imagetotext::ops::detail

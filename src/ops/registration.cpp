@@ -18,4 +18,9 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("int8_vectorwise_quant(Tensor A, float threshold) -> (Tensor CB, Tensor SCB, Tensor? outlier_cols)");
   // int8 CB [rows, cols] + float32 SCB [rows] -> float32 CB * SCB * (1/127).
   m.def("int8_vectorwise_dequant(Tensor CB, Tensor SCB) -> Tensor");
+  // A [..., K] @ dequantize_4bit(packed, absmax, weight_shape [N, K]).T + bias -> [..., N] in A's dtype.
+  m.def("gemm_4bit(Tensor A, Tensor packed, Tensor absmax, int blocksize, str quant_type, int[] weight_shape, "
+        "Tensor? bias) -> Tensor");
+  // A [..., K] @ (int8 CB [N, K] * float32 SCB[N] / 127).T + bias -> [..., N] in A's dtype.
+  m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias) -> Tensor");
 }

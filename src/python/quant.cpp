@@ -83,6 +83,21 @@ void bind_quant(py::module_& m) {
       py::arg("dtype"), py::arg("shape"), py::arg("nested_absmax") = py::none(), py::arg("nested_code") = py::none(),
       py::arg("nested_blocksize") = quant::kNestedBlocksize, py::arg("offset") = py::none(),
       "Inverse of quantize_4bit from the QuantState fields.");
+  m.def(
+      "gemm_4bit",
+      [](const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, const at::Tensor& code,
+         int64_t blocksize, const std::string& quant_type, at::ScalarType dtype, const std::vector<int64_t>& shape,
+         const std::optional<at::Tensor>& nested_absmax, const std::optional<at::Tensor>& nested_code,
+         int64_t nested_blocksize, const std::optional<at::Tensor>& offset, const std::optional<at::Tensor>& bias) {
+        const quant::QuantState state = state_from_fields(absmax, code, blocksize, quant_type, dtype, shape,
+                                                          nested_absmax, nested_code, nested_blocksize, offset);
+        py::gil_scoped_release release;
+        return quant::gemm_4bit(A, packed, state, bias);
+      },
+      py::arg("A"), py::arg("packed"), py::arg("absmax"), py::arg("code"), py::arg("blocksize"), py::arg("quant_type"),
+      py::arg("dtype"), py::arg("shape"), py::arg("nested_absmax") = py::none(), py::arg("nested_code") = py::none(),
+      py::arg("nested_blocksize") = quant::kNestedBlocksize, py::arg("offset") = py::none(),
+      py::arg("bias") = py::none(), "A @ dequantize_4bit(packed, state).T + bias, the absmax de-nested first.");
 }
 
 }  // namespace imagetotext::python

@@ -56,4 +56,10 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const QuantState& state) {
                               state.shape, state.dtype);
 }
 
+at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const QuantState& state,
+                     const std::optional<at::Tensor>& bias) {
+  return ops::gemm_4bit(A, packed, state.float_absmax(), state.blocksize, quant_type_name(state.quant_type),
+                        state.shape, bias);
+}
+
 }  // namespace imagetotext::quant

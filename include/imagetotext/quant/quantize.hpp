@@ -37,6 +37,16 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
 // float32 CB * SCB[row] * (1/127).
 at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
 
+// A [..., K] (float32/float16/bfloat16) times the transposed 4-bit weight [N, K] packed as quantize_4bit
+// packs it (absmax float32, already de-nested), plus bias [N]: [..., N] in A's dtype. On CUDA, a fused
+// dequantize-GEMV for up to 16 rows of A, dequantize + cuBLAS above (docs/quantization.md).
+at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                     const std::string& quant_type, const std::vector<int64_t>& weight_shape,
+                     const std::optional<at::Tensor>& bias = std::nullopt);
+// A [..., K] times the transposed INT8 weight W = CB * SCB[row] / 127 ([N, K]), plus bias: [..., N] in A's dtype.
+at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                 const std::optional<at::Tensor>& bias = std::nullopt);
+
 }  // namespace imagetotext::ops
 
 namespace imagetotext::quant {
@@ -79,5 +89,8 @@ std::pair<at::Tensor, QuantState> quantize_4bit(const at::Tensor& weight, int64_
                                                 QuantType quant_type = QuantType::nf4,
                                                 bool compress_statistics = true);
 at::Tensor dequantize_4bit(const at::Tensor& packed, const QuantState& state);
+// ops::gemm_4bit with the weight's state: the nested absmax is dequantized first.
+at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const QuantState& state,
+                     const std::optional<at::Tensor>& bias = std::nullopt);
 
 }  // namespace imagetotext::quant

@@ -41,6 +41,19 @@ at::Tensor int8_vectorwise_dequant_meta(const at::Tensor& CB, const at::Tensor& 
   return at::empty(CB.sizes(), CB.options().dtype(at::kFloat));
 }
 
+at::Tensor gemm_4bit_meta(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                          c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
+                          const std::optional<at::Tensor>& bias) {
+  const auto shape = detail::check_gemm_4bit(A, packed, absmax, blocksize, quant_type, weight_shape, bias);
+  return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
+}
+
+at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                      const std::optional<at::Tensor>& bias) {
+  const auto shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
+  return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
+}
+
 }  // namespace
 }  // namespace imagetotext::ops
 
@@ -50,4 +63,6 @@ TORCH_LIBRARY_IMPL(imagetotext, Meta, m) {
   m.impl("quantize_blockwise", &imagetotext::ops::quantize_blockwise_meta);
   m.impl("dequantize_blockwise", &imagetotext::ops::dequantize_blockwise_meta);
   m.impl("int8_vectorwise_dequant", &imagetotext::ops::int8_vectorwise_dequant_meta);
+  m.impl("gemm_4bit", &imagetotext::ops::gemm_4bit_meta);
+  m.impl("gemm_int8_weight_only", &imagetotext::ops::gemm_int8_weight_only_meta);
 }

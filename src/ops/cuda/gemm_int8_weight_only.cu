@@ -1,0 +1,64 @@
+// CUDA kernel of imagetotext::gemm_int8_weight_only: the fused dequantize-GEMV (gemv.cuh) for up to
+// kMaxGemvRows rows of A; above, or when K is not a multiple of 16, the weight dequantized straight to A's
+// dtype (the CPU kernel's weight, bit for bit) + cuBLAS (at::linear).
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../quantize.hpp"
+#include "gemv.cuh"
+#include "int8_vectorwise.hpp"
+
+namespace imagetotext::ops {
+namespace {
+
+// INT8 chunks: 16 codes. The dot product runs on the integer values; the row's SCB / 127 scales the sum once.
+struct Int8RowWeights {
+  static constexpr int kWeightsPerChunk = 16;
+  const int8_t* cb;
+  const float* scb;
+
+  __device__ __forceinline__ void prepare() const {}
+  __device__ __forceinline__ const uint4* row(int64_t n, int64_t chunks) const {
+    return reinterpret_cast<const uint4*>(cb) + n * chunks;
+  }
+  __device__ __forceinline__ float chunk_scale(int64_t, int64_t, int64_t) const { return 1.0f; }
+  // int8 -> float without the slow I2F: the byte + 128 placed in the mantissa of 2^23 (a byte permute), then
+  // 2^23 + 128 subtracted; exact for every int8.
+  __device__ __forceinline__ void decode(uint4 raw, float* w) const {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+    constexpr uint32_t kTwoPow23Bits = 0x4B000000u;
+    constexpr float kBias = 8388736.0f;  // 2^23 + 128
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const uint32_t offset_bytes = words[j] ^ 0x80808080u;  // each signed byte s becomes s + 128
+#pragma unroll
+      for (int b = 0; b < 4; ++b) {
+        w[4 * j + b] = __uint_as_float(__byte_perm(offset_bytes, kTwoPow23Bits, 0x7440u + b)) - kBias;
+      }
+    }
+  }
+  __device__ __forceinline__ float row_scale(int64_t n) const { return __ldg(scb + n) * quant::kInt8DequantScale; }
+};
+
+at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                      const std::optional<at::Tensor>& bias) {
+  const detail::WeightShape shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
+  const c10::cuda::CUDAGuard guard(A.device());
+  const at::Tensor input = A.contiguous(), codes = CB.contiguous(), scales = SCB.contiguous();
+  const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
+  if (!cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
+    return at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
+  }
+  at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+  cuda::launch_gemv(input, rows, Int8RowWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K, bias, out);
+  return out;
+}
+
+}  // namespace
+}  // namespace imagetotext::ops
+
+TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
+  m.impl("gemm_int8_weight_only", &imagetotext::ops::gemm_int8_weight_only_cuda);
+}

@@ -1,0 +1,300 @@
+"""gemm_4bit and gemm_int8_weight_only against the float formula, and the CUDA quantization kernels
+against the CPU ones (which tests/python/test_quant.py holds bit-exact with bitsandbytes).
+
+Error bound of a gemm output (reference: the weight dequantized to float32 by the existing ops, then a
+float64 matmul, so the reference itself adds no error). With u the unit roundoff of A's dtype (2^-8 bf16,
+2^-11 fp16, 2^-24 fp32) and S = sum_k |a_k * w_k|, every path computes
+  - the K products and their sum in float32, in any order: at most K * 2^-24 * S (the worst-case bound
+    of recursive summation; the fused GEMV's per-chunk scaling is one more float32 rounding per term);
+  - on the dequantize + matmul path, each weight rounded to A's dtype first: at most u * S;
+  - the output (and the bias addition) rounded to A's dtype: at most u * (S + |bias|) each;
+  - cuBLAS may reduce split-K partial sums in half precision (torch's default allows it): one more u * S.
+So |out - ref| <= (4u + K * 2^-24) * S + 2u * |bias|, checked elementwise. It is a worst case, not a
+statistical estimate, and still tight enough to catch a wrong nibble, block or row (those move an output
+by about |a_k w_k| for a single k, far more than u * S when the error is systematic).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from imagetotext import quant
+
+ops = torch.ops.imagetotext
+DTYPES = [torch.bfloat16, torch.float16, torch.float32]
+UNIT_ROUNDOFF = {torch.bfloat16: 2.0**-8, torch.float16: 2.0**-11, torch.float32: 2.0**-24}
+
+
+def random_tensor(shape, dtype, seed, scale=1.0, device="cpu"):
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randn(shape, generator=generator) * scale).to(dtype).to(device)
+
+
+def assert_within_bound(out, A, weight_f32, bias):
+    """out vs A @ weight.T + bias in float64, within the bound of the module docstring."""
+    assert out.dtype == A.dtype and out.shape == (*A.shape[:-1], weight_f32.shape[0])
+    a = A.double().reshape(-1, A.shape[-1])
+    w = weight_f32.double().to(a.device)
+    ref = a @ w.T
+    magnitude = a.abs() @ w.abs().T
+    u = UNIT_ROUNDOFF[A.dtype]
+    bound = (4 * u + A.shape[-1] * 2.0**-24) * magnitude
+    if bias is not None:
+        ref = ref + bias.double()
+        bound = bound + 2 * u * bias.double().abs()
+    error = (out.double().reshape(ref.shape) - ref).abs()
+    assert torch.isfinite(out).all()
+    excess = (error - bound).max().item() if error.numel() else 0.0
+    assert excess <= 0.0, f"max error over the bound by {excess:.3g} (max error {error.max().item():.3g})"
+
+
+def quantized_4bit(N, K, quant_type="nf4", blocksize=64, compress_statistics=True, seed=1, device="cpu"):
+    weight = random_tensor((N, K), torch.float32, seed, 0.05)
+    packed, state = quant.quantize_4bit(weight.to(device), blocksize, quant_type, compress_statistics)
+    dequantized = quant.dequantize_4bit(packed, state)  # float32: the state's dtype
+    return packed, state, dequantized
+
+
+def quantized_int8(N, K, seed=1, device="cpu"):
+    weight = random_tensor((N, K), torch.float16, seed, 0.05)  # bitsandbytes quantizes fp16 weights
+    CB, SCB, _ = quant.int8_vectorwise_quant(weight.to(device))
+    return CB, SCB, quant.int8_vectorwise_dequant(CB, SCB)
+
+
+# ---- CPU: the reference kernels against the formula ----------------------------------------------
+
+CPU_CASES = [(1, 96, 128), (3, 64, 576), (17, 40, 1040), (2, 33, 1000), (5, 8, 7)]  # (M, N, K); K odd too
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", CPU_CASES)
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_gemm_4bit_cpu_within_bound(M, N, K, dtype, quant_type):
+    packed, state, weight = quantized_4bit(N, K, quant_type)
+    A = random_tensor((M, K), dtype, seed=M + K)
+    bias = random_tensor((N,), dtype, seed=7)
+    assert_within_bound(quant.gemm_4bit(A, packed, state), A, weight, None)
+    assert_within_bound(quant.gemm_4bit(A, packed, state, bias), A, weight, bias)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", CPU_CASES)
+def test_gemm_int8_cpu_within_bound(M, N, K, dtype):
+    CB, SCB, weight = quantized_int8(N, K)
+    A = random_tensor((M, K), dtype, seed=M + K)
+    bias = random_tensor((N,), dtype, seed=7)
+    assert_within_bound(quant.gemm_int8_weight_only(A, CB, SCB), A, weight, None)
+    assert_within_bound(quant.gemm_int8_weight_only(A, CB, SCB, bias), A, weight, bias)
+
+
+def test_gemm_takes_leading_dimensions_and_non_contiguous_activations():
+    packed, state, weight = quantized_4bit(24, 64)
+    A = random_tensor((64, 2, 3), torch.bfloat16, seed=3).permute(1, 2, 0)  # [2, 3, 64], non-contiguous
+    out = quant.gemm_4bit(A, packed, state)
+    assert out.shape == (2, 3, 24)
+    assert_within_bound(out, A, weight, None)
+    CB, SCB, weight8 = quantized_int8(24, 64)
+    assert_within_bound(quant.gemm_int8_weight_only(A, CB, SCB), A, weight8, None)
+
+
+def test_gemm_4bit_plain_and_nested_absmax_agree():
+    A = random_tensor((3, 128), torch.float32, seed=5)
+    packed, nested_state, _ = quantized_4bit(16, 128, compress_statistics=True)
+    plain_absmax = nested_state.absmax if not nested_state.nested else None
+    assert plain_absmax is None  # the nested state goes through its de-nesting
+    direct = ops.gemm_4bit(A, packed, torch.ops.imagetotext.dequantize_blockwise(
+        nested_state.absmax, nested_state.state2.absmax, nested_state.state2.code, 256, torch.float32
+    ) + nested_state.offset, 64, "nf4", [16, 128], None)
+    assert torch.equal(quant.gemm_4bit(A, packed, nested_state), direct)
+
+
+# ---- errors -------------------------------------------------------------------------------------
+
+PACKED, STATE, _ = quantized_4bit(8, 64, compress_statistics=False)
+CB8, SCB8, _ = quantized_int8(8, 64)
+A64 = torch.randn(2, 64)
+
+
+@pytest.mark.parametrize(
+    "call,message",
+    [
+        (lambda: ops.gemm_4bit(A64, PACKED, STATE.absmax, 64, "nf4", [8, 64, 1], None),
+         "weight_shape must be \\[out_features, in_features\\]"),
+        (lambda: ops.gemm_4bit(torch.randn(2, 32), PACKED, STATE.absmax, 64, "nf4", [8, 64], None),
+         "A must be \\[..., K\\] with K = 64"),
+        (lambda: ops.gemm_4bit(A64, PACKED, STATE.absmax, 64, "nf4", [8, 32], None), "packed must hold 128"),
+        (lambda: ops.gemm_4bit(A64, PACKED, STATE.absmax, 32, "nf4", [8, 64], None), "absmax must hold 16"),
+        (lambda: ops.gemm_4bit(A64.double(), PACKED, STATE.absmax, 64, "nf4", [8, 64], None),
+         "A must be float32, float16 or bfloat16"),
+        (lambda: ops.gemm_4bit(A64, PACKED, STATE.absmax, 64, "nf5", [8, 64], None), "quant_type must be"),
+        (lambda: quant.gemm_4bit(A64, PACKED, STATE, torch.randn(7)), "bias must be 1-D \\[8\\]"),
+        (lambda: quant.gemm_4bit(A64, PACKED, STATE, torch.randn(8).half()), "bias must be Float"),
+        (lambda: quant.gemm_int8_weight_only(A64, CB8.float(), SCB8), "CB must be Char"),
+        (lambda: quant.gemm_int8_weight_only(A64, CB8, SCB8[:4]), "SCB must hold 8"),
+        (lambda: quant.gemm_int8_weight_only(A64[:, :32], CB8, SCB8), "A must be \\[..., K\\] with K = 64"),
+        (lambda: quant.gemm_int8_weight_only(A64, CB8.reshape(-1), SCB8), "CB must be 2-D"),
+        (lambda: quant.gemm_int8_weight_only(A64, CB8, SCB8, torch.randn(8, 1)), "bias must be 1-D"),
+    ],
+)
+def test_gemm_bad_arguments_raise_value_error(call, message):
+    with pytest.raises(ValueError, match=message):
+        call()
+
+
+META = torch.device("meta")
+
+
+def test_gemm_meta_shapes_and_device_mix():
+    out = ops.gemm_4bit(torch.empty(2, 5, 64, device=META, dtype=torch.float16), PACKED.to(META),
+                        STATE.absmax.to(META), 64, "nf4", [8, 64], None)
+    assert out.shape == (2, 5, 8) and out.dtype == torch.float16 and out.device == META
+    out = ops.gemm_int8_weight_only(torch.empty(3, 64, device=META), CB8.to(META), SCB8.to(META), None)
+    assert out.shape == (3, 8) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="packed must be on the device of A"):
+        ops.gemm_4bit(A64.to(META), PACKED, STATE.absmax.to(META), 64, "nf4", [8, 64], None)
+    with pytest.raises(ValueError, match="CB must be on the device of A"):
+        ops.gemm_int8_weight_only(A64.to(META), CB8, SCB8.to(META), None)
+
+
+# ---- GPU: the CUDA kernels ----------------------------------------------------------------------
+
+QUANT_SHAPES = [(576, 576), (1536, 576), (17, 1025), (3, 5137), (1, 17), (5, 1), (1, 0)]
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", QUANT_SHAPES)
+@pytest.mark.parametrize("blocksize", [64, 32, 128, 4096])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_cuda_4bit_ops_equal_cpu(quant_type, blocksize, shape, dtype):
+    A = random_tensor(shape, dtype, seed=sum(shape))
+    packed, absmax = ops.quantize_4bit(A, blocksize, quant_type)
+    packed_gpu, absmax_gpu = ops.quantize_4bit(A.cuda(), blocksize, quant_type)
+    assert torch.equal(packed_gpu.cpu(), packed) and torch.equal(absmax_gpu.cpu(), absmax)
+    for out_dtype in DTYPES:
+        expected = ops.dequantize_4bit(packed, absmax, blocksize, quant_type, list(shape), out_dtype)
+        got = ops.dequantize_4bit(packed.cuda(), absmax.cuda(), blocksize, quant_type, list(shape), out_dtype)
+        assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.gpu
+def test_cuda_4bit_ops_edge_values_and_unaligned_packed():
+    A = torch.tensor([[1.0, -1.0, 0.5, 0.0, -0.001, 0.001] + [0.0] * 58 + [0.0] * 64 + [3.0]])  # zero block, odd n
+    for quant_type in ("nf4", "fp4"):
+        packed, absmax = ops.quantize_4bit(A, 64, quant_type)
+        packed_gpu, absmax_gpu = ops.quantize_4bit(A.cuda(), 64, quant_type)
+        assert torch.equal(packed_gpu.cpu(), packed) and torch.equal(absmax_gpu.cpu(), absmax)
+    # A packed view that starts one byte in: the dequantize kernel's byte-by-byte path.
+    B = random_tensor((3, 130), torch.float32, seed=2)
+    packed, absmax = ops.quantize_4bit(B, 64, "nf4")
+    storage = torch.cat([torch.zeros(1, 1, dtype=torch.uint8), packed]).cuda()
+    got = ops.dequantize_4bit(storage[1:], absmax.cuda(), 64, "nf4", [3, 130], torch.bfloat16)
+    assert torch.equal(got.cpu(), ops.dequantize_4bit(packed, absmax, 64, "nf4", [3, 130], torch.bfloat16))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", QUANT_SHAPES)
+@pytest.mark.parametrize("blocksize", [256, 4096, 100])
+def test_cuda_blockwise_ops_equal_cpu(blocksize, shape, dtype):
+    A = random_tensor(shape, dtype, seed=sum(shape))
+    code = quant.create_dynamic_map()
+    q, absmax = ops.quantize_blockwise(A, code, blocksize)
+    q_gpu, absmax_gpu = ops.quantize_blockwise(A.cuda(), code.cuda(), blocksize)
+    assert torch.equal(q_gpu.cpu(), q) and torch.equal(absmax_gpu.cpu(), absmax)
+    for out_dtype in DTYPES:
+        expected = ops.dequantize_blockwise(q, absmax, code, blocksize, out_dtype)
+        got = ops.dequantize_blockwise(q.cuda(), absmax.cuda(), code.cuda(), blocksize, out_dtype)
+        assert torch.equal(got.cpu(), expected)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("compress_statistics", [True, False])
+def test_cuda_quant_state_round_trip_equals_cpu(compress_statistics):
+    A = random_tensor((1536, 576), torch.bfloat16, seed=4)
+    packed, state = quant.quantize_4bit(A, 64, "nf4", compress_statistics)
+    packed_gpu, state_gpu = quant.quantize_4bit(A.cuda(), 64, "nf4", compress_statistics)
+    assert torch.equal(packed_gpu.cpu(), packed) and torch.equal(state_gpu.absmax.cpu(), state.absmax)
+    assert torch.equal(quant.dequantize_4bit(packed_gpu, state_gpu).cpu(), quant.dequantize_4bit(packed, state))
+
+
+def weight_with_outliers(shape, dtype, seed=0):
+    A = random_tensor(shape, torch.float32, seed)
+    A[:, 3] *= 20.0  # a column of outliers
+    if shape[0] > 2:
+        A[2, :] = 0.0  # an all-zero row
+    return A.to(dtype)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (17, 1025), (1, 17), (5, 5137)])
+@pytest.mark.parametrize("threshold", [0.0, 6.0, 5.3])
+def test_cuda_int8_ops_equal_cpu(threshold, shape, dtype):
+    A = weight_with_outliers(shape, dtype, seed=sum(shape))
+    CB, SCB, cols = quant.int8_vectorwise_quant(A, threshold)
+    CB_gpu, SCB_gpu, cols_gpu = quant.int8_vectorwise_quant(A.cuda(), threshold)
+    assert torch.equal(CB_gpu.cpu(), CB) and torch.equal(SCB_gpu.cpu(), SCB)
+    assert (cols is None and cols_gpu is None) or torch.equal(cols_gpu.cpu(), cols)
+    assert torch.equal(quant.int8_vectorwise_dequant(CB.cuda(), SCB.cuda()).cpu(), quant.int8_vectorwise_dequant(CB, SCB))
+
+
+GPU_MS = [1, 2, 4, 8, 16, 64, 512]
+GPU_SHAPES = [(576, 576), (1536, 576), (4096, 4096), (576, 1040), (320, 1000)]  # (N, K); 1040, 1000 take the fallback
+
+
+@pytest.fixture(scope="module")
+def cuda_weights():
+    cache = {}
+
+    def get(kind, N, K):
+        if (kind, N, K) not in cache:
+            if kind == "int8":
+                cache[kind, N, K] = quantized_int8(N, K, device="cuda")
+            else:
+                cache[kind, N, K] = quantized_4bit(N, K, kind, device="cuda")
+        return cache[kind, N, K]
+
+    return get
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N,K", GPU_SHAPES)
+@pytest.mark.parametrize("M", GPU_MS)
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])
+def test_cuda_gemm_within_bound(kind, M, N, K, dtype, cuda_weights):
+    A = random_tensor((M, K), dtype, seed=M * 7 + K, device="cuda")
+    bias = random_tensor((N,), dtype, seed=N, device="cuda") if M % 2 == 0 else None
+    if kind == "int8":
+        CB, SCB, weight = cuda_weights(kind, N, K)
+        out = quant.gemm_int8_weight_only(A, CB, SCB, bias)
+    else:
+        packed, state, weight = cuda_weights(kind, N, K)
+        out = quant.gemm_4bit(A, packed, state, bias)
+    assert out.is_cuda
+    assert_within_bound(out, A, weight, bias)
+
+
+@pytest.mark.gpu
+def test_cuda_gemm_unaligned_activation_takes_the_fallback():
+    packed, state, weight = quantized_4bit(64, 128, device="cuda")
+    storage = random_tensor((2 * 128 + 1,), torch.bfloat16, seed=9, device="cuda")
+    A = storage[1:].view(2, 128)  # 2-byte offset: not 16-byte aligned
+    assert_within_bound(quant.gemm_4bit(A, packed, state), A, weight, None)
+
+
+@pytest.mark.gpu
+def test_cuda_gemm_device_mix_raises_value_error():
+    packed, state, _ = quantized_4bit(8, 64, compress_statistics=False)
+    CB, SCB, _ = quantized_int8(8, 64)
+    A = torch.randn(2, 64, device="cuda")
+    with pytest.raises(ValueError, match="packed must be on the device of A"):
+        ops.gemm_4bit(A, packed, state.absmax, 64, "nf4", [8, 64], None)
+    with pytest.raises(ValueError, match="packed must be on the device of A"):
+        ops.gemm_4bit(A.cpu(), packed.cuda(), state.absmax.cuda(), 64, "nf4", [8, 64], None)
+    with pytest.raises(ValueError, match="CB must be on the device of A"):
+        quant.gemm_int8_weight_only(A, CB, SCB)
+    with pytest.raises(ValueError, match="bias must be on the device of A"):
+        quant.gemm_int8_weight_only(A, CB.cuda(), SCB.cuda(), torch.randn(8))
