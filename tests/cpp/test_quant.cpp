@@ -179,3 +179,36 @@ TEST_CASE("quantization ops reject bad arguments with ValueError", "[quant]") {
   CHECK_THROWS_WITH(ops::int8_vectorwise_dequant(w.to(at::kChar), at::ones({3})), ContainsSubstring("SCB must hold 4"));
   CHECK_THROWS_AS(quant::parse_quant_type("af4"), c10::ValueError);
 }
+
+TEST_CASE("gemm ops on the CPU match dequantize then linear", "[quant]") {
+  const auto weight = at::randn({24, 64}) * 0.05;
+  const auto A = at::randn({3, 64});
+  const auto bias = at::randn({24});
+  auto [packed, absmax] = ops::quantize_4bit(weight, 64, "nf4");
+  const auto dense4 = ops::dequantize_4bit(packed, absmax, 64, "nf4", {24, 64}, at::kFloat);
+  CHECK(at::equal(ops::gemm_4bit(A, packed, absmax, 64, "nf4", {24, 64}, bias), at::linear(A, dense4, bias)));
+  auto [CB, SCB, cols] = ops::int8_vectorwise_quant(weight, 0.0);
+  CHECK(at::equal(ops::gemm_int8_weight_only(A, CB, SCB), at::linear(A, ops::int8_vectorwise_dequant(CB, SCB))));
+  REQUIRE_THROWS_AS(ops::gemm_4bit(A, packed, absmax, 64, "nf4", {24, 32}), c10::ValueError);
+}
+
+TEST_CASE("CUDA quantization ops equal the CPU kernels; CUDA gemms agree with them", "[quant][gpu]") {
+  const auto weight = at::randn({96, 320}).to(at::kBFloat16);
+  auto [packed, absmax] = ops::quantize_4bit(weight, 64, "nf4");
+  auto [packed_gpu, absmax_gpu] = ops::quantize_4bit(weight.cuda(), 64, "nf4");
+  CHECK(at::equal(packed_gpu.cpu(), packed));
+  CHECK(at::equal(absmax_gpu.cpu(), absmax));
+  const auto dense = ops::dequantize_4bit(packed, absmax, 64, "nf4", {96, 320}, at::kBFloat16);
+  CHECK(at::equal(ops::dequantize_4bit(packed_gpu, absmax_gpu, 64, "nf4", {96, 320}, at::kBFloat16).cpu(), dense));
+  auto [CB, SCB, cols] = ops::int8_vectorwise_quant(weight, 6.0);
+  auto [CB_gpu, SCB_gpu, cols_gpu] = ops::int8_vectorwise_quant(weight.cuda(), 6.0);
+  CHECK(at::equal(CB_gpu.cpu(), CB));
+  CHECK(at::equal(SCB_gpu.cpu(), SCB));
+  // The GEMV (2 rows) against the CPU kernel in float32 activations: well within 1e-4 relative.
+  const auto A = at::randn({2, 320});
+  const auto out = ops::gemm_4bit(A.cuda(), packed_gpu, absmax_gpu, 64, "nf4", {96, 320}).cpu();
+  const auto ref = ops::gemm_4bit(A, packed, absmax, 64, "nf4", {96, 320});
+  CHECK(at::allclose(out, ref, 1e-4, 1e-4));
+  const auto out8 = ops::gemm_int8_weight_only(A.cuda(), CB_gpu, SCB_gpu).cpu();
+  CHECK(at::allclose(out8, ops::gemm_int8_weight_only(A, CB, SCB), 1e-4, 1e-4));
+}

@@ -152,7 +152,7 @@ def test_gemm_meta_shapes_and_device_mix():
     out = ops.gemm_int8_weight_only(torch.empty(3, 64, device=META), CB8.to(META), SCB8.to(META), None)
     assert out.shape == (3, 8) and out.dtype == torch.float32
     with pytest.raises(ValueError, match="packed must be on the device of A"):
-        ops.gemm_4bit(A64.to(META), PACKED, STATE.absmax.to(META), 64, "nf4", [8, 64], None)
+        ops.gemm_4bit(A64.to(META), PACKED, STATE.absmax, 64, "nf4", [8, 64], None)
     with pytest.raises(ValueError, match="CB must be on the device of A"):
         ops.gemm_int8_weight_only(A64.to(META), CB8, SCB8.to(META), None)
 
