@@ -75,13 +75,7 @@ void parse_step(const JsonObject& object, std::vector<PreTokenizerStep>& steps) 
   } else if (type == "Digits") {
     steps.push_back({PreTokenizerStep::Kind::kDigits, false, false, object.boolean("individual_digits", false)});
   } else if (type == "Sequence") {
-    const json& list = object.require("pretokenizers");
-    if (!list.is_array()) object.fail("pretokenizers", "is not a list");
-    for (std::size_t i = 0; i < list.size(); ++i) {
-      const std::string key = fmt::format("pretokenizers[{}]", i);
-      if (!list[i].is_object()) object.fail(key, "is not a JSON object");
-      parse_step({list[i], object.field(key), object.path}, steps);
-    }
+    for (const JsonObject& element : object.objects("pretokenizers")) parse_step(element, steps);
   } else {
     object.fail("type", fmt::format("'{}' is not supported (supported: ByteLevel, Digits, Sequence)", type));
   }

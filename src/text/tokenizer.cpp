@@ -35,13 +35,9 @@ std::int64_t named_id(const JsonObject& processor, std::string_view key) {
 // TemplateProcessing's `single` template: special tokens around the one sequence "A".
 SpecialTokenFrame parse_template(const JsonObject& processor) {
   const JsonObject special_tokens = processor.object("special_tokens");
-  const json& single = processor.require("single");
-  if (!single.is_array()) processor.fail("single", "is not a list");
   SpecialTokenFrame frame;
   bool sequence_seen = false;
-  for (std::size_t i = 0; i < single.size(); ++i) {
-    const JsonObject piece{single[i], processor.field(fmt::format("single[{}]", i)), processor.path};
-    if (!single[i].is_object()) processor.fail(fmt::format("single[{}]", i), "is not a JSON object");
+  for (const JsonObject& piece : processor.objects("single")) {
     if (piece.find("Sequence") != nullptr) {
       if (sequence_seen) piece.fail("Sequence", "appears twice (a single template holds one sequence)");
       sequence_seen = true;
@@ -68,13 +64,7 @@ void parse_post_processor(const JsonObject& processor, SpecialTokenFrame& frame)
   } else if (type == "TemplateProcessing") {
     inner = parse_template(processor);
   } else if (type == "Sequence") {
-    const json& list = processor.require("processors");
-    if (!list.is_array()) processor.fail("processors", "is not a list");
-    for (std::size_t i = 0; i < list.size(); ++i) {
-      const std::string key = fmt::format("processors[{}]", i);
-      if (!list[i].is_object()) processor.fail(key, "is not a JSON object");
-      parse_post_processor({list[i], processor.field(key), processor.path}, frame);
-    }
+    for (const JsonObject& element : processor.objects("processors")) parse_post_processor(element, frame);
     return;
   } else {
     processor.fail("type",
@@ -87,13 +77,8 @@ void parse_post_processor(const JsonObject& processor, SpecialTokenFrame& frame)
 
 std::vector<AddedToken> parse_added_tokens(const JsonObject& root) {
   std::vector<AddedToken> tokens;
-  const json* list = root.find("added_tokens");
-  if (list == nullptr) return tokens;
-  if (!list->is_array()) root.fail("added_tokens", "is not a list");
-  for (std::size_t i = 0; i < list->size(); ++i) {
-    const std::string key = fmt::format("added_tokens[{}]", i);
-    if (!(*list)[i].is_object()) root.fail(key, "is not a JSON object");
-    const JsonObject entry{(*list)[i], key, root.path};
+  if (root.find("added_tokens") == nullptr) return tokens;
+  for (const JsonObject& entry : root.objects("added_tokens")) {
     entry.id("id");  // required by the format, though the library assigns ids itself (see AddedVocabulary)
     tokens.push_back({entry.string("content"), entry.boolean("single_word", false), entry.boolean("lstrip", false),
                       entry.boolean("rstrip", false), entry.boolean("normalized", true), entry.boolean("special", false)});

@@ -38,6 +38,18 @@ JsonObject JsonObject::object(std::string_view key) const {
   return {found, field(key), path};
 }
 
+std::vector<JsonObject> JsonObject::objects(std::string_view key) const {
+  const json& list = require(key);
+  if (!list.is_array()) fail(key, "is not a list");
+  std::vector<JsonObject> elements;
+  for (std::size_t i = 0; i < list.size(); ++i) {
+    const std::string element = fmt::format("{}[{}]", key, i);
+    if (!list[i].is_object()) fail(element, "is not a JSON object");
+    elements.push_back({list[i], field(element), path});
+  }
+  return elements;
+}
+
 std::string JsonObject::string(std::string_view key) const {
   const json& found = require(key);
   if (!found.is_string()) fail(key, "is not a string");

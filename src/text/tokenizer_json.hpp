@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <string>
 #include <string_view>
+#include <vector>
 
 namespace imagetotext::text {
 
@@ -27,6 +28,7 @@ struct JsonObject {
   const json* find(std::string_view key) const;
   const json& require(std::string_view key) const;
   JsonObject object(std::string_view key) const;  // required, an object
+  std::vector<JsonObject> objects(std::string_view key) const;  // required, a list of objects ("key[i]")
   std::string string(std::string_view key) const;  // required, a string
   bool boolean(std::string_view key, bool fallback) const;  // absent or null: fallback
   std::uint32_t id(std::string_view key) const;  // required, a token id (0 .. 2^32-1)
