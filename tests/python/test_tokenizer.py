@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import random
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -128,8 +129,9 @@ def florence_tokenizer() -> tuple[OracleTokenizer, list[str]]:
 
 
 def template_tokenizer() -> tuple[OracleTokenizer, list[str]]:
-    """ByteLevel with add_prefix_space, a TemplateProcessing post-processor, and added tokens with every flag."""
-    tokenizer = OracleTokenizer(models.BPE())
+    """ByteLevel with add_prefix_space, ignore_merges, a TemplateProcessing post-processor, and added tokens with
+    every flag."""
+    tokenizer = OracleTokenizer(models.BPE(ignore_merges=True))
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tokenizer.decoder = decoders.ByteLevel()
     trained(tokenizer, ["<|im_start|>", "<|im_end|>"], [])
@@ -158,6 +160,19 @@ def family(request, tmp_path_factory):
     oracle.save(str(path))
     # Both read the saved file, so neither sees state that the file does not hold.
     return request.param, OracleTokenizer.from_file(str(path)), imagetotext.Tokenizer.from_file(path), specials
+
+
+def test_saved_files_hold_each_configuration(family):
+    """The oracle wrote what each family is meant to exercise (training keeps the model's options)."""
+    name, oracle, _, _ = family
+    document = json.loads(oracle.to_str())
+    assert document["model"]["type"] == "BPE"
+    assert document["model"]["ignore_merges"] == (name == "template")
+    pre_tokenizer = document["pre_tokenizer"]
+    assert pre_tokenizer["type"] == ("Sequence" if name == "smolvlm" else "ByteLevel")
+    expected_post_processor = {"florence2": "RobertaProcessing", "template": "TemplateProcessing",
+                               "moondream2": "ByteLevel", "smolvlm": None}[name]
+    assert (document["post_processor"] or {}).get("type") == expected_post_processor
 
 
 def report(mismatches: list[str]) -> str:
@@ -210,6 +225,17 @@ def test_vocabulary_matches_tokenizers(family):
         if token is not None:
             assert ours.token_to_id(token) == oracle.token_to_id(token), token
     assert ours.token_to_id("not a token at all") is None
+
+
+def test_threads_share_one_tokenizer(family):
+    """encode and decode release the GIL and share the word cache; threads must get what one thread gets."""
+    name, _, ours, specials = family
+    rng = random.Random(3)
+    texts = [random_text(rng, specials) for _ in range(2000)]
+    expected = [ours.encode(text) for text in texts]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        assert list(pool.map(ours.encode, texts)) == expected
+        assert list(pool.map(ours.decode, expected)) == [ours.decode(ids) for ids in expected]
 
 
 def test_lone_surrogates_are_refused(family):
