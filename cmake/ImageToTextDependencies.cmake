@@ -4,7 +4,8 @@
 #   IMAGETOTEXT_OPENCV_TARGETS       the OpenCV modules used to decode images
 #   IMAGETOTEXT_TORCH_PYTHON_LIBRARY libtorch_python (for the Python extension)
 #   IMAGETOTEXT_SHARED_LINK_OPTIONS  link options for our shared libraries
-# and the imported target nlohmann_json::nlohmann_json (checkpoint headers and indexes).
+# and the imported targets nlohmann_json::nlohmann_json (checkpoint headers and indexes) and PkgConfig::PCRE2
+# (the tokenizers' split patterns).
 
 # --- Python and Torch -------------------------------------------------------------------------------
 # Torch comes from the torch wheel of the Python that runs the build, so the library, the extension and
@@ -112,6 +113,12 @@ if(NOT nlohmann_json_FOUND)
   message(FATAL_ERROR "imagetotext needs nlohmann-json 3 (header-only): apt-get install nlohmann-json3-dev, "
                       "or pass -Dnlohmann_json_DIR=<prefix>/share/cmake/nlohmann_json")
 endif()
+
+# --- Regular expressions ------------------------------------------------------------------------------
+# PCRE2 runs the tokenizers' split patterns (Unicode properties, lookahead, JIT); linked privately, so
+# consumers of the installed package do not need its headers.
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(PCRE2 REQUIRED IMPORTED_TARGET libpcre2-8)
 
 # --- Image codecs -----------------------------------------------------------------------------------
 if(IMAGETOTEXT_WITH_IMAGE_CODECS)

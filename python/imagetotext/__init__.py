@@ -42,6 +42,9 @@ Captioner = _C.Captioner
 load_rgb_image = _C.load_rgb_image
 probe_image = _C.probe_image
 set_log_level = _C.set_log_level
+#: A tokenizer.json read natively: ``Tokenizer.from_file(path)``, ``encode``, ``decode``, ``token_to_id``,
+#: ``id_to_token``, ``vocab_size``, exactly as the tokenizers library encodes and decodes.
+Tokenizer = _C.Tokenizer
 
 
 def model_selector(
@@ -80,6 +83,7 @@ __all__ = [
     "ImageToTextError",
     "InvalidArgumentError",
     "ModelNotImplementedError",
+    "Tokenizer",
     "UnknownModelError",
     "available_models",
     "default_model",

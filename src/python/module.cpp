@@ -158,6 +158,7 @@ PYBIND11_MODULE(_C, m) {
   python::bind_hub(m);
   python::bind_quant(m);
   python::bind_safetensors(m);
+  python::bind_tokenizer(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),
