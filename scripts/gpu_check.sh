@@ -3,6 +3,7 @@
 #   - builds the wheel with the CUDA kernels for sm_90 and the C++ tests, with file decoding left out
 #     (that machine has no OpenCV C++; GPU tests feed decoded pixels),
 #   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
+#   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -63,5 +64,10 @@ ctest --test-dir build/gpu --output-on-failure || status=1
 echo "== pytest (gpu-marked tests included)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
    -p no:cacheprovider) || status=1
+if [ "${GPU_CHECK_BENCH:-0}" = 1 ]; then
+  echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
+  PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_quant_gemm.py \
+    --out "$out/quant_gemm_h100.md" || status=1
+fi
 echo "== gpu_check finished with status $status"
 exit $status
