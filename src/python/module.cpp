@@ -156,6 +156,7 @@ PYBIND11_MODULE(_C, m) {
 
   python::bind_hub(m);
   python::bind_quant(m);
+  python::bind_quantized_linear(m);
   python::bind_safetensors(m);
 
   m.def(
