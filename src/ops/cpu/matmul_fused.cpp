@@ -66,12 +66,12 @@ SimdLevel simd_level() {
 constexpr int kRowTileAvx512 = 8;
 constexpr int kRowTileAvx2 = 4;
 
-// Calls kernel.run<R>(m) over rows [0, rows) of A in tiles of kTile, the remainder with one smaller R.
+// Calls kernel.operator()<R>(m) (a templated lambda) over rows [0, rows) of A in tiles of kTile, the remainder with one smaller R.
 template <int R, typename TileKernel>
 void run_remainder(int64_t remaining, int64_t m, const TileKernel& kernel) {
   if constexpr (R > 0) {
     if (remaining == R) {
-      kernel.template run<R>(m);
+      kernel.template operator()<R>(m);
     } else {
       run_remainder<R - 1>(remaining, m, kernel);
     }
@@ -81,7 +81,7 @@ void run_remainder(int64_t remaining, int64_t m, const TileKernel& kernel) {
 template <int kTile, typename TileKernel>
 void for_row_tiles(int64_t rows, const TileKernel& kernel) {
   int64_t m = 0;
-  for (; m + kTile <= rows; m += kTile) kernel.template run<kTile>(m);
+  for (; m + kTile <= rows; m += kTile) kernel.template operator()<kTile>(m);
   run_remainder<kTile - 1>(rows - m, m, kernel);
 }
 
@@ -182,27 +182,7 @@ __attribute__((target("avx2,fma"))) void rows_4bit_avx2(const Fused4bitArgs& p, 
 }
 #endif
 
-struct Rows4bitAvx512 {
-  const Fused4bitArgs& p;
-  int64_t n;
-  template <int R>
-  void run(int64_t m0) const {
-#if IMAGETOTEXT_X86
-    rows_4bit_avx512<R>(p, n, m0);
-#endif
-  }
-};
 
-struct Rows4bitAvx2 {
-  const Fused4bitArgs& p;
-  int64_t n;
-  template <int R>
-  void run(int64_t m0) const {
-#if IMAGETOTEXT_X86
-    rows_4bit_avx2<R>(p, n, m0);
-#endif
-  }
-};
 
 // Any shape, any blocksize (blocks and bytes may straddle rows): decode one row of W into a float32
 // buffer with the flat element index, then one dot product per row of A.
@@ -226,13 +206,17 @@ void matmul_4bit_rows(const Fused4bitArgs& p, SimdLevel level) {
     std::vector<float> w;
     if (level == SimdLevel::scalar) w.resize(static_cast<size_t>(p.K));
     for (int64_t n = first; n < last; ++n) {
+#if IMAGETOTEXT_X86  // simd_level() is scalar elsewhere
       if (level == SimdLevel::avx512) {
-        for_row_tiles<kRowTileAvx512>(p.M, Rows4bitAvx512{p, n});
-      } else if (level == SimdLevel::avx2) {
-        for_row_tiles<kRowTileAvx2>(p.M, Rows4bitAvx2{p, n});
-      } else {
-        rows_4bit_scalar(p, n, w);
+        for_row_tiles<kRowTileAvx512>(p.M, [&]<int R>(int64_t m0) { rows_4bit_avx512<R>(p, n, m0); });
+        continue;
       }
+      if (level == SimdLevel::avx2) {
+        for_row_tiles<kRowTileAvx2>(p.M, [&]<int R>(int64_t m0) { rows_4bit_avx2<R>(p, n, m0); });
+        continue;
+      }
+#endif
+      rows_4bit_scalar(p, n, w);
     }
   });
 }
@@ -329,27 +313,7 @@ __attribute__((target("avx2,fma"))) void rows_int8_avx2(const FusedInt8Args& p, 
 }
 #endif
 
-struct RowsInt8Avx512 {
-  const FusedInt8Args& p;
-  int64_t n;
-  template <int R>
-  void run(int64_t m0) const {
-#if IMAGETOTEXT_X86
-    rows_int8_avx512<R>(p, n, m0);
-#endif
-  }
-};
 
-struct RowsInt8Avx2 {
-  const FusedInt8Args& p;
-  int64_t n;
-  template <int R>
-  void run(int64_t m0) const {
-#if IMAGETOTEXT_X86
-    rows_int8_avx2<R>(p, n, m0);
-#endif
-  }
-};
 
 void rows_int8_scalar(const FusedInt8Args& p, int64_t n) {
   const int8_t* cb = p.cb + n * p.K;
@@ -372,13 +336,17 @@ at::Tensor matmul_int8_fused_cpu(const at::Tensor& A, const at::Tensor& CB, cons
   const SimdLevel level = simd_level();
   at::parallel_for(0, N, output_row_grain(K), [&](int64_t first, int64_t last) {
     for (int64_t n = first; n < last; ++n) {
+#if IMAGETOTEXT_X86  // simd_level() is scalar elsewhere
       if (level == SimdLevel::avx512) {
-        for_row_tiles<kRowTileAvx512>(M, RowsInt8Avx512{p, n});
-      } else if (level == SimdLevel::avx2) {
-        for_row_tiles<kRowTileAvx2>(M, RowsInt8Avx2{p, n});
-      } else {
-        rows_int8_scalar(p, n);
+        for_row_tiles<kRowTileAvx512>(M, [&]<int R>(int64_t m0) { rows_int8_avx512<R>(p, n, m0); });
+        continue;
       }
+      if (level == SimdLevel::avx2) {
+        for_row_tiles<kRowTileAvx2>(M, [&]<int R>(int64_t m0) { rows_int8_avx2<R>(p, n, m0); });
+        continue;
+      }
+#endif
+      rows_int8_scalar(p, n);
     }
   });
   return out.to(A.scalar_type());
