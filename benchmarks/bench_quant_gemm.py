@@ -193,7 +193,7 @@ def target_lines(rows):
                          f"{r['N']}×{r['K']} ({r[kind] / r['bf16']:.2f}×)" for r in slow512)))
     threshold = [f"{r['N']}×{r['K']} M={r['M']}: GEMV {r['nf4']:.1f} vs dq+mm {r['nf4_dq']:.1f}"
                  for r in rows if r["M"] in (8, 16, 64)]
-    lines.append("- NF4 threshold evidence (kMaxGemvRows = 16 in src/ops/cuda/gemv.cuh): " + "; ".join(threshold))
+    lines.append("- NF4 threshold evidence (kMaxGemvRows in src/ops/cuda/gemv.cuh): " + "; ".join(threshold))
     return lines
 
 

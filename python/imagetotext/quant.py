@@ -13,8 +13,11 @@ import torch
 
 from . import _C
 
+QuantizedLinear = _C.QuantizedLinear
+
 __all__ = [
     "QuantState",
+    "QuantizedLinear",
     "create_dynamic_map",
     "dequantize_4bit",
     "dequantize_blockwise",
@@ -23,6 +26,9 @@ __all__ = [
     "get_4bit_type",
     "int8_vectorwise_dequant",
     "int8_vectorwise_quant",
+    "llm_int8_matmul",
+    "matmul_4bit_fused",
+    "matmul_int8_fused",
     "quantize_4bit",
     "quantize_blockwise",
 ]
@@ -161,3 +167,32 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
 def int8_vectorwise_dequant(CB: torch.Tensor, SCB: torch.Tensor) -> torch.Tensor:
     """float32 ``CB * SCB[:, None] / 127`` (bitsandbytes' constant for 1/127)."""
     return torch.ops.imagetotext.int8_vectorwise_dequant(CB, SCB)
+
+
+def matmul_4bit_fused(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState) -> torch.Tensor:
+    """``A @ W.T`` for a 4-bit W [N, K] (``quantize_4bit`` of the weight) without dequantizing W.
+
+    A is [M, K] float32/float16/bfloat16 with M small (decoding); the result has A's dtype. The weight is
+    decoded block by block in registers (AVX-512 / AVX2 / scalar, chosen at run time).
+    """
+    s = quant_state
+    absmax = s.absmax
+    if s.nested:
+        absmax = dequantize_blockwise(s.absmax, s.state2.absmax, s.state2.code, s.state2.blocksize) + s.offset
+    return torch.ops.imagetotext.matmul_4bit_fused(A, B, absmax, s.blocksize, s.quant_type, list(s.shape))
+
+
+def matmul_int8_fused(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> torch.Tensor:
+    """``A @ W.T`` with W = CB * SCB[:, None] / 127 (CB int8 [N, K]) without dequantizing W; A's dtype."""
+    return torch.ops.imagetotext.matmul_int8_fused(A, CB, SCB)
+
+
+def llm_int8_matmul(
+    A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None, threshold: float = 6.0
+) -> torch.Tensor:
+    """bitsandbytes' LLM.int8 forward (``bnb.matmul`` with an int8 weight): A [..., K] -> A's dtype [..., N].
+
+    A is cast to float16 and quantized per row; columns with ``|a| >= threshold`` are computed in A's dtype
+    against the int8-dequantized weight; the rest is an exact int32 product scaled by SCA * SCB / 127**2.
+    """
+    return _C.llm_int8_matmul(A, CB, SCB, bias, threshold)

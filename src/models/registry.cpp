@@ -46,6 +46,7 @@ std::string_view quantization_name(Quantization quantization) noexcept {
     case int8: return "int8";
     case llm_int8: return "llm_int8";
     case nf4: return "nf4";
+    case fp4: return "fp4";
   }
   return "unknown";
 }

@@ -33,6 +33,16 @@ void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, c
 void check_int8_vectorwise_quant(const at::Tensor& A, double threshold);
 // int8_vectorwise_dequant: CB int8 2-D [rows, cols], SCB float32 [rows] on CB's device.
 void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+// matmul_4bit_fused: A 2-D [M, K] float, weight_shape [N, K], packed/absmax as dequantize_4bit needs for
+// it, all on A's device; returns the parsed quant type.
+quant::QuantType check_matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
+                                         int64_t blocksize, std::string_view quant_type,
+                                         c10::ArrayRef<int64_t> weight_shape);
+// matmul_int8_fused: A 2-D [M, K] float, CB int8 [N, K], SCB float32 [N], all on A's device.
+void check_matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB);
+// int8_scaled_mm: CA int8 [M, K], CB int8 [N, K], SCA float32 [M], SCB float32 [N], bias float [N].
+void check_int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
+                          const std::optional<at::Tensor>& bias);
 
 // The [N, K] of a quantized weight, as the gemm checks return it.
 struct WeightShape {

@@ -9,6 +9,7 @@ namespace imagetotext::python {
 void bind_configs(pybind11::module_& m);      // configs.cpp
 void bind_hub(pybind11::module_& m);          // hub.cpp
 void bind_quant(pybind11::module_& m);        // quant.cpp: the native side of imagetotext.quant
+void bind_quantized_linear(pybind11::module_& m);  // quantized_linear.cpp: imagetotext.quant.QuantizedLinear
 void bind_safetensors(pybind11::module_& m);  // safetensors.cpp
 void bind_tokenizer(pybind11::module_& m);    // tokenizer.cpp: imagetotext.Tokenizer
 

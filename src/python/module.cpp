@@ -157,6 +157,7 @@ PYBIND11_MODULE(_C, m) {
   python::bind_configs(m);
   python::bind_hub(m);
   python::bind_quant(m);
+  python::bind_quantized_linear(m);
   python::bind_safetensors(m);
   python::bind_tokenizer(m);
 

@@ -98,6 +98,10 @@ void bind_quant(py::module_& m) {
       py::arg("dtype"), py::arg("shape"), py::arg("nested_absmax") = py::none(), py::arg("nested_code") = py::none(),
       py::arg("nested_blocksize") = quant::kNestedBlocksize, py::arg("offset") = py::none(),
       py::arg("bias") = py::none(), "A @ dequantize_4bit(packed, state).T + bias, the absmax de-nested first.");
+  m.def("llm_int8_matmul", &quant::llm_int8_matmul, py::arg("A"), py::arg("CB"), py::arg("SCB"),
+        py::arg("bias") = py::none(), py::arg("threshold") = quant::kDefaultOutlierThreshold,
+        py::call_guard<py::gil_scoped_release>(),
+        "bitsandbytes' LLM.int8 forward: A [..., K] with the int8 weight CB [N, K], SCB [N] -> A's dtype [..., N].");
 }
 
 }  // namespace imagetotext::python

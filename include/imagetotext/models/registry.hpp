@@ -17,6 +17,7 @@ enum class Quantization {
   int8,      // INT8 row-wise absmax weights, weight-only matmul (the fast default for "-int8")
   llm_int8,  // bitsandbytes LLM.int8: int8 activations with fp16 outlier columns (threshold 6.0)
   nf4,       // bitsandbytes NF4, blocksize 64, double quantization (the "-int4" models)
+  fp4,       // bitsandbytes FP4 (Linear4bit's default type; pre-quantized checkpoints may hold it)
 };
 
 std::string_view family_name(ModelFamily family) noexcept;

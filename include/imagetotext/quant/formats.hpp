@@ -151,6 +151,9 @@ IMAGETOTEXT_HOST_DEVICE constexpr uint8_t encode_8bit(const float* code, float s
 // CB = round_half_even(x * (127 * (1 / rowmax))); dequantized x = CB * SCB * (1/127) with bitsandbytes' constant.
 inline constexpr float kInt8Range = 127.0f;
 inline constexpr float kInt8DequantScale = 7.874015718698502e-3f;
+// LLM.int8's output scale 1/127^2 as bitsandbytes' CUDA kdequant_mm_int32_fp16 writes it (its pure-torch
+// CPU op has the typo 6.200124e-05, 1.8e-5 relative off; reference section 4.4).
+inline constexpr float kInt8MatmulDequantScale = 6.200012e-05f;
 // LLM.int8's default outlier threshold (|x| >= threshold marks an outlier column).
 inline constexpr double kDefaultOutlierThreshold = 6.0;
 

@@ -36,6 +36,15 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
                                                                                    double threshold);
 // float32 CB * SCB[row] * (1/127).
 at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+// A [M, K] (float32/float16/bfloat16) @ W^T for a 4-bit W of weight_shape [N, K] without dequantizing W:
+// A's dtype [M, N]. absmax is the float32 one (QuantState::float_absmax()). Fast for small M.
+at::Tensor matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                             const std::string& quant_type, const std::vector<int64_t>& weight_shape);
+// A [M, K] @ W^T with W = CB * SCB[n] / 127 (CB int8 [N, K]) without dequantizing W: A's dtype [M, N].
+at::Tensor matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB);
+// LLM.int8's int8 part: float16 [M, N] = half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])).
+at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
+                          const std::optional<at::Tensor>& bias);
 
 // A [..., K] (float32/float16/bfloat16) times the transposed 4-bit weight [N, K] packed as quantize_4bit
 // packs it (absmax float32, already de-nested), plus bias [N]: [..., N] in A's dtype. On CUDA, a fused
@@ -92,5 +101,12 @@ at::Tensor dequantize_4bit(const at::Tensor& packed, const QuantState& state);
 // ops::gemm_4bit with the weight's state: the nested absmax is dequantized first.
 at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const QuantState& state,
                      const std::optional<at::Tensor>& bias = std::nullopt);
+
+// bitsandbytes' LLM.int8 forward (MatMul8bitLt with has_fp16_weights=False, reference section 4.3) of
+// A [..., K] (float32/float16/bfloat16) with the int8 weight CB [N, K], SCB [N]: A is cast to float16 and
+// quantized per row with `threshold`; the int8 part is int8_scaled_mm (float16, then A's dtype); the
+// outlier columns (|a| >= threshold) are added as A[:, cols] @ (CB[:, cols] * SCB / 127)^T in A's dtype.
+at::Tensor llm_int8_matmul(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                           const std::optional<at::Tensor>& bias, double threshold = kDefaultOutlierThreshold);
 
 }  // namespace imagetotext::quant

@@ -19,8 +19,10 @@
 namespace imagetotext::ops::cuda {
 
 // Rows of A up to which gemm_* run the fused GEMV; above, dequantize + cuBLAS (tensor cores) wins, as
-// the SIMT GEMV's float32 FMAs per weight grow with M. benchmarks/bench_quant_gemm.py measures both sides.
-constexpr int64_t kMaxGemvRows = 16;
+// the SIMT GEMV's float32 FMAs per weight grow with M. Measured on the H100
+// (benchmarks/results/quant_gemm_h100-2026-11-22.md): at M = 8 the GEMV still wins at the models' shapes,
+// at M = 16 it loses everywhere (up to 2x against dequantize + cuBLAS).
+constexpr int64_t kMaxGemvRows = 8;
 constexpr int kGemvWarps = 4;
 constexpr int kGemvThreads = kGemvWarps * kWarpSize;
 constexpr int kGemvUnroll = 4;
