@@ -114,7 +114,7 @@ void launch_gemv_tile(const at::Tensor& A, int64_t rows, const Weights& weights,
 }
 
 // out [rows, N] (A's dtype) = A [rows, K] (contiguous, rows <= kMaxGemvRows) times the weights, plus bias.
-// The row tile is the smallest of 1, 2, 4, 8, 16 that holds `rows`.
+// The row tile is the smallest of 1, 2, 4, 8 that holds `rows`.
 template <typename Weights>
 void launch_gemv(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
                  const std::optional<at::Tensor>& bias, at::Tensor& out) {
@@ -128,10 +128,9 @@ void launch_gemv(const at::Tensor& A, int64_t rows, const Weights& weights, int6
       launch_gemv_tile<Weights, scalar_t, 2>(A, rows, weights, N, K, bias_ptr, out);
     } else if (rows <= 4) {
       launch_gemv_tile<Weights, scalar_t, 4>(A, rows, weights, N, K, bias_ptr, out);
-    } else if (rows <= 8) {
-      launch_gemv_tile<Weights, scalar_t, 8>(A, rows, weights, N, K, bias_ptr, out);
     } else {
-      launch_gemv_tile<Weights, scalar_t, 16>(A, rows, weights, N, K, bias_ptr, out);
+      static_assert(kMaxGemvRows == 8, "add a row tile for the new kMaxGemvRows");
+      launch_gemv_tile<Weights, scalar_t, 8>(A, rows, weights, N, K, bias_ptr, out);
     }
   });
 }
