@@ -176,6 +176,8 @@ std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features
   std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end());
   shape.back() = out_features;
   return shape;
+}
+
 namespace {
 
 void check_matrix(std::string_view op, std::string_view name, const at::Tensor& t) {
@@ -316,6 +318,8 @@ at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, cons
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const std::optional<at::Tensor>&)>();
   return op.call(A, CB, SCB, bias);
+}
+
 at::Tensor matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                              const std::string& quant_type, const std::vector<int64_t>& weight_shape) {
   static const auto op = find_op("imagetotext::matmul_4bit_fused")

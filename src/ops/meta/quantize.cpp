@@ -52,6 +52,8 @@ at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB,
                                       const std::optional<at::Tensor>& bias) {
   const auto shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
   return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
+}
+
 at::Tensor matmul_4bit_fused_meta(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
                                   int64_t blocksize, c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape) {
   detail::check_matmul_4bit_fused(A, packed, absmax, blocksize, quant_type, weight_shape);
