@@ -3,6 +3,7 @@
 #   - builds the wheel with the CUDA kernels for sm_90 and the C++ tests, with file decoding left out
 #     (that machine has no OpenCV C++; GPU tests feed decoded pixels),
 #   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
+#   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset),
 #   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
@@ -63,7 +64,7 @@ echo "== CTest (all labels, gpu included)"
 ctest --test-dir build/gpu --output-on-failure || status=1
 echo "== pytest (gpu-marked tests included)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
-   -p no:cacheprovider) || status=1
+   -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-}) || status=1
 if [ "${GPU_CHECK_BENCH:-0}" = 1 ]; then
   echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
   PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_quant_gemm.py \

@@ -369,3 +369,46 @@ def test_meta_tensors_give_the_output_shapes():
     assert packed.shape == (18, 1) and packed.dtype == torch.uint8 and absmax.shape == (2,)
     out = ops.dequantize_4bit(packed, absmax, 32, "fp4", [5, 7], torch.bfloat16)
     assert out.shape == (5, 7) and out.dtype == torch.bfloat16 and out.device == META
+
+
+# ---- On the GPU: our CUDA kernels against bitsandbytes' CUDA kernels (the wheel is carried there) ----
+
+
+def bnb_has_cuda():
+    try:
+        return torch.cuda.is_available() and bnb_functional.quantize_4bit(torch.ones(64, device="cuda"))[0].is_cuda
+    except Exception as error:  # noqa: BLE001 - a bitsandbytes without CUDA kernels: say so in the skip
+        pytest.skip(f"bitsandbytes has no usable CUDA kernels here: {error!r}")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (17, 1025), (3, 5137)])
+@pytest.mark.parametrize("compress_statistics", [False, True])
+@pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
+def test_cuda_4bit_matches_bitsandbytes_cuda(quant_type, compress_statistics, shape, dtype):
+    bnb_has_cuda()
+    A = random_weight(shape, dtype, seed=7).cuda()
+    packed, state = quant.quantize_4bit(A, 64, quant_type, compress_statistics)
+    bnb_packed, bnb_state = bnb_functional.quantize_4bit(A, blocksize=64, quant_type=quant_type,
+                                                         compress_statistics=compress_statistics)
+    assert packed.is_cuda
+    assert torch.equal(packed.reshape(-1), bnb_packed.reshape(-1))
+    assert torch.equal(state.absmax, bnb_state.absmax)
+    if compress_statistics:
+        assert torch.equal(state.state2.absmax, bnb_state.state2.absmax)
+        assert float(state.offset) == float(bnb_state.offset)
+    assert torch.equal(quant.dequantize_4bit(packed, state), bnb_functional.dequantize_4bit(bnb_packed, bnb_state))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("threshold", [0.0, 6.0])
+@pytest.mark.parametrize("shape", [(576, 576), (17, 1025), (64, 2560)])
+def test_cuda_int8_vectorwise_matches_bitsandbytes_cuda(shape, threshold):
+    bnb_has_cuda()
+    A = (random_weight(shape, torch.float16, seed=8) * 200).cuda()  # some |x| >= 6 for the outlier columns
+    CB, SCB, outliers = quant.int8_vectorwise_quant(A, threshold)
+    bnb_CB, bnb_SCB, bnb_outliers = bnb_functional.int8_vectorwise_quant(A, threshold)
+    assert torch.equal(CB, bnb_CB) and torch.equal(SCB, bnb_SCB)
+    if threshold:
+        assert torch.equal(outliers.cpu().sort().values, bnb_outliers.cpu().sort().values)
