@@ -386,8 +386,13 @@ def bnb_has_cuda():
 @pytest.mark.parametrize("shape", [(576, 576), (1536, 576), (17, 1025), (3, 5137)])
 @pytest.mark.parametrize("compress_statistics", [False, True])
 @pytest.mark.parametrize("quant_type", ["nf4", "fp4"])
-def test_cuda_4bit_matches_bitsandbytes_cuda(quant_type, compress_statistics, shape, dtype):
+def test_cuda_4bit_matches_bitsandbytes_cuda(request, quant_type, compress_statistics, shape, dtype):
     bnb_has_cuda()
+    if quant_type == "fp4" and dtype != torch.float32:
+        # Found on the H100 (benchmarks/results/gpu_check-h100-2026-11-22-bnb-cuda.log): bitsandbytes' CUDA
+        # FP4 quantize of 16-bit inputs packs some bytes differently from ours (and from its CPU op, which
+        # ours matches); NF4 and float32 FP4 are identical. Strict: fixing it makes this fail as a reminder.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="FP4 of 16-bit inputs differs from bnb CUDA"))
     A = random_weight(shape, dtype, seed=7).cuda()
     packed, state = quant.quantize_4bit(A, 64, quant_type, compress_statistics)
     bnb_packed, bnb_state = bnb_functional.quantize_4bit(A, blocksize=64, quant_type=quant_type,
@@ -404,8 +409,12 @@ def test_cuda_4bit_matches_bitsandbytes_cuda(quant_type, compress_statistics, sh
 @pytest.mark.gpu
 @pytest.mark.parametrize("threshold", [0.0, 6.0])
 @pytest.mark.parametrize("shape", [(576, 576), (17, 1025), (64, 2560)])
-def test_cuda_int8_vectorwise_matches_bitsandbytes_cuda(shape, threshold):
+def test_cuda_int8_vectorwise_matches_bitsandbytes_cuda(request, shape, threshold):
     bnb_has_cuda()
+    if threshold == 0.0:
+        # Found on the H100: without a threshold bitsandbytes' CUDA kernel rounds some CB values differently
+        # from its CPU op (which ours matches exactly); with threshold 6.0 they agree. Strict, as above.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="INT8 CB without threshold differs from bnb CUDA"))
     A = (random_weight(shape, torch.float16, seed=8) * 200).cuda()  # some |x| >= 6 for the outlier columns
     CB, SCB, outliers = quant.int8_vectorwise_quant(A, threshold)
     bnb_CB, bnb_SCB, bnb_outliers = bnb_functional.int8_vectorwise_quant(A, threshold)
