@@ -12,14 +12,8 @@
 #include <cmath>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define IMAGETOTEXT_X86 1
-#else
-#define IMAGETOTEXT_X86 0
-#endif
-
 #include "../quantize.hpp"
+#include "simd.hpp"
 
 namespace imagetotext::ops {
 namespace {
@@ -59,12 +53,14 @@ __attribute__((target("avx512f,avx512bw"))) int32_t dot_int8_avx512(const int8_t
 
 using DotInt8 = int32_t (*)(const int8_t*, const int8_t*, int64_t);
 
-// Integer sums are exact whichever path runs, so this needs no test switch: the widest the CPU has.
+// Integer sums are exact whichever path runs; IMAGETOTEXT_CPU_SIMD caps it as for the other kernels.
 DotInt8 pick_dot_int8() {
 #if IMAGETOTEXT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return dot_int8_avx512;
-  if (__builtin_cpu_supports("avx2")) return dot_int8_avx2;
+  switch (cpu::simd_level()) {
+    case cpu::SimdLevel::avx512: return dot_int8_avx512;
+    case cpu::SimdLevel::avx2: return dot_int8_avx2;
+    case cpu::SimdLevel::scalar: break;
+  }
 #endif
   return dot_int8_scalar;
 }
@@ -72,7 +68,7 @@ DotInt8 pick_dot_int8() {
 at::Tensor int8_scaled_mm_cpu(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                               const std::optional<at::Tensor>& bias) {
   detail::check_int8_scaled_mm(CA, CB, SCA, SCB, bias);
-  static const DotInt8 dot = pick_dot_int8();
+  const DotInt8 dot = pick_dot_int8();
   const at::Tensor a = CA.contiguous(), b = CB.contiguous(), sca = SCA.contiguous(), scb = SCB.contiguous();
   const int64_t M = a.size(0), N = b.size(0), K = a.size(1);
   std::vector<float> bias_f32(static_cast<size_t>(N), 0.0f);

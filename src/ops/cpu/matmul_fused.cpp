@@ -3,9 +3,7 @@
 // row n of W is decoded block by block into registers and multiplied against every row of A while it is
 // there, so the weight is read once per call and never written out dense. Parallel over output rows.
 //
-// The SIMD width is chosen at run time (AVX-512 where the CPU has avx512f+avx512bw, else AVX2+FMA, else
-// portable scalar code): the library is built for baseline x86-64, only these functions carry target
-// attributes. IMAGETOTEXT_CPU_SIMD=scalar|avx2|avx512 caps the choice (tests run every path with it).
+// The SIMD width is chosen at run time (simd.hpp): AVX-512, AVX2+FMA or portable scalar code.
 //
 // Numerics: each weight is float32(table[code] * absmax[block]) (4-bit; exactly dequantize_4bit's float32
 // value) or CB * (SCB / 127) (int8), products accumulated in float32 in an order that differs from
@@ -17,49 +15,16 @@
 
 #include <algorithm>
 #include <array>
-#include <cstdlib>
-#include <string_view>
 #include <vector>
 
-#if defined(__x86_64__) || defined(__i386__)
-#include <immintrin.h>
-#define IMAGETOTEXT_X86 1
-#else
-#define IMAGETOTEXT_X86 0
-#endif
-
 #include "../quantize.hpp"
+#include "simd.hpp"
 
 namespace imagetotext::ops {
 namespace {
 
-enum class SimdLevel { scalar, avx2, avx512 };  // ascending, so a cap is a min
-
-SimdLevel supported_simd_level() {
-#if IMAGETOTEXT_X86
-  __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw")) return SimdLevel::avx512;
-  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return SimdLevel::avx2;
-#endif
-  return SimdLevel::scalar;
-}
-
-SimdLevel simd_level() {
-  static const SimdLevel supported = supported_simd_level();
-  // Read on every call (a getenv is ~100 ns) so tests can switch paths inside one process.
-  const char* cap = std::getenv("IMAGETOTEXT_CPU_SIMD");
-  if (cap == nullptr || *cap == '\0') return supported;
-  const std::string_view name(cap);
-  SimdLevel wanted = SimdLevel::avx512;
-  if (name == "scalar") {
-    wanted = SimdLevel::scalar;
-  } else if (name == "avx2") {
-    wanted = SimdLevel::avx2;
-  } else {
-    TORCH_CHECK_VALUE(name == "avx512", "IMAGETOTEXT_CPU_SIMD must be scalar, avx2 or avx512, got '", name, "'");
-  }
-  return std::min(wanted, supported);
-}
+using cpu::SimdLevel;
+using cpu::simd_level;
 
 // Rows of A handled together per output row: their accumulators (two per row, to hide FMA latency) stay
 // in registers, 32 zmm / 16 ymm.
