@@ -346,6 +346,20 @@ def test_forward_matches_dequantized_linear(fmt, rows):
                                   layer.dequantized_weight().float())
 
 
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["int8", "nf4", "fp4"])
+@pytest.mark.parametrize("rows", [1, 7, 40])  # 40: above the GEMV's rows, dequantize + cuBLAS
+def test_forward_on_cuda_matches_dequantized_linear(fmt, rows):
+    # On CUDA, forward runs the gemm_* ops (fused GEMV or dequantize + cuBLAS); same bound as the CPU kernels.
+    W = random_tensor((72, 320), seed=24, scale=0.05).cuda()
+    bias = random_tensor((72,), seed=25).cuda()
+    layer = quant.QuantizedLinear.from_dense(W, bias, fmt)
+    x = random_tensor((rows, 320), seed=26).cuda()
+    out = layer(x)
+    assert out.is_cuda and out.shape == (rows, 72)
+    assert_within_summation_bound((out - bias).cpu(), x.cpu(), layer.dequantized_weight().float().cpu())
+
+
 def test_weight_bytes():
     W = random_tensor((256, 512), scale=0.05)
     assert quant.QuantizedLinear.from_dense(W, None, "none").weight_bytes == 256 * 512 * 4
