@@ -61,10 +61,11 @@ std::string read_first_line(const fs::path& path) {
   return line;
 }
 
-// Writes through a temporary file and a rename, so a reader never sees half a ref.
+// Writes through a temporary file and a rename, so a reader never sees half a ref; the temporary name
+// carries the process id so two processes updating one ref do not write into each other's file.
 void write_atomically(const fs::path& path, const std::string& text) {
   fs::create_directories(path.parent_path());
-  const fs::path tmp = path.string() + ".tmp";
+  const fs::path tmp = fmt::format("{}.{}.tmp", path.string(), ::getpid());
   {
     std::ofstream out(tmp, std::ios::trunc);
     out << text;
