@@ -16,6 +16,7 @@
 #include <vector>
 
 #include "imagetotext/core/logging.hpp"
+#include "imagetotext/io/hub.hpp"
 #include "imagetotext/io/image.hpp"
 #include "imagetotext/models/registry.hpp"
 
@@ -24,6 +25,10 @@ namespace imagetotext {
 // Options every family understands; each takes what applies to it.
 struct ModelOptions {
   std::string device = "auto";                      // "auto", "cpu", "cuda" or "cuda:N"
+  std::string dtype = "auto";                       // "auto" (bf16 on CUDA, fp32 on CPU), "float32", ...
+  std::string checkpoint;                           // empty: the registry's hub id; else a directory or hub id
+  std::optional<Quantization> quantization;         // unset: the registry's (llm_int8 reproduces the service)
+  io::HubOptions hub;                               // cache, endpoint, token, download progress
   std::chrono::milliseconds test_delay{1000};       // the `test` model's sleep per image, as in the service
   io::ImageLoadOptions image;                       // pixel limit for decoded files
 };

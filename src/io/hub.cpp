@@ -16,10 +16,12 @@
 #include <fstream>
 #include <map>
 #include <memory>
+#include <set>
 #include <system_error>
 
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/core/logging.hpp"
+#include "json_file.hpp"
 
 #if IMAGETOTEXT_WITH_DOWNLOADS
 #include <curl/curl.h>
@@ -88,7 +90,7 @@ std::optional<fs::path> local_directory_file(std::string_view repo, std::string_
   if (!fs::is_directory(dir, ec)) return std::nullopt;
   const fs::path file = dir / fs::path(filename);
   if (!fs::exists(file, ec)) {
-    throw CheckpointError(fmt::format("model directory {} has no file {}", dir.string(), filename));
+    throw EntryNotFoundError(fmt::format("model directory {} has no file {}", dir.string(), filename));
   }
   return file;
 }
@@ -273,7 +275,7 @@ std::optional<FileMetadata> head_file(const std::string& endpoint, std::string_v
     if (error_code == "RevisionNotFound") {
       throw CheckpointError(fmt::format("revision {} of {} was not found on {}", revision, repo, endpoint));
     }
-    throw CheckpointError(fmt::format("{} was not found on {}", what, endpoint));
+    throw EntryNotFoundError(fmt::format("{} was not found on {}", what, endpoint));
   }
   if (response.status >= 400) throw CheckpointError(fmt::format("{} answered HTTP {} for {}", endpoint, response.status, what));
 
@@ -425,6 +427,48 @@ fs::path hub_file(std::string_view repo, std::string_view filename, std::string_
 #else
   return *cached;  // unreachable: the offline branch above returned or threw
 #endif
+}
+
+std::optional<fs::path> optional_hub_file(std::string_view repo, std::string_view filename, std::string_view revision,
+                                          const HubOptions& options) {
+  try {
+    return hub_file(repo, filename, revision, options);
+  } catch (const EntryNotFoundError&) {
+    return std::nullopt;
+  }
+}
+
+fs::path hub_checkpoint(std::string_view repo, std::string_view revision, const HubOptions& options) {
+  constexpr std::string_view kSingleFile = "model.safetensors";
+  constexpr std::string_view kIndex = "model.safetensors.index.json";
+  // A sharded checkpoint already in the cache must not cost a request for the single file first (and must
+  // work offline, where that request would fail as "not cached" rather than "not found").
+  std::error_code ec;
+  const fs::path cache_dir = options.cache_dir.empty() ? default_hub_cache_dir() : options.cache_dir;
+  const bool cached_sharded = !fs::is_directory(fs::path(repo), ec) &&
+                              !cached_hub_file(repo, kSingleFile, revision, cache_dir) &&
+                              cached_hub_file(repo, kIndex, revision, cache_dir);
+  if (!cached_sharded) {
+    if (auto single = optional_hub_file(repo, kSingleFile, revision, options)) return *single;
+  }
+  const std::optional<fs::path> index = optional_hub_file(repo, kIndex, revision, options);
+  if (!index) {
+    throw EntryNotFoundError(fmt::format("{} (revision {}) has no {} and no {}", repo, revision, kSingleFile, kIndex));
+  }
+  const nlohmann::json parsed = detail::read_json_file(*index, "checkpoint index");
+  const auto weight_map = parsed.is_object() ? parsed.find("weight_map") : parsed.end();
+  if (weight_map == parsed.end() || !weight_map->is_object()) {
+    throw CheckpointError(fmt::format("checkpoint index {} has no weight_map object", index->string()));
+  }
+  std::set<std::string> shards;
+  for (const auto& [name, shard] : weight_map->items()) {
+    if (!shard.is_string()) {
+      throw CheckpointError(fmt::format("checkpoint index {}: the shard of '{}' is not a string", index->string(), name));
+    }
+    shards.insert(shard.get<std::string>());
+  }
+  for (const std::string& shard : shards) hub_file(repo, shard, revision, options);
+  return *index;
 }
 
 }  // namespace imagetotext::io

@@ -57,6 +57,13 @@ class CheckpointError : public Error {
   using Error::Error;
 };
 
+// A file the repository or model directory does not have (HTTP 404 for the file itself, or a local
+// directory without it): callers use it to tell an optional file that is absent from a real failure.
+class EntryNotFoundError : public CheckpointError {
+ public:
+  using CheckpointError::CheckpointError;
+};
+
 // A device that is unavailable or out of memory (Python: RuntimeError subclass).
 class DeviceError : public Error {
  public:

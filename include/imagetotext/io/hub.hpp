@@ -54,6 +54,20 @@ std::optional<std::filesystem::path> cached_hub_file(std::string_view repo_id, s
 std::filesystem::path hub_file(std::string_view repo, std::string_view filename, std::string_view revision = "main",
                                const HubOptions& options = {});
 
+// A model's safetensors checkpoint at `revision`: `model.safetensors`, or else the index
+// `model.safetensors.index.json` and every shard it names, each fetched with hub_file (so from the cache
+// when there, downloaded when missing). Returns the path to give load_safetensors: the file or the index.
+// `repo` may be a local directory. Throws EntryNotFoundError when the repository has neither file, and
+// hub_file's errors otherwise.
+std::filesystem::path hub_checkpoint(std::string_view repo, std::string_view revision = "main",
+                                     const HubOptions& options = {});
+
+// hub_file for a file a model may lack (generation_config.json, special_tokens_map.json, ...): nullopt when
+// the repository or directory does not have it; every other failure throws as hub_file does.
+std::optional<std::filesystem::path> optional_hub_file(std::string_view repo, std::string_view filename,
+                                                       std::string_view revision = "main",
+                                                       const HubOptions& options = {});
+
 // False when built with IMAGETOTEXT_WITH_DOWNLOADS=OFF: then only cached files and local directories work.
 bool downloads_available() noexcept;
 

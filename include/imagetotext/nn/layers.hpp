@@ -1,0 +1,43 @@
+// The small layers the model families share. Each is loaded from a Weights view and checked against the
+// size its config implies; forward is the textbook formula in the activation dtype unless noted.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string_view>
+
+#include "imagetotext/nn/weights.hpp"
+
+namespace imagetotext::nn {
+
+// torch.nn.LayerNorm over the last dimension (weight and bias, as every LayerNorm these models use).
+struct LayerNorm {
+  at::Tensor weight;
+  at::Tensor bias;
+  double eps = 1e-5;
+
+  static LayerNorm load(const Weights& weights, std::string_view name, std::int64_t size, double eps);
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+// Llama's RMSNorm: computed in float32, cast back to the input dtype, then scaled by the weight.
+struct RMSNorm {
+  at::Tensor weight;
+  double eps = 1e-6;
+
+  static RMSNorm load(const Weights& weights, std::string_view name, std::int64_t size, double eps);
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+// torch.nn.Embedding: rows of a [num_embeddings, dim] table.
+struct Embedding {
+  at::Tensor weight;
+
+  static Embedding load(const Weights& weights, std::string_view name, std::int64_t num_embeddings,
+                        std::int64_t dim);
+  at::Tensor operator()(const at::Tensor& ids) const;
+};
+
+}  // namespace imagetotext::nn

@@ -1,0 +1,46 @@
+// Linear layers as every model builds them: one LinearPolicy (the quantization a model variant asks for,
+// and the modules it keeps dense) decides, per layer, whether a checkpoint's dense weight becomes a
+// QuantizedLinear of that format. A layer stored pre-quantized (bitsandbytes' layout) loads as stored.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "imagetotext/models/registry.hpp"
+#include "imagetotext/nn/weights.hpp"
+#include "imagetotext/quant/quantized_linear.hpp"
+
+namespace imagetotext::nn {
+
+struct LinearPolicy {
+  Quantization format = Quantization::none;
+  quant::QuantizeOptions options;
+  // Modules kept dense, as transformers' `llm_int8_skip_modules`: an entry matches a layer whose full name
+  // equals it, ends with "." + it, or starts with it + "." (so "lm_head" and "model.vision_model" both work).
+  std::vector<std::string> keep_dense;
+
+  // The format the layer named `module` (its full checkpoint name, without ".weight") gets.
+  Quantization format_for(std::string_view module) const;
+};
+
+class Linear {
+ public:
+  // Reads `<name>.weight` (and `<name>.bias` if present) under `weights`. A dense weight is placed on the
+  // model's device and dtype, then quantized as `policy` says; a pre-quantized one (int8 weight with
+  // `SCB`, or packed 4-bit with its quant_state) loads in its stored format. `in_features`/`out_features`,
+  // when positive, are checked. Throws CheckpointError naming the tensor.
+  static Linear load(const Weights& weights, std::string_view name, const LinearPolicy& policy,
+                     std::int64_t in_features = 0, std::int64_t out_features = 0);
+
+  at::Tensor operator()(const at::Tensor& x) const { return layer_.forward(x); }
+  const quant::QuantizedLinear& layer() const noexcept { return layer_; }
+
+ private:
+  explicit Linear(quant::QuantizedLinear layer) : layer_(std::move(layer)) {}
+  quant::QuantizedLinear layer_;
+};
+
+}  // namespace imagetotext::nn

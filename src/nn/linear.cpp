@@ -1,0 +1,75 @@
+#include "imagetotext/nn/linear.hpp"
+
+#include <c10/util/Exception.h>
+#include <fmt/format.h>
+
+#include "imagetotext/core/error.hpp"
+
+namespace imagetotext::nn {
+
+namespace {
+bool matches_module(std::string_view module, std::string_view entry) {
+  if (entry.empty()) return false;
+  if (module == entry) return true;
+  if (module.size() > entry.size() && module.compare(0, entry.size(), entry) == 0 && module[entry.size()] == '.') {
+    return true;
+  }
+  return module.size() > entry.size() && module.ends_with(entry) && module[module.size() - entry.size() - 1] == '.';
+}
+
+// The format a layer was saved in, from the tensors bitsandbytes writes beside its weight.
+std::optional<Quantization> stored_format(const Weights& layer) {
+  if (layer.contains("SCB")) return Quantization::int8;
+  if (layer.contains("weight.quant_state.bitsandbytes__nf4")) return Quantization::nf4;
+  if (layer.contains("weight.quant_state.bitsandbytes__fp4")) return Quantization::fp4;
+  return std::nullopt;
+}
+}  // namespace
+
+Quantization LinearPolicy::format_for(std::string_view module) const {
+  for (const std::string& entry : keep_dense) {
+    if (matches_module(module, entry)) return Quantization::none;
+  }
+  return format;
+}
+
+Linear Linear::load(const Weights& weights, std::string_view name, const LinearPolicy& policy, std::int64_t in_features,
+                    std::int64_t out_features) {
+  const Weights layer = weights[name];
+  const std::string module = weights.key(name);
+  const Placement& placement = weights.placement();
+  std::optional<at::Tensor> bias = layer.get_if("bias");
+
+  std::optional<quant::QuantizedLinear> loaded;
+  try {
+    if (const auto stored = stored_format(layer)) {
+      // Pre-quantized: the stored tensors as they are (integer codes, float32 statistics) on the device.
+      // LLM.int8 and weight-only INT8 share one stored layout; the policy picks the matmul.
+      Quantization format = *stored;
+      if (format == Quantization::int8 && policy.format == Quantization::llm_int8) format = Quantization::llm_int8;
+      quant::StateDict state;
+      for (const auto& [key, tensor] : layer.raw_tensors()) state.emplace(key, io::to_device(tensor, placement.device));
+      if (bias) state["bias"] = *bias;
+      loaded.emplace(quant::QuantizedLinear::from_state_dict(state, "", format, policy.options.threshold));
+    } else {
+      const at::Tensor weight = layer.get("weight");
+      if (weight.dim() != 2) {
+        throw CheckpointError(fmt::format("checkpoint {}: '{}' must be 2-D, has {} dimensions",
+                                          weights.source().string(), layer.key("weight"), weight.dim()));
+      }
+      loaded.emplace(quant::QuantizedLinear::from_dense(weight, bias, policy.format_for(module), policy.options));
+    }
+  } catch (const c10::Error& e) {
+    throw CheckpointError(fmt::format("checkpoint {}: layer '{}' cannot be loaded: {}", weights.source().string(),
+                                      module, e.what_without_backtrace()));
+  }
+  if ((in_features > 0 && loaded->in_features != in_features) ||
+      (out_features > 0 && loaded->out_features != out_features)) {
+    throw CheckpointError(fmt::format("checkpoint {}: layer '{}' is {}x{} (out x in) where the config implies {}x{}",
+                                      weights.source().string(), module, loaded->out_features, loaded->in_features,
+                                      out_features, in_features));
+  }
+  return Linear(std::move(*loaded));
+}
+
+}  // namespace imagetotext::nn

@@ -1,0 +1,79 @@
+// The shared layers' loading: Weights' prefixes, dtype placement and shape checks, and Linear's choice
+// between dense, quantized-on-load and pre-quantized layers (the formats themselves: test_quant.cpp).
+#include <ATen/ATen.h>
+
+#include "catch.hpp"
+#include "imagetotext/core/error.hpp"
+#include "imagetotext/nn/layers.hpp"
+#include "imagetotext/nn/linear.hpp"
+
+namespace nn = imagetotext::nn;
+using imagetotext::CheckpointError;
+using imagetotext::Quantization;
+
+namespace {
+nn::Weights make_weights(imagetotext::io::TensorMap tensors, at::ScalarType dtype = at::kFloat) {
+  return nn::Weights(std::move(tensors), "memory.safetensors", nn::Placement{c10::kCPU, dtype});
+}
+}  // namespace
+
+TEST_CASE("Weights: prefixes, dtype placement, shape checks", "[nn]") {
+  const nn::Weights weights = make_weights(
+      {{"model.layers.0.fc.weight", at::ones({4, 3}, at::kFloat)}, {"model.ids", at::arange(5, at::kLong)}},
+      at::kBFloat16);
+  const nn::Weights layer = weights["model"]["layers"][0];
+  CHECK(layer.prefix() == "model.layers.0.");
+  CHECK(layer.get("fc.weight").scalar_type() == at::kBFloat16);   // floats take the model's dtype
+  CHECK(weights["model"].get("ids").scalar_type() == at::kLong);  // integers keep theirs
+  CHECK(layer.raw_tensors().size() == 1);
+  CHECK_THROWS_AS(layer.get("fc.bias"), CheckpointError);
+  CHECK_THROWS_WITH(layer.get("fc.weight", {3, 4}),
+                    ContainsSubstring("model.layers.0.fc.weight") && ContainsSubstring("[3, 4]"));
+  CHECK_FALSE(layer.get_if("fc.bias").has_value());
+}
+
+TEST_CASE("Linear: keep_dense matching, quantize on load, pre-quantized layers", "[nn]") {
+  nn::LinearPolicy policy{Quantization::nf4, {}, {"lm_head", "model.vision"}};
+  CHECK(policy.format_for("lm_head") == Quantization::none);
+  CHECK(policy.format_for("model.text.lm_head") == Quantization::none);
+  CHECK(policy.format_for("model.vision.layers.0.fc1") == Quantization::none);
+  CHECK(policy.format_for("model.visionary.fc1") == Quantization::nf4);
+  CHECK(policy.format_for("model.text.fc1") == Quantization::nf4);
+
+  const at::Tensor weight = at::randn({8, 64});
+  const at::Tensor bias = at::randn({8});
+  const nn::Weights weights = make_weights({{"fc.weight", weight}, {"fc.bias", bias}});
+  const at::Tensor x = at::randn({2, 64});
+
+  const nn::Linear dense = nn::Linear::load(weights, "fc", nn::LinearPolicy{}, 64, 8);
+  CHECK(at::allclose(dense(x), at::linear(x, weight, bias)));
+  CHECK_THROWS_WITH(nn::Linear::load(weights, "fc", nn::LinearPolicy{}, 32, 8), ContainsSubstring("'fc'"));
+
+  const nn::Linear quantized = nn::Linear::load(weights, "fc", policy);
+  REQUIRE(quantized.layer().format() == Quantization::nf4);
+  // Saved in bitsandbytes' layout and read back, the layer is detected as NF4 whatever the policy says.
+  const nn::Weights saved = make_weights(quantized.layer().state_dict("fc."));
+  const nn::Linear reloaded = nn::Linear::load(saved, "fc", nn::LinearPolicy{});
+  CHECK(reloaded.layer().format() == Quantization::nf4);
+  CHECK(at::equal(reloaded(x), quantized(x)));
+
+  const nn::Linear int8 = nn::Linear::load(weights, "fc", nn::LinearPolicy{Quantization::int8});
+  const nn::Weights saved8 = make_weights(int8.layer().state_dict("fc."));
+  CHECK(nn::Linear::load(saved8, "fc", nn::LinearPolicy{}).layer().format() == Quantization::int8);
+  CHECK(nn::Linear::load(saved8, "fc", nn::LinearPolicy{Quantization::llm_int8}).layer().format() ==
+        Quantization::llm_int8);
+}
+
+TEST_CASE("LayerNorm and RMSNorm against their formulas", "[nn]") {
+  const at::Tensor x = at::randn({3, 16});
+  const at::Tensor w = at::rand({16}) + 0.5;
+  const at::Tensor b = at::randn({16});
+  const nn::Weights weights = make_weights({{"ln.weight", w}, {"ln.bias", b}});
+  const auto ln = nn::LayerNorm::load(weights, "ln", 16, 1e-5);
+  const at::Tensor mean = x.mean(-1, true);
+  const at::Tensor var = (x - mean).pow(2).mean(-1, true);
+  CHECK(at::allclose(ln(x), (x - mean) / at::sqrt(var + 1e-5) * w + b, 1e-5, 1e-5));
+  const auto rms = nn::RMSNorm::load(weights, "ln", 16, 1e-6);
+  CHECK(at::allclose(rms(x), x / at::sqrt(x.pow(2).mean(-1, true) + 1e-6) * w, 1e-5, 1e-5));
+  CHECK_THROWS_AS(nn::LayerNorm::load(weights, "ln", 8, 1e-5), CheckpointError);
+}
