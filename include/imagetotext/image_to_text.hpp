@@ -7,6 +7,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstdint>
 #include <filesystem>
 #include <memory>
 #include <mutex>
@@ -29,6 +30,7 @@ struct ModelOptions {
   std::string checkpoint;                           // empty: the registry's hub id; else a directory or hub id
   std::optional<Quantization> quantization;         // unset: the registry's (llm_int8 reproduces the service)
   io::HubOptions hub;                               // cache, endpoint, token, download progress
+  std::int64_t max_new_tokens = 0;                  // 0: the family's default (the service's setting)
   std::chrono::milliseconds test_delay{1000};       // the `test` model's sleep per image, as in the service
   io::ImageLoadOptions image;                       // pixel limit for decoded files
 };

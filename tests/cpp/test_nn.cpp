@@ -2,8 +2,13 @@
 // between dense, quantized-on-load and pre-quantized layers (the formats themselves: test_quant.cpp).
 #include <ATen/ATen.h>
 
+#include <cmath>
+#include <limits>
+#include <vector>
+
 #include "catch.hpp"
 #include "imagetotext/core/error.hpp"
+#include "imagetotext/nn/attention.hpp"
 #include "imagetotext/nn/layers.hpp"
 #include "imagetotext/nn/linear.hpp"
 
@@ -76,4 +81,46 @@ TEST_CASE("LayerNorm and RMSNorm against their formulas", "[nn]") {
   const auto rms = nn::RMSNorm::load(weights, "ln", 16, 1e-6);
   CHECK(at::allclose(rms(x), x / at::sqrt(x.pow(2).mean(-1, true) + 1e-6) * w, 1e-5, 1e-5));
   CHECK_THROWS_AS(nn::LayerNorm::load(weights, "ln", 8, 1e-5), CheckpointError);
+}
+
+namespace {
+// The attention formula written out: softmax(q k^T / sqrt(d) + mask) v, key/value heads repeated for GQA.
+at::Tensor attention_formula(const at::Tensor& q, at::Tensor k, at::Tensor v, const at::Tensor& allowed) {
+  const int64_t groups = q.size(1) / k.size(1);
+  k = k.repeat_interleave(groups, 1);
+  v = v.repeat_interleave(groups, 1);
+  at::Tensor scores = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(static_cast<double>(q.size(-1)));
+  scores = scores.masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+  return at::matmul(scores.softmax(-1), v);
+}
+}  // namespace
+
+TEST_CASE("KVCache: append in place, views of the filled part, beam reorder, capacity", "[nn]") {
+  nn::KVCache cache(3, 2, 5, 4, at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor k1 = at::randn({3, 2, 2, 4}), v1 = at::randn({3, 2, 2, 4});
+  const at::Tensor k2 = at::randn({3, 2, 1, 4}), v2 = at::randn({3, 2, 1, 4});
+  cache.append(k1, v1);
+  auto [keys, values] = cache.append(k2, v2);
+  CHECK(cache.length() == 3);
+  CHECK(at::equal(keys, at::cat({k1, k2}, 2)));
+  CHECK(at::equal(values, at::cat({v1, v2}, 2)));
+  CHECK(keys.data_ptr() == cache.keys().data_ptr());  // a view, not a copy
+  const at::Tensor order = at::tensor(std::vector<int64_t>{2, 2, 0});
+  cache.reorder(order);
+  CHECK(at::equal(cache.keys().narrow(2, 0, 3), at::cat({k1, k2}, 2).index_select(0, order)));
+  CHECK_THROWS_AS(cache.append(at::randn({3, 2, 3, 4}), at::randn({3, 2, 3, 4})), imagetotext::InvalidArgumentError);
+}
+
+TEST_CASE("scaled_dot_product_attention: causal with a cache offset, GQA, boolean masks", "[nn]") {
+  const at::Tensor q = at::randn({2, 4, 3, 8});
+  const at::Tensor k = at::randn({2, 2, 5, 8}), v = at::randn({2, 2, 5, 8});
+  const at::Tensor causal = at::ones({3, 5}, at::kBool).tril(2);  // query i is position i + 2
+  CHECK(at::allclose(nn::scaled_dot_product_attention(q, k, v, std::nullopt, true),
+                     attention_formula(q, k, v, causal), 1e-5, 1e-5));
+  const at::Tensor padding = at::tensor(std::vector<uint8_t>{1, 1, 1, 0, 1}).to(at::kBool).view({1, 1, 1, 5});
+  CHECK(at::allclose(nn::scaled_dot_product_attention(q, k, v, padding, true),
+                     attention_formula(q, k, v, causal.logical_and(padding)), 1e-5, 1e-5));
+  const at::Tensor square = at::randn({2, 4, 5, 8});
+  CHECK(at::allclose(nn::scaled_dot_product_attention(square, k, v, std::nullopt, true),
+                     attention_formula(square, k, v, at::ones({5, 5}, at::kBool).tril()), 1e-5, 1e-5));
 }

@@ -1,0 +1,63 @@
+#include "imagetotext/nn/attention.hpp"
+
+#include <ATen/ops/empty.h>
+#include <ATen/ops/ones.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <fmt/format.h>
+
+#include <limits>
+
+#include "imagetotext/core/error.hpp"
+
+namespace imagetotext::nn {
+
+KVCache::KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
+                 const at::TensorOptions& options)
+    : keys_(at::empty({batch, kv_heads, capacity, head_dim}, options)),
+      values_(at::empty({batch, kv_heads, capacity, head_dim}, options)) {}
+
+std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const at::Tensor& value) {
+  const std::int64_t added = key.size(2);
+  if (length_ + added > capacity()) {
+    throw InvalidArgumentError(
+        fmt::format("key/value cache holds {} positions; {} + {} do not fit", capacity(), length_, added));
+  }
+  keys_.narrow(2, length_, added).copy_(key);
+  values_.narrow(2, length_, added).copy_(value);
+  length_ += added;
+  return {keys_.narrow(2, 0, length_), values_.narrow(2, 0, length_)};
+}
+
+void KVCache::reorder(const at::Tensor& order) {
+  // index_select allocates; beams are few and this runs once per step, so the copy back is cheap.
+  keys_.copy_(keys_.index_select(0, order));
+  values_.copy_(values_.index_select(0, order));
+}
+
+at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const std::optional<at::Tensor>& mask, bool causal,
+                                        std::optional<double> scale) {
+  std::optional<at::Tensor> attn_mask = mask;
+  if (causal) {
+    const std::int64_t q_len = query.size(2);
+    const std::int64_t k_len = key.size(2);
+    if (q_len == k_len && !mask) {
+      return at::scaled_dot_product_attention(query, key, value, std::nullopt, 0.0, /*is_causal=*/true, scale,
+                                              /*enable_gqa=*/key.size(1) != query.size(1));
+    }
+    // Queries sit at the end of the key sequence (decoding with a cache): query i sees keys 0 .. i + offset.
+    const at::Tensor allowed =
+        at::ones({q_len, k_len}, query.options().dtype(at::kBool)).tril(k_len - q_len);
+    if (!attn_mask) {
+      attn_mask = allowed;
+    } else if (attn_mask->scalar_type() == at::kBool) {
+      attn_mask = attn_mask->logical_and(allowed);
+    } else {
+      attn_mask = attn_mask->masked_fill(allowed.logical_not(), -std::numeric_limits<float>::infinity());
+    }
+  }
+  return at::scaled_dot_product_attention(query, key, value, attn_mask, 0.0, /*is_causal=*/false, scale,
+                                          /*enable_gqa=*/key.size(1) != query.size(1));
+}
+
+}  // namespace imagetotext::nn
