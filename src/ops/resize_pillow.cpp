@@ -124,6 +124,11 @@ std::vector<int32_t> nearest_indices(int64_t in_size, int64_t out_size) {
   return indices;
 }
 
+bool vertical_pass_first(const ResizePlan& plan) {
+  return plan.horizontal && plan.vertical && plan.filter != Resample::nearest && plan.out_height < plan.height &&
+         plan.width * plan.out_height < plan.out_width * plan.height;
+}
+
 ResizePlan plan_resize_pillow(const at::Tensor& pixels, int64_t out_height, int64_t out_width, int64_t filter) {
   TORCH_CHECK_VALUE(pixels.scalar_type() == at::kByte, "resize_pillow: pixels must be uint8, got ",
                     pixels.scalar_type());

@@ -81,6 +81,9 @@ void nearest(const uint8_t* in, uint8_t* out, const detail::ResizePlan& plan) {
 
 at::Tensor resize_pillow_cpu(const at::Tensor& pixels, int64_t out_height, int64_t out_width, int64_t filter) {
   const auto plan = detail::plan_resize_pillow(pixels, out_height, out_width, filter);
+  if (detail::vertical_pass_first(plan)) {  // two single-axis resizes, in Pillow's order
+    return resize_pillow_cpu(resize_pillow_cpu(pixels, out_height, plan.width, filter), out_height, out_width, filter);
+  }
   const at::Tensor input = pixels.contiguous();
   if (!plan.horizontal && !plan.vertical) return input.clone();  // Image.resize returns a copy
   at::Tensor output = at::empty(plan.out_sizes, input.options());

@@ -91,6 +91,9 @@ int64_t blocks_for(int64_t total) { return std::min<int64_t>((total + kThreads -
 
 at::Tensor resize_pillow_cuda(const at::Tensor& pixels, int64_t out_height, int64_t out_width, int64_t filter) {
   const auto plan = detail::plan_resize_pillow(pixels, out_height, out_width, filter);
+  if (detail::vertical_pass_first(plan)) {  // two single-axis resizes, in Pillow's order
+    return resize_pillow_cuda(resize_pillow_cuda(pixels, out_height, plan.width, filter), out_height, out_width, filter);
+  }
   const c10::cuda::CUDAGuard guard(pixels.device());
   const at::Tensor input = pixels.contiguous();
   if (!plan.horizontal && !plan.vertical) return input.clone();  // Image.resize returns a copy
