@@ -19,6 +19,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <typeinfo>
 #include <vector>
 
 #include "imagetotext/core/error.hpp"
@@ -75,6 +76,9 @@ class Captioner {
   std::string_view model_id() const noexcept { return spec().repo_id; }
   std::string_view revision() const noexcept { return spec().revision; }
 };
+
+// The Quantization named `name` ("none", "int8", "llm_int8", "nf4", "fp4"); InvalidArgumentError otherwise.
+Quantization parse_quantization(std::string_view name);
 
 // The cache key of a model: family, checkpoint and revision, resolved device and dtype, quantization, and
 // the options a family may bake into its weights. Throws InvalidArgumentError / DeviceError as
@@ -183,7 +187,8 @@ class ImageToText final : public Captioner {
   std::shared_ptr<Entry> current_entry() {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!entry_ || entry_->evicted) {
-      if (key_.empty()) key_ = model_cache_key(spec_, options_);
+      // The C++ type too: two families sharing a key (custom ones in tests) must never share an entry.
+      if (key_.empty()) key_ = std::string(typeid(Family).name()) + "|" + model_cache_key(spec_, options_);
       entry_ = std::static_pointer_cast<Entry>(
           ModelCache::instance().entry(key_, name_, [] { return std::make_shared<Entry>(); }));
     }

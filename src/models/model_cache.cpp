@@ -5,6 +5,7 @@
 #include <algorithm>
 
 #include "imagetotext/core/device.hpp"
+#include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
 
 namespace imagetotext {
@@ -61,6 +62,14 @@ std::vector<CachedModelInfo> ModelCache::entries() const {
     infos.back().loaded = row.model->loaded;
   }
   return infos;
+}
+
+Quantization parse_quantization(std::string_view name) {
+  using enum Quantization;
+  for (Quantization quantization : {none, int8, llm_int8, nf4, fp4}) {
+    if (name == quantization_name(quantization)) return quantization;
+  }
+  throw InvalidArgumentError(fmt::format("unknown quantization '{}' (use none, int8, llm_int8, nf4 or fp4)", name));
 }
 
 std::string model_cache_key(const ModelSpec& spec, const ModelOptions& options) {

@@ -51,14 +51,6 @@ std::string_view quantization_name(Quantization quantization) noexcept {
   return "unknown";
 }
 
-Quantization parse_quantization(std::string_view name) {
-  for (Quantization quantization : {none, int8, llm_int8, nf4, fp4}) {
-    if (name == quantization_name(quantization)) return quantization;
-  }
-  throw InvalidArgumentError(
-      fmt::format("unknown quantization '{}' (use none, int8, llm_int8, nf4 or fp4)", name));
-}
-
 std::span<const ModelSpec> model_registry() noexcept { return kModels; }
 
 std::vector<std::string> available_models() {

@@ -22,8 +22,6 @@ enum class Quantization {
 
 std::string_view family_name(ModelFamily family) noexcept;
 std::string_view quantization_name(Quantization quantization) noexcept;
-// The Quantization named `name` ("none", "int8", "llm_int8", "nf4", "fp4"); InvalidArgumentError otherwise.
-Quantization parse_quantization(std::string_view name);
 
 struct ModelSpec {
   std::string_view name;      // what model_selector takes, e.g. "SmolVLM-256M-Instruct-int8"
