@@ -32,7 +32,33 @@ def _clean(signature: str) -> str:
     signature = signature.replace("imagetotext._C.", "")
     signature = re.sub(r"= <[^>]*>", "= ...", signature)  # defaults pybind11 cannot spell as Python
     signature = re.sub(r"\bself: [\w.]+", "self", signature)
-    return signature
+    return _defaults_in_order(signature)
+
+
+def _defaults_in_order(signature: str) -> str:
+    """pybind11 accepts a parameter without a default after one with a default (callers name it); Python
+    syntax does not, so such a parameter gets `= ...` in the stub."""
+    match = re.match(r"^(\w*)\((.*)\)( -> .*)?$", signature)
+    if not match:
+        return signature
+    parameters, depth, current = [], 0, ""
+    for char in match.group(2):
+        depth += char in "[(" and 1 or 0
+        depth -= char in "])" and 1 or 0
+        if char == "," and depth == 0:
+            parameters.append(current.strip())
+            current = ""
+        else:
+            current += char
+    if current.strip():
+        parameters.append(current.strip())
+    seen_default = False
+    for i, parameter in enumerate(parameters):
+        if "=" in parameter:
+            seen_default = True
+        elif seen_default and not parameter.startswith("*"):
+            parameters[i] = parameter + " = ..."
+    return f"{match.group(1)}({', '.join(parameters)}){match.group(3) or ''}"
 
 
 def _signatures(obj, name: str) -> tuple[list[str], str]:
@@ -69,12 +95,12 @@ def _function(obj, name: str, indent: str = "") -> str:
 
 
 def _property(prop, name: str) -> str:
-    signatures, documentation = _signatures(prop.fget, "")
-    doc_lines = (prop.fget.__doc__ or "").splitlines()
+    # pybind11 puts the getter's signature on fget ("(arg0: Class) -> T") and the documentation on the property.
     returns = "typing.Any"
-    if doc_lines and (match := re.match(r"^\(self: [\w.]+\) -> (.+)$", doc_lines[0])):
+    signature = (prop.fget.__doc__ or "").strip().splitlines()
+    if signature and (match := re.match(r"^\((?:self|arg0): [\w.]+\) -> (.+)$", signature[0])):
         returns = _clean(match.group(1))
-        documentation = "\n".join(doc_lines[1:]).strip()
+    documentation = (prop.__doc__ or "").strip()
     return f"    @property\n    def {name}(self) -> {returns}:\n{_docstring(documentation, '        ') or '        ...'}\n"
 
 
@@ -83,6 +109,8 @@ def _class(cls, name: str) -> str:
     for attribute, value in sorted(vars(cls).items()):
         if attribute.startswith("_") and attribute not in ("__init__", "__repr__", "__call__", "__len__"):
             continue
+        if attribute == "__init__" and not (value.__doc__ or "").startswith("__init__("):
+            continue  # no Python constructor: objects come from factory functions
         if isinstance(value, property):
             out.append(_property(value, attribute))
         elif isinstance(value, staticmethod) or type(value).__name__ == "staticmethod":
