@@ -70,6 +70,32 @@ def open_model(args: argparse.Namespace, model: str, progress=None) -> imagetote
     return imagetotext.model_selector(model, test_delay=args.test_delay, **common)
 
 
+def _tqdm(**kwargs):
+    """A tqdm bar on stderr, hidden when stderr is not a terminal (or tqdm is missing)."""
+    try:
+        from tqdm import tqdm
+    except ImportError:  # a dependency of the wheel; an install without it just shows no bars
+        kwargs["disable"] = True
+
+        class tqdm:  # noqa: N801  the few methods used here, doing nothing
+            def __init__(self, **_):
+                self.n = 0
+
+            def update(self, count):
+                self.n += count
+
+            def close(self):
+                pass
+
+            def __enter__(self):
+                return self
+
+            def __exit__(self, *_):
+                pass
+
+    return tqdm(file=sys.stderr, **kwargs)
+
+
 class DownloadBars:
     """One tqdm bar per file while weights download (on stderr; hidden when stderr is not a terminal)."""
 
@@ -80,12 +106,10 @@ class DownloadBars:
     def __call__(self, filename: str, received: int, total: int) -> None:
         if not self.enabled:
             return
-        from tqdm import tqdm
-
         bar = self.bars.get(filename)
         if bar is None:
-            bar = self.bars[filename] = tqdm(total=total or None, desc=filename, unit="B", unit_scale=True,
-                                             unit_divisor=1024, file=sys.stderr, leave=False, disable=None)
+            bar = self.bars[filename] = _tqdm(total=total or None, desc=filename, unit="B", unit_scale=True,
+                                              unit_divisor=1024, leave=False, disable=None)
         bar.update(received - bar.n)
 
     def close(self) -> None:
@@ -115,8 +139,6 @@ def _report(args: argparse.Namespace, path: str, caption: str | None = None, err
 def _caption(args: argparse.Namespace) -> int:
     if args.batch_size < 1:
         raise UsageError("--batch-size must be at least 1")
-    from tqdm import tqdm
-
     downloads = DownloadBars(enabled=not args.no_progress)
     model = open_model(args, args.model, downloads)
     model.download()  # load (or fetch) before the first image, so a model error stops here
@@ -124,7 +146,7 @@ def _caption(args: argparse.Namespace) -> int:
 
     items = list(expand_paths(args.paths, args.recursive))
     failures = 0
-    with tqdm(total=len(items), unit="image", file=sys.stderr, disable=True if args.no_progress else None) as bar:
+    with _tqdm(total=len(items), unit="image", disable=True if args.no_progress else None) as bar:
         for start in range(0, len(items), args.batch_size):
             batch = items[start:start + args.batch_size]
             pixels, names, paths = [], [], []
