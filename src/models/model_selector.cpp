@@ -27,7 +27,10 @@ void check_device(const std::string& device) {
 }  // namespace
 
 std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOptions& options) {
-  const ModelSpec& spec = find_model(name);
+  return make_captioner(find_model(name), options);
+}
+
+std::unique_ptr<Captioner> make_captioner(const ModelSpec& spec, const ModelOptions& options) {
   check_device(options.device);
   switch (spec.family) {
     case ModelFamily::test:
@@ -39,7 +42,7 @@ std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOpti
   }
   throw ModelNotImplementedError(fmt::format("model '{}' ({} family) is registered but not built yet in this "
                                              "version of imagetotext",
-                                             name, family_name(spec.family)));
+                                             spec.name, family_name(spec.family)));
 }
 
 }  // namespace imagetotext
