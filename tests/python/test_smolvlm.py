@@ -255,6 +255,112 @@ def test_quantized_variants_match_bitsandbytes(tiny, quantization, replace, boun
     assert tokens == expected_tokens
 
 
+# ---- the processor and the whole caption path, at SmolVLM's real geometry ----------------------------------------
+# A checkpoint whose tiles are SmolVLM's 512 pixels with 64 <image> tokens each (patch 64, no pixel shuffle,
+# so the network stays tiny) and the published processor settings (longest edge 2048, tiles of 512).
+
+def write_real_geometry_checkpoint(path: Path):
+    tokenizer = build_tokenizer()
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<end_of_utterance>")
+    image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
+                                                image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
+    processor = Idefics3Processor(image_processor=image_processor, tokenizer=fast, image_seq_len=64,
+                                  chat_template=CHAT_TEMPLATE)
+    torch.manual_seed(5)
+    config = tiny_config(tokenizer)
+    config.scale_factor = 1
+    config.vision_config.image_size = 512
+    config.vision_config.patch_size = 64
+    config.vision_config.hidden_size = 16
+    config.vision_config.intermediate_size = 32
+    config.vision_config.num_hidden_layers = 1
+    config.vision_config.num_attention_heads = 2
+    config.text_config.max_position_embeddings = 2048
+    config._attn_implementation = "eager"
+    model = transformers.Idefics3ForConditionalGeneration(config).eval()
+    model.generation_config.eos_token_id = tokenizer.token_to_id("<end_of_utterance>")
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return model, processor
+
+
+@pytest.fixture(scope="module")
+def real_geometry(tmp_path_factory):
+    path = tmp_path_factory.mktemp("smolvlm-512")
+    model, processor = write_real_geometry_checkpoint(path)
+    return path, model, processor, _C.SmolVLM(str(path), device="cpu")
+
+
+def needs_resize(ours):
+    try:
+        ours.process(torch.zeros(2, 3, 3, dtype=torch.uint8))
+    except NotImplementedError as e:
+        pytest.skip(f"the Pillow resize is not in this build yet: {e}")
+
+
+def smooth_image(height, width, seed=0):
+    """Gradients plus noise: a resize of it exercises every filter tap, unlike flat colour."""
+    generator = torch.Generator().manual_seed(seed)
+    y = torch.linspace(0, 1, height)[:, None, None]
+    x = torch.linspace(0, 1, width)[None, :, None]
+    base = torch.cat([y.expand(height, width, 1), x.expand(height, width, 1), (x * y).expand(height, width, 1)], 2)
+    noise = torch.rand(height, width, 3, generator=generator) * 0.3
+    return ((base * 0.7 + noise) * 255).clamp(0, 255).to(torch.uint8)
+
+
+def image_file(tmp_path, kind):
+    """An image file of one of the kinds the service meets, and its pixels as the service's load_rgb_image gives."""
+    from PIL import Image
+    pixels = smooth_image(90, 120, seed=7).numpy()
+    path = tmp_path / f"{kind}.png"
+    if kind == "grayscale":
+        Image.fromarray(pixels[:, :, 0], mode="L").save(path)
+    elif kind == "rgba":
+        alpha = (pixels[:, :, 1:2] // 2 + 64)
+        Image.fromarray(__import__("numpy").concatenate([pixels, alpha], 2), mode="RGBA").save(path)
+    elif kind == "gif":
+        path = tmp_path / "frames.gif"
+        frames = [Image.fromarray(pixels).convert("P"), Image.fromarray(255 - pixels).convert("P")]
+        frames[0].save(path, save_all=True, append_images=frames[1:])
+    return _C.load_rgb_image(path)
+
+
+PIXEL_CASES = {"square": (64, 64), "wide 17x300": (17, 300), "tall 300x17": (300, 17), "1x1": (1, 1),
+               "4000x3000": (3000, 4000), "640x480": (480, 640)}
+
+
+@pytest.mark.parametrize("case", list(PIXEL_CASES) + ["grayscale", "rgba", "gif"])
+def test_processor_matches_transformers(real_geometry, tmp_path, case):
+    from PIL import Image
+    _, _, processor, ours = real_geometry
+    needs_resize(ours)
+    pixels = image_file(tmp_path, case) if case in ("grayscale", "rgba", "gif") else smooth_image(*PIXEL_CASES[case])
+    prompt = processor.apply_chat_template(CHAT, add_generation_prompt=True)
+    expected = processor(text=prompt, images=[Image.fromarray(pixels.numpy())], return_tensors="pt")
+    out = ours.process(pixels)
+    assert out["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert out["pixel_values"].shape == expected["pixel_values"][0].shape
+    # One 8-bit step before normalization is 2/255 after it (std 0.5).
+    assert float((out["pixel_values"] - expected["pixel_values"][0]).abs().max()) <= 2 / 255 + 1e-6
+    assert bool(expected["pixel_attention_mask"].all())  # every tile is full: nothing for a mask to say
+
+
+def test_caption_matches_the_service_path(real_geometry):
+    """processor -> generate -> batch_decode(skip_special_tokens=True) -> the service's clean-up."""
+    from PIL import Image
+    _, model, processor, ours = real_geometry
+    needs_resize(ours)
+    pixels = smooth_image(480, 640, seed=2)
+    prompt = processor.apply_chat_template(CHAT, add_generation_prompt=True)
+    inputs = processor(text=prompt, images=[Image.fromarray(pixels.numpy())], return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=16, do_sample=False)
+    expected_text = service_clean(processor.batch_decode(generated, skip_special_tokens=True)[0])
+    text, tokens = ours.caption(pixels, max_new_tokens=16)
+    assert tokens == generated[0, inputs["input_ids"].shape[1]:].tolist()
+    assert text == expected_text
+
+
 # ---- the service's caption clean-up ---------------------------------------------------------------------------
 
 def service_clean(raw_output: str) -> str:
