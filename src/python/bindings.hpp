@@ -13,5 +13,6 @@ void bind_quant(pybind11::module_& m);        // quant.cpp: the native side of i
 void bind_quantized_linear(pybind11::module_& m);  // quantized_linear.cpp: imagetotext.quant.QuantizedLinear
 void bind_safetensors(pybind11::module_& m);  // safetensors.cpp
 void bind_tokenizer(pybind11::module_& m);    // tokenizer.cpp: imagetotext.Tokenizer
+void bind_smolvlm(pybind11::module_& m);      // smolvlm.cpp: _C.SmolVLM (the family's parts, for tests and load_model)
 
 }  // namespace imagetotext::python

@@ -109,6 +109,7 @@ PYBIND11_MODULE(_C, m) {
   python::bind_quantized_linear(m);
   python::bind_safetensors(m);
   python::bind_tokenizer(m);
+  python::bind_smolvlm(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),
