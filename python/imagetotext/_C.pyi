@@ -83,6 +83,39 @@ class QuantizedLinear:
         """Bytes of the stored weight (codes and statistics)."""
 
 
+class SmolVLM:
+    """A loaded SmolVLM checkpoint (imagetotext's native port of Idefics3)."""
+    def __init__(self, repo: str, quantization: str = 'none', device: str = 'auto', dtype: str = 'auto', revision: str = 'main', max_new_tokens: typing.SupportsInt = 0) -> None:
+        """Load a checkpoint from a directory or hub id; quantization: none, int8, llm_int8, nf4 or fp4."""
+    def caption(self, pixels: torch.Tensor, max_new_tokens: typing.SupportsInt = 0) -> tuple[str, list[int]]:
+        """The service's caption of uint8 RGB pixels [H, W, 3]: (cleaned text, generated tokens)."""
+    def connector(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        ...
+    @property
+    def device(self) -> str:
+        ...
+    @property
+    def dtype(self) -> str:
+        ...
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ...
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False) -> tuple[list[int], torch.Tensor]:
+        """Greedy decoding: (generated tokens, [steps, vocab] logits or None)."""
+    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+    @property
+    def max_new_tokens(self) -> int:
+        ...
+    def process(self, pixels: torch.Tensor, question: str = 'Can you describe this image?') -> dict:
+        """The processor: uint8 RGB pixels [H, W, 3] -> input_ids, pixel_values [tiles, 3, H, W], prompt, rows, cols."""
+    def prompt_logits(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, length, vocab] of every prompt position."""
+    def vision(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The vision tower's last hidden state (after post_layernorm) of tiles [n, 3, H, W]."""
+    def vision_embeddings(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
 class Tokenizer:
     """A byte-level BPE tokenizer read from a tokenizer.json; encodes and decodes exactly as the tokenizers library does."""
     def __repr__(self) -> str:
@@ -112,6 +145,9 @@ def available_models() -> list[str]:
 
 def cache_info() -> list:
     """One dict per cached model: name, key and loaded."""
+
+def cached_as_missing(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes = ...) -> bool:
+    """Whether the cache records (.no_exist) that a hub file does not exist; never touches the network."""
 
 def cached_hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes = ...) -> pathlib.Path | None:
     """The cached path of a hub file, or None; never touches the network."""
@@ -144,8 +180,8 @@ file_decoding_available: bool
 def gemm_4bit(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: typing.SupportsInt, quant_type: str, dtype: torch.dtype, shape: collections.abc.Sequence[typing.SupportsInt], nested_absmax: torch.Tensor | None = None, nested_code: torch.Tensor | None = None, nested_blocksize: typing.SupportsInt = 256, offset: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A @ dequantize_4bit(packed, state).T + bias, the absmax de-nested first."""
 
-def hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, endpoint: str | None = None, token: str | None = None, offline: bool | None = None, timeout: typing.SupportsFloat = 10.0, progress: collections.abc.Callable[[str, typing.SupportsInt, typing.SupportsInt], None] | None = None) -> pathlib.Path:
-    """The local path of a hub file, downloaded into the cache when missing (see imagetotext.hub)."""
+def hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, endpoint: str | None = None, token: str | None = None, offline: bool | None = None, timeout: typing.SupportsFloat = 10.0, progress: collections.abc.Callable[[str, typing.SupportsInt, typing.SupportsInt], None] | None = None, optional: bool = False) -> pathlib.Path | None:
+    """The local path of a hub file, downloaded into the cache when missing (see imagetotext.hub); with optional=True, None when the repository does not have the file."""
 
 def llm_int8_matmul(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None, threshold: typing.SupportsFloat = 6.0) -> torch.Tensor:
     """bitsandbytes' LLM.int8 forward: A [..., K] with the int8 weight CB [N, K], SCB [N] -> A's dtype [..., N]."""
@@ -158,6 +194,9 @@ def load_generation_config(path: os.PathLike | str | bytes) -> dict:
 
 def load_model(checkpoint: str, revision: str = 'main', device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, max_new_tokens: typing.SupportsInt = 0, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None) -> Captioner:
     """A model for a checkpoint directory or hub id (see imagetotext.load_model)."""
+
+def load_moondream_config(path: os.PathLike | str | bytes) -> dict:
+    """moondream2's configuration (config.json or config_md2.json form) as a dict."""
 
 def load_rgb_image(path: os.PathLike | str | bytes, max_pixels: typing.SupportsInt = 89478485) -> torch.Tensor:
     """Decode an image file as the service's load_rgb_image does: a uint8 tensor [height, width, 3], RGB."""
@@ -187,6 +226,9 @@ def save_safetensors(tensors: collections.abc.Mapping[str, torch.Tensor], path: 
 
 def set_log_level(level: str) -> None:
     """Set the native log level: 'debug', 'info', 'warning', 'error' or 'off'."""
+
+def smolvlm_clean_caption(decoded: str, question: str = 'Can you describe this image?') -> str:
+    """The service's clean-up of SmolVLM's decoded output."""
 
 def unload(name: str) -> int:
     """Free the cached weights of every variant of `name`; returns how many were loaded."""
