@@ -193,7 +193,12 @@ def test_cuda_llm_int8_matches_bitsandbytes_cuda(threshold, M, dtype):
     W = random_tensor((N, K), seed=9, scale=0.05)
     bias = random_tensor((N,), seed=10, scale=0.1)
     layer = quant.QuantizedLinear.from_dense(W.cuda(), bias.cuda(), "llm_int8", threshold=threshold)
-    bnb_layer = bnb_linear8bit(W, bias, threshold).cuda()
+    # Quantized by bitsandbytes' CUDA kernels when moved (quantizing on the CPU first would leave its int8
+    # state there).
+    bnb_layer = bnb.nn.Linear8bitLt(K, N, bias=True, has_fp16_weights=False, threshold=threshold)
+    bnb_layer.weight = bnb.nn.Int8Params(W.clone(), requires_grad=False, has_fp16_weights=False)
+    bnb_layer.bias = torch.nn.Parameter(bias.clone(), requires_grad=False)
+    bnb_layer = bnb_layer.cuda().eval()
     A = activations_with_outliers(M, K, dtype, seed=11).cuda()
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")

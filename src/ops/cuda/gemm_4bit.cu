@@ -1,6 +1,7 @@
-// CUDA kernel of imagetotext::gemm_4bit: for float16/bfloat16 A up to kMaxMmaRows rows, the tensor-core
-// GEMV (gemv_mma.cuh); for float32 A up to kMaxGemvRows rows, the SIMT GEMV (gemv.cuh); otherwise, or when
-// K is not a multiple of 32, dequantize_4bit to A's dtype + cuBLAS (at::linear).
+// CUDA kernel of imagetotext::gemm_4bit: for float16/bfloat16 A up to 32 or 64 rows, the tensor-core GEMV
+// (gemv_mma.cuh); for float32 A up to kMaxGemvRows rows, and for one or two rows of a small weight, the
+// SIMT GEMV (gemv.cuh); otherwise, or when K is not a multiple of 32, dequantize_4bit to A's dtype +
+// cuBLAS (at::linear).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -75,10 +76,11 @@ struct Nf4Fp4MmaWeights {
       if (threadIdx.x == code) values[code] = Ops::bits(codes.values[code]);
     }
     __syncthreads();
-    uint32_t* table = reinterpret_cast<uint32_t*>(smem);
-    for (int i = threadIdx.x; i < 256 * cuda::kWarpSize; i += blockDim.x) {
-      const int byte = i / cuda::kWarpSize;
-      table[i] = values[byte >> 4] | (static_cast<uint32_t>(values[byte & 15]) << 16);
+    uint4* table = reinterpret_cast<uint4*>(smem);  // 16-byte stores: four replicas of an entry at a time
+    for (int i = threadIdx.x; i < 256 * cuda::kWarpSize / 4; i += blockDim.x) {
+      const int byte = i / (cuda::kWarpSize / 4);
+      const uint32_t pair = values[byte >> 4] | (static_cast<uint32_t>(values[byte & 15]) << 16);
+      table[i] = make_uint4(pair, pair, pair, pair);
     }
     __syncthreads();
   }
@@ -126,15 +128,21 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   const at::Tensor input = A.contiguous(), bytes = packed.contiguous(), scales = absmax.contiguous();
   const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
   const cuda::CodeTable4bit codes = cuda::code_table_4bit(quant::parse_quant_type(std::string(quant_type)));
-  if (cuda::mma_gemv_applies(input, rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
+  // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one or two rows of a small
+  // weight run faster on the SIMT GEMV (it builds no 32 KB table: ~2 us less on the models' layers); the
+  // tensor-core GEMV beats dequantize + cuBLAS up to 32 rows everywhere, and up to 64 from 8M weights on.
+  const int64_t weight_count = N * K;
+  const bool simt_first = rows <= 2 && rows * weight_count <= (int64_t{4} << 20);
+  const int64_t mma_rows = weight_count >= (int64_t{8} << 20) ? 64 : 32;
+  if (!simt_first &&
+      cuda::mma_gemv_applies(input, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     const MakeNf4Fp4MmaWeights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
                                        codes};
     cuda::launch_mma_gemv(input, rows, weights, N, K, bias, out);
     return out;
   }
-  if (input.scalar_type() == at::kFloat &&
-      cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
+  if (cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     const Nf4Fp4Weights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize), codes};
     cuda::launch_gemv(input, rows, weights, N, K, bias, out);

@@ -1,7 +1,7 @@
-// CUDA kernel of imagetotext::gemm_int8_weight_only: for float16/bfloat16 A up to kMaxMmaRows rows, the
-// tensor-core GEMV (gemv_mma.cuh); for float32 A up to kMaxGemvRows rows, the SIMT GEMV (gemv.cuh);
-// otherwise, or when K is not a multiple of 16, the weight dequantized straight to A's dtype (the CPU
-// kernel's weight, bit for bit) + cuBLAS (at::linear).
+// CUDA kernel of imagetotext::gemm_int8_weight_only: for float16/bfloat16 A from 2 to kMaxMmaRows rows, the
+// tensor-core GEMV (gemv_mma.cuh); for one row, and for float32 A up to kMaxGemvRows rows, the SIMT GEMV
+// (gemv.cuh); otherwise, or when K is not a multiple of 16, the weight dequantized straight to A's dtype
+// (the CPU kernel's weight, bit for bit) + cuBLAS (at::linear).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -82,14 +82,16 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   const c10::cuda::CUDAGuard guard(A.device());
   const at::Tensor input = A.contiguous(), codes = CB.contiguous(), scales = SCB.contiguous();
   const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
-  if (cuda::mma_gemv_applies(input, rows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
+  // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one row runs faster on
+  // the SIMT GEMV (at the memory floor there), 2 to 64 rows on the tensor-core GEMV.
+  if (rows > 1 &&
+      cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,
                           bias, out);
     return out;
   }
-  if (input.scalar_type() == at::kFloat &&
-      cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
+  if (cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     cuda::launch_gemv(input, rows, Int8RowWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K, bias,
                       out);

@@ -41,8 +41,8 @@ constexpr int kMmaTileN = 16;                      // weight rows per tile: the 
 constexpr int kMmaTileM = 8;                       // rows of A per mma: its N side
 constexpr int kMmaChunksPerStep = 4;               // lanes t = 0..3 of a group: 4 chunks of one row
 constexpr int kMmaUnroll = 4;                      // warp steps whose loads are in flight together
-// Rows of A up to which gemm_* run this GEMV for float16/bfloat16 (8 per m-tile, 1, 2, 4 or 8 tiles);
-// above, dequantize + cuBLAS. The decode is paid once whatever M is, but every 8 rows add A loads and mmas.
+// The most rows of A this GEMV takes (8 per m-tile: 1, 2, 4 or 8 tiles). The decode is paid once whatever
+// M is, but every 8 rows add A loads and mmas; each op sets its own limit from the benchmark.
 constexpr int64_t kMaxMmaRows = 64;
 
 // 16-bit float pairs as the mma takes them, for c10::Half and c10::BFloat16.
@@ -52,10 +52,11 @@ struct Half2Ops;
 template <>
 struct Half2Ops<c10::BFloat16> {
   __device__ static uint16_t bits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+  // a * b + (-0): the product rounded once (PTX has no bfloat16x2 mul before sm_90).
   __device__ static uint32_t mul(uint32_t a, uint32_t b) {
-    const __nv_bfloat162 r = __hmul2(*reinterpret_cast<const __nv_bfloat162*>(&a),
-                                     *reinterpret_cast<const __nv_bfloat162*>(&b));
-    return *reinterpret_cast<const uint32_t*>(&r);
+    uint32_t r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
   }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -83,8 +84,9 @@ template <>
 struct Half2Ops<c10::Half> {
   __device__ static uint16_t bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
   __device__ static uint32_t mul(uint32_t a, uint32_t b) {
-    const __half2 r = __hmul2(*reinterpret_cast<const __half2*>(&a), *reinterpret_cast<const __half2*>(&b));
-    return *reinterpret_cast<const uint32_t*>(&r);
+    uint32_t r;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
   }
   __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
     asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
@@ -207,12 +209,12 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #endif
 }
 
-// Whether the tensor-core GEMV takes the problem: float16/bfloat16 A with at most kMaxMmaRows rows, whole
-// 16-byte chunks per weight row, 16-byte aligned weights and A, an sm_80+ device, int-sized indices.
-inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t N, int64_t K, int weights_per_chunk,
-                             const void* weights) {
+// Whether the tensor-core GEMV takes the problem: float16/bfloat16 A with at most max_rows (<= kMaxMmaRows)
+// rows, whole 16-byte chunks per weight row, 16-byte aligned weights and A, an sm_80+ device, int-sized indices.
+inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t max_rows, int64_t N, int64_t K,
+                             int weights_per_chunk, const void* weights) {
   if (A.scalar_type() != at::kHalf && A.scalar_type() != at::kBFloat16) return false;
-  if (rows > kMaxMmaRows || K % weights_per_chunk != 0 || !is_aligned_16(weights) || !is_aligned_16(A.data_ptr())) {
+  if (rows > std::min(max_rows, kMaxMmaRows) || K % weights_per_chunk != 0 || !is_aligned_16(weights) || !is_aligned_16(A.data_ptr())) {
     return false;
   }
   if (N >= (int64_t{1} << 30) || K >= (int64_t{1} << 30)) return false;
