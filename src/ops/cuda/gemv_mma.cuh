@@ -25,10 +25,13 @@
 
 #include <ATen/Dispatch.h>
 #include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <c10/cuda/CUDAException.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
+#include <atomic>
 #include <optional>
 
 #include "blockwise.cuh"
@@ -41,6 +44,7 @@ constexpr int kMmaTileN = 16;                      // weight rows per tile: the 
 constexpr int kMmaTileM = 8;                       // rows of A per mma: its N side
 constexpr int kMmaChunksPerStep = 4;               // lanes t = 0..3 of a group: 4 chunks of one row
 constexpr int kMmaUnroll = 4;                      // warp steps whose loads are in flight together
+constexpr int kMaxDevices = 64;
 // The most rows of A this GEMV takes (8 per m-tile: 1, 2, 4 or 8 tiles). The decode is paid once whatever
 // M is, but every 8 rows add A loads and mmas; each op sets its own limit from the benchmark.
 constexpr int64_t kMaxMmaRows = 64;
@@ -226,13 +230,19 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
                            const scalar_t* bias, at::Tensor& out) {
   auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles>;
   constexpr int kSharedBytes = Weights::kSharedBytes + kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
-  // Per instantiation: raise the dynamic shared-memory limit and size the persistent grid once.
-  static const int ctas_per_sm = [&] {
+  // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
+  // size the persistent grid, once. Two threads racing here do the same idempotent work.
+  static std::atomic<int> ctas_per_sm_of[kMaxDevices] = {};
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device < kMaxDevices, "mma_gemv: device index ", device, " above ", kMaxDevices);
+  int ctas_per_sm = ctas_per_sm_of[device].load(std::memory_order_relaxed);
+  if (ctas_per_sm == 0) {
     C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
     int blocks = 0;
     C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, kSharedBytes));
-    return std::max(blocks, 1);
-  }();
+    ctas_per_sm = std::max(blocks, 1);
+    ctas_per_sm_of[device].store(ctas_per_sm, std::memory_order_relaxed);
+  }
   const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
   const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   kernel<<<ctas, kMmaThreads, kSharedBytes, current_stream()>>>(
