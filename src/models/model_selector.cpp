@@ -3,6 +3,7 @@
 
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/florence2.hpp"
 #include "imagetotext/models/test_model.hpp"
 
 namespace imagetotext {
@@ -33,6 +34,7 @@ std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOpti
     case ModelFamily::test:
       return std::make_unique<ImageToText<TestFamily>>(spec, options);
     case ModelFamily::florence2:
+      return std::make_unique<ImageToText<Florence2Family>>(spec, options);
     case ModelFamily::smolvlm:
     case ModelFamily::moondream2:
       break;

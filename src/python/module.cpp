@@ -155,6 +155,7 @@ PYBIND11_MODULE(_C, m) {
       "Read (format, width, height) from an encoded image's header without decoding it.");
 
   python::bind_configs(m);
+  python::bind_florence2(m);
   python::bind_hub(m);
   python::bind_quant(m);
   python::bind_quantized_linear(m);
