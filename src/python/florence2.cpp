@@ -96,6 +96,13 @@ void bind_florence2(py::module_& m) {
       },
       py::arg("pixels"), py::arg("size") = 768,
       "Florence-2's image preprocessing: uint8 RGB [height, width, 3] -> float32 [1, 3, size, size].");
+  m.def(
+      "florence2_clean_caption",
+      [](std::string text, const std::string& layout) {
+        return florence2_clean_caption(std::move(text), layout == "original" ? Florence2Layout::original
+                                                                              : Florence2Layout::native);
+      },
+      py::arg("text"), py::arg("layout") = "native", "The pure-text post-processing of a decoded caption.");
   m.def("florence2_keep_dense", &florence2_keep_dense, py::arg("quantize_vision") = false,
         "The modules a quantized Florence-2 keeps dense by default (or with quantize_vision).");
 
