@@ -6,6 +6,7 @@
 
 #include "bindings.hpp"
 #include "imagetotext/core/device.hpp"
+#include "imagetotext/core/error.hpp"
 #include "imagetotext/models/florence2.hpp"
 
 namespace py = pybind11;

@@ -48,7 +48,8 @@ def processor(tmp_path_factory):
     images = transformers.CLIPImageProcessorPil(size={"height": 768, "width": 768}, resample=3, do_center_crop=False,
                                                 crop_size=768, image_mean=MEAN, image_std=STD, do_convert_rgb=True)
     images.image_seq_length = 577
-    return transformers.Florence2Processor(image_processor=images, tokenizer=fast), path
+    return transformers.Florence2Processor(image_processor=images, tokenizer=fast,
+                                           post_processor_config={"pure_text": {}}), path
 
 
 def image(height, width, seed=0):
