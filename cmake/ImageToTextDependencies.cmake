@@ -66,7 +66,7 @@ if(_n GREATER 1)
   list(GET _torch_versions 1 _torch_cuda)
 endif()
 
-if(CMAKE_CUDA_COMPILER AND _torch_cuda)
+if(IMAGETOTEXT_WITH_CUDA AND CMAKE_CUDA_COMPILER AND _torch_cuda)
   set(IMAGETOTEXT_CUDA ON)
   message(STATUS "imagetotext: CUDA kernels ON (torch ${IMAGETOTEXT_TORCH_VERSION}, CUDA ${_torch_cuda}, "
                  "nvcc ${CMAKE_CUDA_COMPILER_VERSION}, architectures ${IMAGETOTEXT_CUDA_ARCHITECTURES})")

@@ -10,6 +10,9 @@ The interface is the one the meme-search service uses::
 
 from __future__ import annotations
 
+import atexit
+import os
+from collections.abc import Callable
 from importlib.metadata import PackageNotFoundError, version as _version
 
 import torch  # noqa: F401  (loads libtorch, which the native extension links against)
@@ -51,27 +54,101 @@ def model_selector(
     model_name: str,
     *,
     device: str = "auto",
+    dtype: str = "auto",
+    quantization: str | None = None,
+    checkpoint: str | os.PathLike | None = None,
+    max_new_tokens: int = 0,
     test_delay: float | None = None,
     max_image_pixels: int = max_image_pixels,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> Captioner:
     """Return the model registered under ``model_name``.
+
+    Building the object is cheap; ``download()`` (or the first ``extract``) loads the weights. Loaded weights
+    are shared by every object with the same model, checkpoint, device, dtype, quantization and settings in
+    this process, so building a new object per job (as the service does) loads them only once;
+    :func:`unload` and :func:`clear_cache` free them.
 
     Args:
         model_name: one of :data:`available_models`.
         device: ``"auto"``, ``"cpu"``, ``"cuda"`` or ``"cuda:N"``.
+        dtype: ``"auto"`` (bfloat16 on CUDA, float32 on the CPU), ``"float32"``, ``"float16"`` or ``"bfloat16"``.
+        quantization: ``None`` (the registry's), ``"none"``, ``"int8"``, ``"llm_int8"``, ``"nf4"`` or ``"fp4"``.
+        checkpoint: a local directory or hub id to load instead of the registry's hub id.
+        max_new_tokens: the most tokens a caption may have; 0 keeps the service's setting for the model.
         test_delay: seconds the ``test`` model sleeps per image (the service's 1 s by default).
         max_image_pixels: images with more pixels are refused before decoding.
+        cache_dir: the Hugging Face cache to use instead of the environment's.
+        progress: ``progress(filename, received_bytes, total_bytes)``, called while weights download.
 
     Raises:
         UnknownModelError: (a ``ValueError``) for a name that is not registered; lists the valid names.
         ModelNotImplementedError: (a ``NotImplementedError``) for a model this version does not implement.
+        InvalidArgumentError: (a ``ValueError``) for an unknown device, dtype or quantization.
     """
-    return _C.model_selector(model_name, device, test_delay, max_image_pixels)
+    return _C.model_selector(model_name, device, dtype, quantization, _fspath_or_empty(checkpoint), max_new_tokens,
+                             test_delay, max_image_pixels, _fspath_or_none(cache_dir), progress)
+
+
+def load_model(
+    checkpoint: str | os.PathLike,
+    *,
+    revision: str = "main",
+    quantization: str | None = None,
+    device: str = "auto",
+    dtype: str = "auto",
+    max_new_tokens: int = 0,
+    max_image_pixels: int = max_image_pixels,
+    cache_dir: str | os.PathLike | None = None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> Captioner:
+    """A model for any checkpoint: a local directory or a Hugging Face hub id.
+
+    The family comes from ``config.json``'s ``model_type`` (``idefics3``/``smolvlm``: SmolVLM, ``florence2``:
+    Florence-2, ``moondream1``: moondream2). ``quantization`` is applied at load time (``None``: as stored,
+    dense or pre-quantized). Caption with ``model.caption(image_or_path, max_new_tokens=...)``.
+
+    Raises:
+        CheckpointError: (a ``RuntimeError``) for a missing or unreadable ``config.json`` or an unsupported
+            ``model_type``, naming the checkpoint.
+    """
+    return _C.load_model(os.fspath(checkpoint), revision, device, dtype, quantization, max_new_tokens,
+                         max_image_pixels, _fspath_or_none(cache_dir), progress)
+
+
+def unload(name: str) -> int:
+    """Free the cached weights of every variant of model ``name`` (a registry name, or the checkpoint given to
+    :func:`load_model`); returns how many were loaded. Objects that used them load again on their next call."""
+    return _C.unload(name)
+
+
+def clear_cache() -> int:
+    """Free every cached model; returns how many were loaded."""
+    return _C.clear_cache()
+
+
+def cache_info() -> dict[str, object]:
+    """The weight cache: ``{"loads": n, "models": [{"name", "key", "loaded"}, ...]}``; ``loads`` counts every
+    time this process loaded weights, so it stays put while jobs reuse cached models."""
+    return {"loads": _C.load_count(), "models": _C.cache_info()}
+
+
+def _fspath_or_none(path: str | os.PathLike | None) -> str | None:
+    return None if path is None else os.fspath(path)
+
+
+def _fspath_or_empty(path: str | os.PathLike | None) -> str:
+    return "" if path is None else os.fspath(path)
 
 
 def model_registry() -> list[dict[str, str]]:
     """The registry table: one dict per model with name, family, repo_id, revision and quantization."""
     return _C.model_registry()
+
+
+# Free the weights while the interpreter (and the CUDA runtime) are still whole.
+atexit.register(_C.clear_cache)
 
 
 __all__ = [
@@ -86,8 +163,11 @@ __all__ = [
     "Tokenizer",
     "UnknownModelError",
     "available_models",
+    "cache_info",
+    "clear_cache",
     "default_model",
     "hub",
+    "load_model",
     "load_rgb_image",
     "max_image_pixels",
     "model_registry",
@@ -96,4 +176,5 @@ __all__ = [
     "quant",
     "safetensors",
     "set_log_level",
+    "unload",
 ]

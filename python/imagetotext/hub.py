@@ -50,4 +50,30 @@ def hf_hub_download(
     )
 
 
-__all__ = ["default_cache_dir", "hf_hub_download", "try_to_load_from_cache"]
+def optional_hf_hub_download(
+    repo_id: str,
+    filename: str,
+    *,
+    revision: str = "main",
+    cache_dir: str | os.PathLike | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    local_files_only: bool | None = None,
+    timeout: float = 10.0,
+) -> Path | None:
+    """:func:`hf_hub_download` for a file a model may lack: None when the repository does not have it.
+
+    A 404 is recorded in the cache as huggingface_hub records it (``.no_exist/<commit>/<filename>``); that
+    record answers without the network for a commit hash, offline, or when the server is unreachable.
+    """
+    path = _C.hub_file(repo_id, filename, revision, None if cache_dir is None else os.fspath(cache_dir), endpoint,
+                       token, local_files_only, timeout, None, True)
+    return None if path is None else Path(path)
+
+
+def cached_as_missing(repo_id: str, filename: str, revision: str = "main", cache_dir=None) -> bool:
+    """Whether the cache records that ``filename`` does not exist at ``revision``; never touches the network."""
+    return _C.cached_as_missing(repo_id, filename, revision, os.fspath(cache_dir or default_cache_dir()))
+
+
+__all__ = ["cached_as_missing", "default_cache_dir", "hf_hub_download", "optional_hf_hub_download", "try_to_load_from_cache"]

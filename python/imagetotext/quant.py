@@ -53,6 +53,7 @@ class QuantState:
 
     @property
     def nested(self) -> bool:
+        """Whether the absmax is itself quantized (double quantization)."""
         return self.state2 is not None
 
 

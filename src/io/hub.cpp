@@ -6,11 +6,17 @@
 
 #include <fmt/format.h>
 
+#include <fcntl.h>
+#include <sys/file.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
 #include <array>
 #include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <thread>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
@@ -83,6 +89,79 @@ void link_snapshot(const fs::path& pointer, const fs::path& blob) {
   fs::remove(pointer, ec);
   fs::create_symlink(fs::relative(blob, pointer.parent_path()), pointer);
 }
+
+// The commit `revision` names in the cache: itself when it is a commit hash, else what refs/<revision>
+// says; empty when the cache does not know.
+std::string cached_commit(const fs::path& repo_dir, std::string_view revision) {
+  if (is_commit_hash(revision)) return std::string(revision);
+  const fs::path ref = repo_dir / "refs" / fs::path(revision);
+  std::error_code ec;
+  return fs::is_regular_file(ref, ec) ? read_first_line(ref) : std::string();
+}
+
+// huggingface_hub's record that `filename` does not exist at `commit`: an empty file
+// <repo_dir>/.no_exist/<commit>/<filename>, written on a 404 for the file and read by try_to_load_from_cache.
+fs::path no_exist_marker(const fs::path& repo_dir, std::string_view commit, std::string_view filename) {
+  return repo_dir / ".no_exist" / fs::path(commit) / fs::path(filename);
+}
+
+// Best effort, as huggingface_hub: a cache we cannot write to only loses the shortcut.
+void record_missing(const fs::path& repo_dir, std::string_view commit, std::string_view filename) {
+  std::error_code ec;
+  const fs::path marker = no_exist_marker(repo_dir, commit, filename);
+  fs::create_directories(marker.parent_path(), ec);
+  if (!ec && !fs::exists(marker, ec)) std::ofstream(marker).flush();
+}
+
+// huggingface_hub's per-blob lock <cache>/.locks/models--org--name/<etag>.lock, held with flock(2) as its
+// filelock package holds it, so a download by either library of the same blob waits for the other's
+// instead of writing into the same .incomplete file. The kernel drops the lock when a process dies, so a
+// crashed downloader never blocks the next one.
+class BlobLock {
+ public:
+  explicit BlobLock(const fs::path& path) {
+    std::error_code ec;
+    fs::create_directories(path.parent_path(), ec);
+    const auto start = std::chrono::steady_clock::now();
+    auto next_log = start + std::chrono::seconds(10);
+    while (true) {
+      fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0664);
+      if (fd_ < 0) {
+        log_warning("cannot open the download lock {} ({}); downloading without it", path.string(), std::strerror(errno));
+        return;
+      }
+      if (::flock(fd_, LOCK_EX | LOCK_NB) == 0) {
+        // filelock may delete a lock file it released: hold the lock only on the file the path still names.
+        struct stat held {}, named {};
+        if (::fstat(fd_, &held) == 0 && ::stat(path.c_str(), &named) == 0 && held.st_ino == named.st_ino &&
+            held.st_dev == named.st_dev) {
+          return;
+        }
+      } else if (errno != EWOULDBLOCK && errno != EINTR) {
+        log_warning("cannot lock {} ({}); downloading without it", path.string(), std::strerror(errno));
+        return;  // a file system without flock: huggingface_hub falls back to no real lock either
+      }
+      ::close(fd_);
+      fd_ = -1;
+      if (std::chrono::steady_clock::now() >= next_log) {
+        log_info("waiting for another process downloading the same file (lock {})", path.string());
+        next_log += std::chrono::seconds(10);
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    }
+  }
+  ~BlobLock() {
+    if (fd_ >= 0) {
+      ::flock(fd_, LOCK_UN);
+      ::close(fd_);
+    }
+  }
+  BlobLock(const BlobLock&) = delete;
+  BlobLock& operator=(const BlobLock&) = delete;
+
+ private:
+  int fd_ = -1;
+};
 
 std::optional<fs::path> local_directory_file(std::string_view repo, std::string_view filename) {
   const fs::path dir(repo);
@@ -232,9 +311,11 @@ struct FileMetadata {
 // The HEAD request, following only relative redirects (a renamed repository), as huggingface_hub does; an
 // absolute redirect points at the CDN and is where the bytes come from. nullopt: the server is unreachable
 // but the file is cached, so the cached copy serves (as in huggingface_hub).
+// A 404 for the file itself is recorded in .no_exist as huggingface_hub records it; `known_missing` (such a
+// record for the cached commit) answers EntryNotFoundError when the server is unreachable.
 std::optional<FileMetadata> head_file(const std::string& endpoint, std::string_view repo, std::string_view filename,
                        std::string_view revision, const HubOptions& options, const std::string& token,
-                       const std::optional<fs::path>& cached) {
+                       const std::optional<fs::path>& cached, bool known_missing, const fs::path& repo_dir) {
   std::string url = fmt::format("{}/{}/resolve/{}/{}", endpoint, repo, url_quote(revision, false),
                                 url_quote(filename, true));
   const std::string what = fmt::format("'{}' of {} at revision {}", filename, repo, revision);
@@ -252,6 +333,10 @@ std::optional<FileMetadata> head_file(const std::string& endpoint, std::string_v
       if (cached) {
         log_warning("{} unreachable ({}); using the cached {}", endpoint, curl_easy_strerror(code), what);
         return std::nullopt;
+      }
+      if (known_missing) {
+        throw EntryNotFoundError(fmt::format("{} does not exist (recorded in the cache; {} is unreachable)", what,
+                                             endpoint));
       }
       throw CheckpointError(fmt::format("cannot reach {} for {} ({}) and it is not in the cache", endpoint, what,
                                         curl_easy_strerror(code)));
@@ -274,6 +359,10 @@ std::optional<FileMetadata> head_file(const std::string& endpoint, std::string_v
     if (error_code == "RepoNotFound") throw CheckpointError(fmt::format("repository {} was not found on {}", repo, endpoint));
     if (error_code == "RevisionNotFound") {
       throw CheckpointError(fmt::format("revision {} of {} was not found on {}", revision, repo, endpoint));
+    }
+    if (const std::string commit = response.header("x-repo-commit"); is_commit_hash(commit)) {
+      record_missing(repo_dir, commit, filename);
+      if (revision != commit) write_atomically(repo_dir / "refs" / fs::path(revision), commit);
     }
     throw EntryNotFoundError(fmt::format("{} was not found on {}", what, endpoint));
   }
@@ -358,17 +447,20 @@ fs::path repo_cache_dir(std::string_view repo_id, const fs::path& cache_dir) {
 std::optional<fs::path> cached_hub_file(std::string_view repo_id, std::string_view filename, std::string_view revision,
                                         const fs::path& cache_dir) {
   const fs::path repo_dir = repo_cache_dir(repo_id, cache_dir);
-  std::string commit(revision);
-  if (!is_commit_hash(revision)) {
-    const fs::path ref = repo_dir / "refs" / fs::path(revision);
-    std::error_code ec;
-    if (!fs::is_regular_file(ref, ec)) return std::nullopt;
-    commit = read_first_line(ref);
-  }
+  const std::string commit = cached_commit(repo_dir, revision);
+  if (commit.empty()) return std::nullopt;
   const fs::path file = repo_dir / "snapshots" / commit / fs::path(filename);
   std::error_code ec;
   if (!fs::exists(file, ec)) return std::nullopt;  // follows the symlink: a dangling one is not a file
   return file;
+}
+
+bool cached_as_missing(std::string_view repo_id, std::string_view filename, std::string_view revision,
+                       const fs::path& cache_dir) {
+  const fs::path repo_dir = repo_cache_dir(repo_id, cache_dir);
+  const std::string commit = cached_commit(repo_dir, revision);
+  std::error_code ec;
+  return !commit.empty() && fs::is_regular_file(no_exist_marker(repo_dir, commit, filename), ec);
 }
 
 fs::path hub_file(std::string_view repo, std::string_view filename, std::string_view revision,
@@ -376,9 +468,21 @@ fs::path hub_file(std::string_view repo, std::string_view filename, std::string_
   if (auto local = local_directory_file(repo, filename)) return *local;
   const fs::path cache_dir = options.cache_dir.empty() ? default_hub_cache_dir() : options.cache_dir;
   const std::optional<fs::path> cached = cached_hub_file(repo, filename, revision, cache_dir);
+  const bool known_missing = !cached && cached_as_missing(repo, filename, revision, cache_dir);
+  const auto missing = [&] {
+    return EntryNotFoundError(fmt::format("'{}' of {} at revision {} does not exist (recorded in the cache {})", filename,
+                                          repo, revision, cache_dir.string()));
+  };
+  // A commit hash names fixed content: what the cache holds for it, or knows to be absent, needs no request
+  // (huggingface_hub's shortcut).
+  if (is_commit_hash(revision)) {
+    if (cached) return *cached;
+    if (known_missing) throw missing();
+  }
   const bool offline = options.offline.value_or(env_flag("HF_HUB_OFFLINE"));
   if (offline || !downloads_available()) {
     if (cached) return *cached;
+    if (known_missing) throw missing();
     throw CheckpointError(fmt::format("'{}' of {} at revision {} is not in the cache {} and {}", filename, repo, revision,
                                       cache_dir.string(),
                                       offline ? "HF_HUB_OFFLINE forbids downloading it"
@@ -390,15 +494,21 @@ fs::path hub_file(std::string_view repo, std::string_view filename, std::string_
   while (!endpoint.empty() && endpoint.back() == '/') endpoint.pop_back();
   const std::string token = resolve_token(options);
 
-  const std::optional<FileMetadata> found = head_file(endpoint, repo, filename, revision, options, token, cached);
+  const fs::path repo_dir = repo_cache_dir(repo, cache_dir);
+  const std::optional<FileMetadata> found =
+      head_file(endpoint, repo, filename, revision, options, token, cached, known_missing, repo_dir);
   if (!found) return *cached;
   const FileMetadata& metadata = *found;
 
-  const fs::path repo_dir = repo_cache_dir(repo, cache_dir);
   const fs::path blob = repo_dir / "blobs" / metadata.etag;
   const fs::path pointer = repo_dir / "snapshots" / metadata.commit / fs::path(filename);
   std::error_code ec;
-  if (!fs::exists(blob, ec)) {
+  if (fs::exists(pointer, ec)) {  // already linked (by us or huggingface_hub): only the ref may be new
+    if (revision != metadata.commit) write_atomically(repo_dir / "refs" / fs::path(revision), metadata.commit);
+    return pointer;
+  }
+  const BlobLock lock(cache_dir / ".locks" / repo_dir.filename() / (metadata.etag + ".lock"));
+  if (!fs::exists(blob, ec)) {  // checked again under the lock: another process may just have finished it
     fs::create_directories(blob.parent_path());
     const fs::path incomplete = blob.string() + ".incomplete";
     // The token stays on the hub: a CDN redirect gets a signed URL and no Authorization header.

@@ -200,12 +200,10 @@ at::Tensor florence2_pixel_values(const at::Tensor& rgb_pixels, c10::Device devi
   }
   // CLIPImageProcessor as Florence-2's preprocessor_config.json sets it: BICUBIC to size x size (aspect ratio
   // not kept), then (x / 255 - mean) / std with ImageNet's statistics.
-  at::Tensor resized = rgb_pixels;
-  if (rgb_pixels.size(0) != size || rgb_pixels.size(1) != size) {
-    throw ModelNotImplementedError("Florence-2's Pillow BICUBIC resize is not in this build yet");
-  }
-  return ops::normalize_pixels(resized.to(device).unsqueeze(0), {0.485, 0.456, 0.406}, {0.229, 0.224, 0.225},
-                               1.0 / 255.0, dtype);
+  // uint8 goes to the device (a quarter of float32's bytes); resize and normalize run there.
+  const at::Tensor resized = ops::resize_pillow(rgb_pixels.to(device), size, size, ops::Resample::bicubic);
+  return ops::normalize_pixels(resized.unsqueeze(0), {0.485, 0.456, 0.406}, {0.229, 0.224, 0.225}, 1.0 / 255.0,
+                               dtype);
 }
 
 // ---------------------------------------------------------------------------------------------------------

@@ -4,6 +4,7 @@
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
 #include "imagetotext/models/florence2.hpp"
+#include "imagetotext/models/smolvlm.hpp"
 #include "imagetotext/models/test_model.hpp"
 
 namespace imagetotext {
@@ -28,7 +29,10 @@ void check_device(const std::string& device) {
 }  // namespace
 
 std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOptions& options) {
-  const ModelSpec& spec = find_model(name);
+  return make_captioner(find_model(name), options);
+}
+
+std::unique_ptr<Captioner> make_captioner(const ModelSpec& spec, const ModelOptions& options) {
   check_device(options.device);
   switch (spec.family) {
     case ModelFamily::test:
@@ -36,12 +40,13 @@ std::unique_ptr<Captioner> model_selector(std::string_view name, const ModelOpti
     case ModelFamily::florence2:
       return std::make_unique<ImageToText<Florence2Family>>(spec, options);
     case ModelFamily::smolvlm:
+      return std::make_unique<ImageToText<SmolVLMFamily>>(spec, options);
     case ModelFamily::moondream2:
       break;
   }
   throw ModelNotImplementedError(fmt::format("model '{}' ({} family) is registered but not built yet in this "
                                              "version of imagetotext",
-                                             name, family_name(spec.family)));
+                                             spec.name, family_name(spec.family)));
 }
 
 }  // namespace imagetotext

@@ -1,5 +1,7 @@
 #include "imagetotext/models/smolvlm_config.hpp"
 
+#include <algorithm>
+
 #include "../io/json_file.hpp"
 #include "config_reader.hpp"
 
@@ -59,6 +61,54 @@ SmolVLMConfig load_smolvlm_config(const std::filesystem::path& config_json) {
   t.hidden_act = text.get("hidden_act", t.hidden_act);
   t.attention_bias = text.get("attention_bias", t.attention_bias);
   t.mlp_bias = text.get("mlp_bias", t.mlp_bias);
+  return config;
+}
+
+namespace {
+std::array<double, 3> per_channel(const detail::ConfigReader& reader, const nlohmann::json& object, const char* key,
+                                  std::array<double, 3> fallback) {
+  if (!reader.has(key)) return fallback;
+  const nlohmann::json& value = object.at(key);
+  if (value.is_number()) return {value.get<double>(), value.get<double>(), value.get<double>()};
+  if (!value.is_array() || value.size() != 3 ||
+      !std::all_of(value.begin(), value.end(), [](const auto& v) { return v.is_number(); })) {
+    reader.fail(key, "must be a number or a list of 3 numbers, got " + value.dump());
+  }
+  return {value[0].get<double>(), value[1].get<double>(), value[2].get<double>()};
+}
+
+void read_image_processor(const nlohmann::json& object, const detail::ConfigReader& reader,
+                          SmolVLMProcessorConfig& config) {
+  config.do_resize = reader.get("do_resize", config.do_resize);
+  config.longest_edge = reader.child("size").get("longest_edge", config.longest_edge);
+  config.max_image_size = reader.child("max_image_size").get("longest_edge", config.max_image_size);
+  config.do_image_splitting = reader.get("do_image_splitting", config.do_image_splitting);
+  config.resample = reader.get("resample", config.resample);
+  if (config.resample != 1) reader.fail("resample", "is " + std::to_string(config.resample) + "; only LANCZOS (1) is implemented");
+  config.do_rescale = reader.get("do_rescale", config.do_rescale);
+  config.rescale_factor = reader.get("rescale_factor", config.rescale_factor);
+  config.do_normalize = reader.get("do_normalize", config.do_normalize);
+  config.image_mean = per_channel(reader, object, "image_mean", config.image_mean);
+  config.image_std = per_channel(reader, object, "image_std", config.image_std);
+  if (config.longest_edge <= 0) reader.fail("size.longest_edge", "must be positive");
+  if (config.max_image_size <= 0) reader.fail("max_image_size.longest_edge", "must be positive");
+}
+}  // namespace
+
+SmolVLMProcessorConfig load_smolvlm_processor_config(const std::optional<std::filesystem::path>& processor_config_json,
+                                                     const std::optional<std::filesystem::path>& preprocessor_config_json) {
+  SmolVLMProcessorConfig config;
+  if (preprocessor_config_json) {
+    const nlohmann::json json = io::detail::read_json_file(*preprocessor_config_json, "image processor config");
+    read_image_processor(json, detail::ConfigReader(json, *preprocessor_config_json), config);
+  }
+  if (processor_config_json) {
+    const nlohmann::json json = io::detail::read_json_file(*processor_config_json, "processor config");
+    const detail::ConfigReader top(json, *processor_config_json);
+    config.image_seq_len = top.get("image_seq_len", config.image_seq_len);
+    if (config.image_seq_len <= 0) top.fail("image_seq_len", "must be positive");
+    if (top.has("image_processor")) read_image_processor(json.at("image_processor"), top.child("image_processor"), config);
+  }
   return config;
 }
 

@@ -5,6 +5,9 @@
 TORCH_LIBRARY(imagetotext, m) {
   // uint8 [..., H, W, C] -> dtype [..., C, H, W]: (pixel * scale - mean[c]) / std[c], in float32.
   m.def("normalize_pixels(Tensor pixels, float[] mean, float[] std, float scale, ScalarType dtype) -> Tensor");
+  // uint8 [..., H, W, C] -> uint8 [..., out_height, out_width, C], bit for bit Pillow's Image.resize with
+  // filter (Pillow's numbers: 0 nearest, 1 lanczos, 2 bilinear, 3 bicubic, 4 box, 5 hamming).
+  m.def("resize_pillow(Tensor pixels, int out_height, int out_width, int filter) -> Tensor");
   // float A (any shape, flattened) -> uint8 [(n+1)//2, 1] NF4/FP4 codes (high nibble first) + float32 absmax/block.
   m.def("quantize_4bit(Tensor A, int blocksize, str quant_type) -> (Tensor packed, Tensor absmax)");
   // packed 4-bit codes + absmax -> dtype tensor of `shape`: dtype(code[q] * absmax[i // blocksize]).

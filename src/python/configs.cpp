@@ -3,6 +3,7 @@
 #include <pybind11/stl/filesystem.h>
 
 #include "bindings.hpp"
+#include "imagetotext/models/moondream_config.hpp"
 #include "imagetotext/models/smolvlm_config.hpp"
 #include "imagetotext/text/generation_config.hpp"
 
@@ -11,6 +12,44 @@ namespace py = pybind11;
 namespace imagetotext::python {
 
 void bind_configs(py::module_& m) {
+  m.def(
+      "load_moondream_config",
+      [](const std::filesystem::path& path) {
+        const MoondreamConfig c = load_moondream_config(path);
+        py::dict text, vision, region, tokenizer, top;
+        text["dim"] = c.text.dim;
+        text["n_layers"] = c.text.n_layers;
+        text["vocab_size"] = c.text.vocab_size;
+        text["max_context"] = c.text.max_context;
+        text["n_heads"] = c.text.n_heads;
+        text["prefix_attn"] = c.text.prefix_attn;
+        vision["enc_dim"] = c.vision.enc_dim;
+        vision["enc_patch_size"] = c.vision.enc_patch_size;
+        vision["enc_n_layers"] = c.vision.enc_n_layers;
+        vision["enc_ff_dim"] = c.vision.enc_ff_dim;
+        vision["enc_n_heads"] = c.vision.enc_n_heads;
+        vision["proj_out_dim"] = c.vision.proj_out_dim;
+        vision["crop_size"] = c.vision.crop_size;
+        vision["in_channels"] = c.vision.in_channels;
+        vision["max_crops"] = c.vision.max_crops;
+        vision["overlap_margin"] = c.vision.overlap_margin;
+        vision["proj_inner_dim"] = c.vision.proj_inner_dim;
+        region["dim"] = c.region.dim;
+        region["coord_feat_dim"] = c.region.coord_feat_dim;
+        region["coord_out_dim"] = c.region.coord_out_dim;
+        region["size_feat_dim"] = c.region.size_feat_dim;
+        region["size_out_dim"] = c.region.size_out_dim;
+        region["inner_dim"] = c.region.inner_dim;
+        tokenizer["bos_id"] = c.tokenizer.bos_id;
+        tokenizer["eos_id"] = c.tokenizer.eos_id;
+        tokenizer["templates"] = c.tokenizer.templates;
+        top["text"] = text;
+        top["vision"] = vision;
+        top["region"] = region;
+        top["tokenizer"] = tokenizer;
+        return top;
+      },
+      py::arg("path"), "moondream2's configuration (config.json or config_md2.json form) as a dict.");
   m.def(
       "load_smolvlm_config",
       [](const std::filesystem::path& path) {

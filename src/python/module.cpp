@@ -6,7 +6,6 @@
 #include <torch/extension.h>
 
 #include <cerrno>
-#include <chrono>
 
 #include "bindings.hpp"
 #include "imagetotext/core/error.hpp"
@@ -52,17 +51,6 @@ void register_error_translation() {
   });
 }
 
-ModelOptions make_options(const std::string& device, std::optional<double> test_delay, int64_t max_pixels) {
-  ModelOptions options;
-  options.device = device;
-  if (test_delay) {
-    if (*test_delay < 0) throw InvalidArgumentError("test_delay must be >= 0 seconds");
-    options.test_delay = std::chrono::milliseconds(static_cast<int64_t>(*test_delay * 1000.0 + 0.5));
-  }
-  options.image.max_pixels = max_pixels;
-  return options;
-}
-
 }  // namespace
 
 PYBIND11_MODULE(_C, m) {
@@ -91,46 +79,7 @@ PYBIND11_MODULE(_C, m) {
       },
       "The registry table: one dict per model with name, family, repo_id, revision and quantization.");
 
-  py::class_<Captioner>(m, "Captioner", "A model as the service uses it: download() then extract(image_path).")
-      .def_property_readonly("name", [](const Captioner& c) { return std::string(c.name()); },
-                             "The registry name, e.g. 'Florence-2-base'.")
-      .def_property_readonly("model_id", [](const Captioner& c) { return std::string(c.model_id()); },
-                             "The Hugging Face hub id ('test-dummy-model' for the test model).")
-      .def_property_readonly("revision", [](const Captioner& c) { return std::string(c.revision()); },
-                             "The hub revision that is downloaded.")
-      .def_property_readonly("quantization",
-                             [](const Captioner& c) { return std::string(quantization_name(c.spec().quantization)); },
-                             "'none', 'int8', 'llm_int8' or 'nf4'.")
-      .def_property_readonly("downloaded", &Captioner::downloaded, "Whether the weights are loaded.")
-      .def("download", &Captioner::download, py::call_guard<py::gil_scoped_release>(),
-           "Load the weights, downloading them if needed. Calling it again does nothing.")
-      .def("extract", py::overload_cast<const std::filesystem::path&>(&Captioner::extract), py::arg("image_path"),
-           py::call_guard<py::gil_scoped_release>(),
-           "Caption an image file (loads the model on first use). Returns the caption.")
-      .def(
-          "extract_pixels",
-          [](Captioner& c, const at::Tensor& pixels, const std::string& name) {
-            io::RgbImage image = io::rgb_image_from_pixels(pixels, name);
-            py::gil_scoped_release release;
-            return c.extract(image);
-          },
-          py::arg("pixels"), py::arg("name") = "image",
-          "Caption decoded pixels: a uint8 tensor [height, width, 3] in RGB order.")
-      .def("extract_batch", &Captioner::extract_batch, py::arg("image_paths"), py::call_guard<py::gil_scoped_release>(),
-           "Caption several image files; captions come back in the same order.")
-      .def("__repr__", [](const Captioner& c) {
-        return "<imagetotext model '" + std::string(c.name()) + "' (" + std::string(c.model_id()) + ")>";
-      });
-
-  m.def(
-      "model_selector",
-      [](const std::string& name, const std::string& device, std::optional<double> test_delay, int64_t max_pixels) {
-        return model_selector(name, make_options(device, test_delay, max_pixels));
-      },
-      py::arg("model_name"), py::arg("device") = "auto", py::arg("test_delay") = py::none(),
-      py::arg("max_image_pixels") = io::kDefaultMaxImagePixels,
-      "Build the model registered under model_name. Raises UnknownModelError (a ValueError) listing the valid "
-      "names, or ModelNotImplementedError for a model this version does not implement yet.");
+  python::bind_models(m);  // models.cpp: Captioner, model_selector, load_model, the weight cache
 
   m.def(
       "load_rgb_image",
@@ -161,6 +110,7 @@ PYBIND11_MODULE(_C, m) {
   python::bind_quantized_linear(m);
   python::bind_safetensors(m);
   python::bind_tokenizer(m);
+  python::bind_smolvlm(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),

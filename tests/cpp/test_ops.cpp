@@ -50,3 +50,53 @@ TEST_CASE("normalize_pixels on CUDA equals the CPU kernel", "[ops][gpu]") {
     CHECK(at::equal(on_gpu.cpu(), normalize_pixels(pixels, kMean, kStd, 1.0 / 255.0, dtype)));
   }
 }
+
+// resize_pillow's oracle is Pillow itself (tests/python/test_resize.py); here: formulas that follow from
+// Pillow's definition, and CUDA against CPU.
+using imagetotext::ops::Resample;
+using imagetotext::ops::resize_pillow;
+
+TEST_CASE("resize_pillow keeps a constant image constant with every filter", "[ops]") {
+  for (auto filter : {Resample::nearest, Resample::lanczos, Resample::bilinear, Resample::bicubic, Resample::box,
+                      Resample::hamming}) {
+    const auto pixels = at::full({23, 41, 3}, 200, at::kByte);
+    const auto out = resize_pillow(pixels, 64, 7, filter);
+    CHECK(out.sizes() == at::IntArrayRef({64, 7, 3}));
+    CHECK(at::equal(out, at::full({64, 7, 3}, 200, at::kByte)));
+  }
+}
+
+TEST_CASE("resize_pillow BOX halving is Pillow's rounded pair average, horizontal pass first", "[ops]") {
+  // BOX at scale 2 weighs each output by two inputs of 2^21 each: (a + b + 1) >> 1 per pass.
+  const auto pixels = at::randint(0, 256, {2, 10, 14, 3}, at::kByte);
+  const auto wide = pixels.to(at::kInt);
+  const auto horizontal = (wide.slice(2, 0, 14, 2) + wide.slice(2, 1, 14, 2) + 1).floor_divide(2);
+  const auto expected = (horizontal.slice(1, 0, 10, 2) + horizontal.slice(1, 1, 10, 2) + 1).floor_divide(2);
+  CHECK(at::equal(resize_pillow(pixels, 5, 7, Resample::box), expected.to(at::kByte)));
+}
+
+TEST_CASE("resize_pillow rejects bad arguments with clear errors", "[ops]") {
+  const auto pixels = at::zeros({4, 4, 3}, at::kByte);
+  REQUIRE_THROWS_AS(resize_pillow(pixels.to(at::kFloat), 2, 2, Resample::lanczos), c10::ValueError);
+  REQUIRE_THROWS_WITH(resize_pillow(pixels.to(at::kFloat), 2, 2, Resample::lanczos), ContainsSubstring("uint8"));
+  REQUIRE_THROWS_WITH(resize_pillow(at::zeros({4, 3}, at::kByte), 2, 2, Resample::lanczos),
+                      ContainsSubstring("[..., height, width, channels]"));
+  REQUIRE_THROWS_WITH(resize_pillow(at::zeros({4, 4, 5}, at::kByte), 2, 2, Resample::lanczos),
+                      ContainsSubstring("1 to 4 channels"));
+  REQUIRE_THROWS_WITH(resize_pillow(at::zeros({0, 4, 3}, at::kByte), 2, 2, Resample::lanczos),
+                      ContainsSubstring("must not be empty"));
+  REQUIRE_THROWS_WITH(resize_pillow(pixels, 0, 2, Resample::bicubic), ContainsSubstring("must be > 0"));
+  REQUIRE_THROWS_WITH(resize_pillow(pixels, 2, 2, static_cast<Resample>(7)), ContainsSubstring("unknown filter"));
+}
+
+TEST_CASE("resize_pillow on CUDA equals the CPU kernel", "[ops][gpu]") {
+  const auto pixels = at::randint(0, 256, {2, 61, 97, 3}, at::kByte);
+  for (auto filter : {Resample::nearest, Resample::lanczos, Resample::bilinear, Resample::bicubic, Resample::box,
+                      Resample::hamming}) {
+    for (auto [height, width] : {std::pair{61, 200}, {17, 97}, {128, 31}, {5, 3}, {61, 97}}) {
+      const auto on_gpu = resize_pillow(pixels.to(at::kCUDA), height, width, filter);
+      CHECK(on_gpu.is_cuda());
+      CHECK(at::equal(on_gpu.cpu(), resize_pillow(pixels, height, width, filter)));
+    }
+  }
+}

@@ -149,3 +149,66 @@ def test_generation_config_matches_transformers(tmp_path, values):
 def test_absent_generation_config_is_transformers_defaults(tmp_path):
     assert _C.load_generation_config(tmp_path / "generation_config.json") == generation_view(
         transformers.GenerationConfig())
+
+
+# moondream2 revision 2025-01-09: vikhyat/moondream moondream/torch/config.py @8ac77eb (the dataclass
+# defaults, which the hub's config.json leaves in force) and moondream/config/config_md2.json, as listed
+# in shared/reference/moondream2.md section 1.3.
+MOONDREAM2 = {
+    "text": {"dim": 2048, "n_layers": 24, "vocab_size": 51200, "max_context": 2048, "n_heads": 32, "prefix_attn": 730},
+    "vision": {"enc_dim": 1152, "enc_patch_size": 14, "enc_n_layers": 27, "enc_ff_dim": 4304, "enc_n_heads": 16,
+               "proj_out_dim": 2048, "crop_size": 378, "in_channels": 3, "max_crops": 12, "overlap_margin": 4,
+               "proj_inner_dim": 8192},
+    "region": {"dim": 2048, "coord_feat_dim": 256, "coord_out_dim": 1024, "size_feat_dim": 512, "size_out_dim": 2048,
+               "inner_dim": 8192},
+    "tokenizer": {"bos_id": 50256, "eos_id": 50256, "templates": {
+        "caption": {"short": [198, 198, 16438, 8305, 25], "normal": [198, 198, 24334, 1159, 25]},
+        "query": {"prefix": [198, 198, 24361, 25], "suffix": [198, 198, 33706, 25]},
+        "detect": {"prefix": [198, 198, 47504, 25], "suffix": [628]},
+        "point": {"prefix": [198, 198, 12727, 25], "suffix": [628]},
+    }},
+}
+
+
+def test_moondream_hub_config_is_the_dataclass_defaults(tmp_path):
+    # HfConfig replaces the file's "config" with {}: even a non-empty one leaves the defaults in force.
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"model_type": "moondream1", "architectures": ["HfMoondream"], "config": {"text": {"n_layers": 2}},
+         "torch_dtype": "float16"}))
+    assert _C.load_moondream_config(tmp_path / "config.json") == MOONDREAM2
+
+
+def test_moondream_config_md2_form_overrides_field_by_field(tmp_path):
+    (tmp_path / "config_md2.json").write_text(json.dumps(MOONDREAM2))
+    assert _C.load_moondream_config(tmp_path / "config_md2.json") == MOONDREAM2
+    small = {"text": {"n_layers": 2, "dim": 64, "n_heads": 4}, "vision": {"enc_n_layers": 1},
+             "tokenizer": {"templates": {"caption": {"normal": [1, 2]}, "detect": None}}}
+    (tmp_path / "small.json").write_text(json.dumps(small))
+    got = _C.load_moondream_config(tmp_path / "small.json")
+    assert got["text"] == {**MOONDREAM2["text"], "n_layers": 2, "dim": 64, "n_heads": 4}
+    assert got["vision"] == {**MOONDREAM2["vision"], "enc_n_layers": 1}
+    assert got["region"] == MOONDREAM2["region"]
+    assert got["tokenizer"] == {"bos_id": 50256, "eos_id": 50256, "templates": {"caption": {"normal": [1, 2]}}}
+
+
+@pytest.mark.parametrize(
+    "content,field,why",
+    [
+        ({"model_type": "llama"}, "model_type", "moondream1"),
+        ({"text": {"layers": 2}}, "text.layers", "not a field"),
+        ({"txt": {}}, "txt", "not a field"),
+        ({"text": {"dim": "2048"}}, "text.dim", "must be an integer"),
+        ({"text": {"dim": 2048, "n_heads": 30}}, "text.dim", "multiple of n_heads"),
+        ({"vision": {"crop_size": 380}}, "vision.crop_size", "multiple of enc_patch_size"),
+        ({"vision": []}, "vision", "JSON object"),
+        ({"tokenizer": {"templates": {"caption": {"short": "Caption:"}}}}, "tokenizer.templates.caption.short",
+         "list of integers"),
+    ],
+)
+def test_moondream_bad_configs_name_the_file_and_the_field(tmp_path, content, field, why):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(content))
+    with pytest.raises(imagetotext.CheckpointError, match=f"{path}.*'{field}'.*{why}"):
+        _C.load_moondream_config(path)
+    with pytest.raises(imagetotext.CheckpointError, match="config.json"):
+        _C.load_moondream_config(tmp_path / "absent" / "config.json")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import hashlib
 import os
+import subprocess
+import sys
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -18,7 +20,7 @@ from pathlib import Path
 import pytest
 
 import imagetotext
-from imagetotext.hub import hf_hub_download, try_to_load_from_cache
+from imagetotext.hub import cached_as_missing, hf_hub_download, optional_hf_hub_download, try_to_load_from_cache
 
 pytestmark = pytest.mark.skipif(not imagetotext._C.downloads_available(), reason="built without downloads")
 
@@ -35,7 +37,7 @@ def git_blob_sha1(data: bytes) -> str:
 class FakeHub:
     def __init__(self):
         self.files = {"config.json": (CONFIG, False), "model.safetensors": (WEIGHTS, True)}
-        self.mode = "normal"  # normal | cut | corrupt | stall | private
+        self.mode = "normal"  # normal | cut | corrupt | stall | private | slow
         self.requests: list[tuple[str, str, str | None]] = []  # (method, path, Range)
         self.token = "secret-token"
         self.cdn_authorization: list[str | None] = []
@@ -74,8 +76,8 @@ def make_handler(hub: FakeHub):
                 return self.send(401, {"Content-Length": "0"})
             if revision not in ("main", COMMIT):
                 return self.send(404, {"X-Error-Code": "RevisionNotFound", "Content-Length": "0"})
-            if filename not in hub.files:
-                return self.send(404, {"X-Error-Code": "EntryNotFound", "Content-Length": "0"})
+            if filename not in hub.files:  # the hub names the commit it looked in
+                return self.send(404, {"X-Error-Code": "EntryNotFound", "X-Repo-Commit": COMMIT, "Content-Length": "0"})
             data, lfs = hub.files[filename]
             if lfs:
                 sha = hashlib.sha256(data).hexdigest()
@@ -111,6 +113,16 @@ def make_handler(hub: FakeHub):
                 self.wfile.flush()
                 time.sleep(5)  # longer than the client's timeout
                 return
+            if hub.mode == "slow" and body:  # the whole file, over about a second
+                self.send_response(status)
+                for key, value in headers.items():
+                    self.send_header(key, value)
+                self.end_headers()
+                for i in range(0, len(part), len(part) // 10 + 1):
+                    self.wfile.write(part[i:i + len(part) // 10 + 1])
+                    self.wfile.flush()
+                    time.sleep(0.1)
+                return
             if hub.mode == "cut" and body:
                 self.send_response(status)
                 for key, value in headers.items():
@@ -143,8 +155,9 @@ def download(hub, cache, filename, **kwargs):
 
 
 def complete_files(cache: Path) -> list[Path]:
-    """Every file in the cache that looks complete (not .incomplete), following snapshot links."""
-    return [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".incomplete")]
+    """Every blob or snapshot file that looks complete (not .incomplete), following snapshot links."""
+    return [p for p in cache.rglob("*") if p.is_file() and not p.name.endswith(".incomplete")
+            and ("blobs" in p.parts or "snapshots" in p.parts)]
 
 
 def test_downloads_land_in_huggingface_hubs_layout(hub, tmp_path):
@@ -272,3 +285,87 @@ def test_cache_location_follows_the_environment(monkeypatch, tmp_path):
     assert imagetotext.hub.default_cache_dir() == tmp_path / "legacy"
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "new"))
     assert imagetotext.hub.default_cache_dir() == tmp_path / "new"
+
+
+def tree(root: Path) -> set[str]:
+    return {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file()} if root.exists() else set()
+
+
+def test_a_missing_file_is_recorded_as_huggingface_hub_records_it(hub, tmp_path):
+    import huggingface_hub
+    from huggingface_hub import _CACHED_NO_EXIST
+
+    ours_cache, theirs_cache = tmp_path / "ours", tmp_path / "theirs"
+    assert optional_hf_hub_download(REPO, "missing.bin", cache_dir=ours_cache, endpoint=hub.endpoint, token="") is None
+    with pytest.raises(huggingface_hub.errors.EntryNotFoundError):
+        huggingface_hub.hf_hub_download(REPO, "missing.bin", cache_dir=theirs_cache, endpoint=hub.endpoint, token=False)
+    repo = "models--test-org--tiny-model"
+    # The same marker and ref, byte for byte (huggingface_hub, the oracle, also tags the cache root).
+    for sub in (".no_exist", "refs"):
+        assert tree(ours_cache / repo / sub) == tree(theirs_cache / repo / sub) != set()
+    assert (ours_cache / repo / ".no_exist" / COMMIT / "missing.bin").read_bytes() == b""
+    assert (ours_cache / repo / "refs" / "main").read_text() == COMMIT
+    # Each library reads the other's record.
+    assert huggingface_hub.try_to_load_from_cache(REPO, "missing.bin", cache_dir=ours_cache) is _CACHED_NO_EXIST
+    assert cached_as_missing(REPO, "missing.bin", cache_dir=theirs_cache)
+    assert not cached_as_missing(REPO, "config.json", cache_dir=theirs_cache)
+
+    hub.requests.clear()
+    for cache in (ours_cache, theirs_cache):
+        # Offline, for a commit hash, and with the server gone, the record answers without a request.
+        assert optional_hf_hub_download(REPO, "missing.bin", cache_dir=cache, local_files_only=True) is None
+        assert optional_hf_hub_download(REPO, "missing.bin", revision=COMMIT, cache_dir=cache, endpoint=hub.endpoint,
+                                        token="") is None
+        assert optional_hf_hub_download(REPO, "missing.bin", cache_dir=cache, endpoint="http://127.0.0.1:9",
+                                        timeout=1) is None
+        with pytest.raises(imagetotext.CheckpointError, match="does not exist"):
+            hf_hub_download(REPO, "missing.bin", cache_dir=cache, local_files_only=True)
+    assert hub.requests == []
+    # Without a record, offline is still "not cached", not "missing".
+    with pytest.raises(imagetotext.CheckpointError, match="HF_HUB_OFFLINE"):
+        optional_hf_hub_download(REPO, "other.bin", cache_dir=ours_cache, local_files_only=True)
+    # A file that exists is unaffected.
+    assert optional_hf_hub_download(REPO, "config.json", cache_dir=ours_cache, endpoint=hub.endpoint,
+                                    token="").read_bytes() == CONFIG
+
+
+DOWNLOAD_SCRIPT = """
+import sys
+from imagetotext.hub import hf_hub_download
+path = hf_hub_download(sys.argv[1], "model.safetensors", cache_dir=sys.argv[2], endpoint=sys.argv[3], token="",
+                       timeout=5)
+print(path)
+"""
+
+
+def test_two_processes_downloading_one_blob_take_turns(hub, tmp_path):
+    hub.mode = "slow"
+    processes = [subprocess.Popen([sys.executable, "-c", DOWNLOAD_SCRIPT, REPO, str(tmp_path), hub.endpoint],
+                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for _ in range(2)]
+    outputs = [p.communicate(timeout=60) for p in processes]
+    assert [p.returncode for p in processes] == [0, 0], outputs
+    assert {Path(out.strip()) for out, _ in outputs} == {tmp_path / "models--test-org--tiny-model" / "snapshots" /
+                                                         COMMIT / "model.safetensors"}
+    assert Path(outputs[0][0].strip()).read_bytes() == WEIGHTS
+    # The second waited on the lock, then found the blob: the bytes were fetched once.
+    assert len([path for method, path, _ in hub.requests if method == "GET" and path.startswith("/cdn/")]) == 1
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    assert (tmp_path / ".locks" / "models--test-org--tiny-model" / f"{sha}.lock").exists()
+    assert list(tmp_path.rglob("*.incomplete")) == []
+
+
+def test_we_wait_for_huggingface_hubs_lock(hub, tmp_path):
+    from filelock import FileLock
+
+    sha = hashlib.sha256(WEIGHTS).hexdigest()
+    lock_path = tmp_path / ".locks" / "models--test-org--tiny-model" / f"{sha}.lock"
+    lock_path.parent.mkdir(parents=True)
+    result = {}
+    with FileLock(str(lock_path)):  # what huggingface_hub holds while it downloads this blob
+        thread = threading.Thread(target=lambda: result.setdefault("path", download(hub, tmp_path, "model.safetensors")))
+        thread.start()
+        time.sleep(1.0)
+        assert thread.is_alive() and complete_files(tmp_path) == []
+        assert not [path for path in hub.requests if path[1].startswith("/cdn/")]
+    thread.join(timeout=30)
+    assert result["path"].read_bytes() == WEIGHTS

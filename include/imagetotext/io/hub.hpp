@@ -4,6 +4,8 @@
 //   <cache>/models--<org>--<name>/blobs/<etag>                   the file's bytes
 //   <cache>/models--<org>--<name>/snapshots/<commit>/<filename>  -> ../../blobs/<etag> (relative symlink)
 //   <cache>/models--<org>--<name>/refs/<revision>                the commit a branch or tag pointed to
+//   <cache>/models--<org>--<name>/.no_exist/<commit>/<filename>  empty: the file is absent at that commit
+//   <cache>/.locks/models--<org>--<name>/<etag>.lock             flock(2)-held while a blob is downloaded
 //
 // Environment, as huggingface_hub reads it: HF_HUB_CACHE, HUGGINGFACE_HUB_CACHE, HF_HOME, XDG_CACHE_HOME
 // (the cache), HF_ENDPOINT (the server), HF_TOKEN / HF_TOKEN_PATH (the token), HF_HUB_OFFLINE.
@@ -46,11 +48,18 @@ std::optional<std::filesystem::path> cached_hub_file(std::string_view repo_id, s
                                                      std::string_view revision,
                                                      const std::filesystem::path& cache_dir);
 
+// True when the cache records (.no_exist, as huggingface_hub writes it) that `filename` does not exist at
+// the commit `revision` names in the cache; no network access.
+bool cached_as_missing(std::string_view repo_id, std::string_view filename, std::string_view revision,
+                       const std::filesystem::path& cache_dir);
+
 // The local path of `filename` in `repo` at `revision`, downloading it into the cache when missing.
 // `repo` may also be a local directory, which is used as it is. An interrupted download resumes on the next
 // call; a file whose SHA-256 does not match the hub's ETag is deleted. Throws CheckpointError naming the
 // repository and the file (not found, access denied, unreachable server, timeout, checksum mismatch,
-// offline and not cached).
+// offline and not cached); EntryNotFoundError when the file does not exist, which a 404 records in .no_exist
+// and which, for a commit hash, offline or with the server unreachable, that record answers without a
+// request. Two processes (ours or huggingface_hub's) fetching the same blob take turns on its lock file.
 std::filesystem::path hub_file(std::string_view repo, std::string_view filename, std::string_view revision = "main",
                                const HubOptions& options = {});
 
@@ -63,7 +72,8 @@ std::filesystem::path hub_checkpoint(std::string_view repo, std::string_view rev
                                      const HubOptions& options = {});
 
 // hub_file for a file a model may lack (generation_config.json, special_tokens_map.json, ...): nullopt when
-// the repository or directory does not have it; every other failure throws as hub_file does.
+// the repository or directory does not have it (also when the cache's .no_exist records that, offline);
+// every other failure throws as hub_file does.
 std::optional<std::filesystem::path> optional_hub_file(std::string_view repo, std::string_view filename,
                                                        std::string_view revision = "main",
                                                        const HubOptions& options = {});

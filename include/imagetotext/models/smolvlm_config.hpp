@@ -4,6 +4,7 @@
 // kept here so a file is read exactly as transformers reads it.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <optional>
@@ -54,6 +55,30 @@ struct SmolVLMConfig {
     return side * side / (scale_factor * scale_factor);
   }
 };
+
+// The processor's settings: Idefics3ImageProcessor's fields (preprocessor_config.json, or the
+// "image_processor" object of a transformers 5 processor_config.json) and the processor's image_seq_len.
+// Defaults are Idefics3ImageProcessorPil's and Idefics3Processor's; the SmolVLM checkpoints override them.
+struct SmolVLMProcessorConfig {
+  bool do_resize = true;
+  std::int64_t longest_edge = 4 * 364;    // size.longest_edge: the first resize
+  std::int64_t max_image_size = 364;      // max_image_size.longest_edge: the tile side
+  bool do_image_splitting = true;
+  int resample = 1;                       // PIL's LANCZOS; the only filter implemented
+  bool do_rescale = true;
+  double rescale_factor = 1.0 / 255.0;
+  bool do_normalize = true;
+  std::array<double, 3> image_mean{0.5, 0.5, 0.5};
+  std::array<double, 3> image_std{0.5, 0.5, 0.5};
+  std::int64_t image_seq_len = 169;       // <image> tokens per tile
+};
+
+// Reads the processor's files, either of which may be absent (std::nullopt): processor_config.json (its
+// image_seq_len, and its "image_processor" object when transformers 5 wrote it) and
+// preprocessor_config.json. Throws CheckpointError naming the file and the field for invalid JSON, a field
+// of the wrong type, or a resample filter other than LANCZOS.
+SmolVLMProcessorConfig load_smolvlm_processor_config(const std::optional<std::filesystem::path>& processor_config_json,
+                                                     const std::optional<std::filesystem::path>& preprocessor_config_json);
 
 // Reads a SmolVLM config.json. Throws CheckpointError naming the file and the field for a missing file,
 // invalid JSON, a field of the wrong type, another model_type, or a hidden size the heads do not divide.

@@ -1,0 +1,178 @@
+"""SmolVLM-256M/500M at full size on one GPU: parity with transformers in fp32, then timings of our bf16, int8,
+llm_int8 and nf4 variants next to transformers bf16 on the same inputs.
+
+No hub access is needed: each model is a random checkpoint written here with the published configuration
+(shared/reference/vlm_models.md A.1) and a tokenizer carrying SmolVLM's special tokens at their real ids. The
+image is a square one (17 tiles, 1127 prompt tokens), as in the anchor "transformers bf16: 55 ms to first token,
+19.7 ms per token". End of utterance is kept from winning (its lm_head row is zeroed) so every run decodes the
+full 64 tokens.
+
+    python benchmarks/bench_smolvlm.py --out benchmarks/results/smolvlm-h100-DATE.md [--models 256M 500M]
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import transformers
+from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+from transformers.models.idefics3.processing_idefics3 import Idefics3Processor
+
+from imagetotext import _C
+
+CONFIGS = {
+    "256M": dict(hidden_size=576, intermediate_size=1536, num_hidden_layers=30, num_attention_heads=9,
+                 num_key_value_heads=3),
+    "500M": dict(hidden_size=960, intermediate_size=2560, num_hidden_layers=32, num_attention_heads=15,
+                 num_key_value_heads=5),
+}
+SPECIALS = (["<global-img>"] + [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
+            + ["<fake_token_around_image>", "<image>"])
+CHAT_TEMPLATE = (
+    "<|im_start|>{% for message in messages %}{{message['role'] | capitalize}}{% if message['content'][0]['type'] "
+    "== 'image' %}{{':'}}{% else %}{{': '}}{% endif %}{% for line in message['content'] %}{% if line['type'] == "
+    "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
+    "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
+NEW_TOKENS = 64
+
+
+def smolvlm_tokenizer() -> Tokenizer:
+    """Byte-level BPE whose specials sit at SmolVLM's ids: <|im_start|> 1, <global-img> 49152, <image> 49190,
+    <end_of_utterance> 49279 (filler vocabulary in between)."""
+    alphabet = pre_tokenizers.ByteLevel.alphabet()
+    vocab = {"<|endoftext|>": 0, "<|im_start|>": 1, "<|im_end|>": 2}
+    for ch in sorted(alphabet):
+        vocab[ch] = len(vocab)
+    while len(vocab) < 49152:
+        vocab[f"filler{len(vocab)}"] = len(vocab)
+    tokenizer = Tokenizer(models.BPE(vocab=vocab, merges=[]))
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.add_special_tokens([AddedToken(t, normalized=False, special=True)
+                                  for t in ["<|endoftext|>", "<|im_start|>", "<|im_end|>"] + SPECIALS])
+    tokenizer.add_special_tokens([AddedToken(f"<|reserved_special_token_{i}|>", normalized=False, special=True)
+                                  for i in range(88)])
+    tokenizer.add_special_tokens([AddedToken("<end_of_utterance>", normalized=False, special=True)])
+    assert tokenizer.token_to_id("<image>") == 49190 and tokenizer.token_to_id("<end_of_utterance>") == 49279
+    return tokenizer
+
+
+def write_checkpoint(path: Path, size: str):
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=smolvlm_tokenizer(), eos_token="<end_of_utterance>")
+    processor = Idefics3Processor(
+        image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
+                                                  image_mean=[0.5] * 3, image_std=[0.5] * 3),
+        tokenizer=fast, image_seq_len=64, chat_template=CHAT_TEMPLATE)
+    config = transformers.Idefics3Config(
+        scale_factor=4, image_token_id=49190, tie_word_embeddings=False,
+        vision_config={"hidden_size": 768, "num_attention_heads": 12, "patch_size": 16, "image_size": 512},
+        text_config={"model_type": "llama", "vocab_size": 49280, "head_dim": 64, "max_position_embeddings": 8192,
+                     "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "pad_token_id": 2, **CONFIGS[size]})
+    torch.manual_seed(0)
+    model = transformers.Idefics3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        model.lm_head.weight[49279] = 0.0
+    model.generation_config.eos_token_id = 49279
+    model.save_pretrained(path)
+    processor.save_pretrained(path)
+    return processor
+
+
+def cuda_time(fn, repeat=5):
+    times = []
+    for _ in range(repeat):
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def measure(load, first_token, caption):
+    gc.collect()
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats()
+    before = torch.cuda.memory_allocated()
+    model = load()
+    weights = torch.cuda.memory_allocated() - before
+    first_token(model)  # warm-up
+    ttft = cuda_time(lambda: first_token(model))
+    total = cuda_time(lambda: caption(model), repeat=3)
+    peak = torch.cuda.max_memory_allocated() - before
+    del model
+    return {"ttft_ms": ttft * 1e3, "ms_per_token": (total - ttft) * 1e3 / (NEW_TOKENS - 1),
+            "caption_s": total, "weights_mib": weights / 2**20, "peak_mib": peak / 2**20}
+
+
+def run(size: str, rows: list[str]):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        write_checkpoint(path, size)
+        pixels = torch.randint(0, 256, (768, 768, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
+
+        # Parity in fp32: the same inputs (our processor's) through both models.
+        ours = _C.SmolVLM(str(path), device="cuda", dtype="float32")
+        inputs = ours.process(pixels)
+        input_ids, pixel_values = inputs["input_ids"], inputs["pixel_values"]
+        reference = transformers.Idefics3ForConditionalGeneration.from_pretrained(
+            path, dtype=torch.float32, attn_implementation="eager").to("cuda").eval()
+        with torch.no_grad():
+            expected = reference(input_ids=input_ids.cuda(), pixel_values=pixel_values[None]).logits
+        logits = ours.prompt_logits(input_ids, pixel_values)
+        err = float((logits.double() - expected.double()).abs().max() / expected.double().abs().max())
+        rows.append(f"| {size} | fp32 parity: prompt logits max relative error {err:.2e} "
+                    f"({input_ids.shape[1]} prompt tokens, {pixel_values.shape[0]} tiles) | | | | | |")
+        del ours, reference, expected, logits
+        gc.collect()
+
+        cuda_inputs = {"input_ids": input_ids.cuda(), "pixel_values": pixel_values[None].cuda().to(torch.bfloat16)}
+
+        def hf_load():
+            return transformers.Idefics3ForConditionalGeneration.from_pretrained(
+                path, dtype=torch.bfloat16, attn_implementation="eager").to("cuda").eval()
+
+        def hf_generate(model, n):
+            with torch.no_grad():
+                return model.generate(**cuda_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+
+        results = {"transformers bf16 (eager)": measure(hf_load, lambda m: hf_generate(m, 1),
+                                                        lambda m: hf_generate(m, NEW_TOKENS))}
+        for quantization in ["none", "int8", "llm_int8", "nf4"]:
+            def our_generate(model, n):
+                return model.generate(input_ids, pixel_values, max_new_tokens=n)
+            results[f"imagetotext bf16 {quantization}"] = measure(
+                lambda: _C.SmolVLM(str(path), quantization=quantization, device="cuda"),
+                lambda m: our_generate(m, 1), lambda m: our_generate(m, NEW_TOKENS))
+        for name, r in results.items():
+            rows.append(f"| {size} | {name} | {r['ttft_ms']:.1f} | {r['ms_per_token']:.2f} | {r['caption_s']:.3f} "
+                        f"| {r['weights_mib']:.0f} | {r['peak_mib']:.0f} |")
+        print(json.dumps(results, indent=1))
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=["256M", "500M"], choices=sorted(CONFIGS))
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args()
+    rows = [f"# SmolVLM on {torch.cuda.get_device_name()} (random weights, 17-tile image, {NEW_TOKENS} new tokens)",
+            "", "| model | variant | first token ms | ms/token | 64-token caption s | weights MiB | peak MiB |",
+            "|---|---|---|---|---|---|---|"]
+    for size in args.models:
+        run(size, rows)
+    text = "\n".join(rows) + "\n"
+    print(text)
+    if args.out:
+        args.out.write_text(text)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,113 @@
+// SmolVLM (HuggingFaceTB/SmolVLM-256M-Instruct, -500M-Instruct; transformers' Idefics3ForConditionalGeneration):
+//
+//   image --Processor--> tiles --VisionTransformer--> --Connector--> image features [tiles, S, hidden]
+//   prompt ids --embed_tokens, features written at the <image> positions--> TextModel --lm_head--> logits
+//   --greedy search (KV cache allocated once per request), stop on <end_of_utterance>--> caption
+//
+// Every linear layer is an nn::Linear, so the dense, INT8, LLM.int8 and NF4 variants are this same code
+// with another LinearPolicy (all linear layers but lm_head quantized, as transformers + bitsandbytes do).
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/smolvlm_config.hpp"
+#include "imagetotext/models/smolvlm_processor.hpp"
+#include "imagetotext/models/smolvlm_text.hpp"
+#include "imagetotext/models/smolvlm_vision.hpp"
+#include "imagetotext/nn/linear.hpp"
+#include "imagetotext/nn/weights.hpp"
+#include "imagetotext/text/greedy_search.hpp"
+
+namespace imagetotext::smolvlm {
+
+// The linear-layer policy of a variant: `format` for every linear layer but lm_head.
+nn::LinearPolicy linear_policy(Quantization format);
+
+class SmolVLM {
+ public:
+  // Reads model.vision_model.*, model.connector.*, model.text_model.* and lm_head.* from `weights` (the
+  // checkpoint's root). Throws CheckpointError naming a missing or misshapen tensor.
+  static SmolVLM load(const nn::Weights& weights, const SmolVLMConfig& config, const nn::LinearPolicy& policy);
+
+  // Image features [tiles, image_seq_len, text hidden] of pixel_values [tiles, 3, H, W] or
+  // [batch, images, 3, H, W]. As transformers does, images that are all zeros are padding and dropped, and
+  // pixel_attention_mask ([.., H, W], nonzero on real pixels; none: all real) becomes the patch mask.
+  at::Tensor image_features(const at::Tensor& pixel_values,
+                            const std::optional<at::Tensor>& pixel_attention_mask = std::nullopt) const;
+
+  // Token embeddings of input_ids [batch, length] with the rows of `image_features` written, in order, at
+  // the <image> positions. Throws InvalidArgumentError when the counts differ.
+  at::Tensor embed(const at::Tensor& input_ids, const at::Tensor& image_features) const;
+
+  // Logits [batch, length, vocab] of every prompt position (tests; decoding only needs the last).
+  at::Tensor prompt_logits(const at::Tensor& input_ids, const at::Tensor& image_features) const;
+
+  // Greedy decoding after the prompt input_ids [1, length]; the cache is allocated here once, at the
+  // prompt's length plus max_new_tokens.
+  text::GreedySearchResult generate(const at::Tensor& input_ids, const at::Tensor& image_features,
+                                    const text::GreedySearchOptions& options) const;
+
+  const SmolVLMConfig& config() const noexcept { return config_; }
+  const VisionTransformer& vision() const noexcept { return vision_; }
+  const Connector& connector() const noexcept { return connector_; }
+  const TextModel& text() const noexcept { return text_; }
+  const nn::Placement& placement() const noexcept { return placement_; }
+
+ private:
+  SmolVLM(SmolVLMConfig config, nn::Placement placement, VisionTransformer vision, Connector connector, TextModel text)
+      : config_(std::move(config)), placement_(placement), vision_(std::move(vision)), connector_(std::move(connector)),
+        text_(std::move(text)) {}
+
+  SmolVLMConfig config_;
+  nn::Placement placement_;
+  VisionTransformer vision_;
+  Connector connector_;
+  TextModel text_;
+};
+
+}  // namespace imagetotext::smolvlm
+
+namespace imagetotext {
+
+// The family ImageToText<SmolVLMFamily> runs: model_selector's SmolVLM names.
+struct SmolVLMFamily {
+  // The service's max_new_tokens.
+  static constexpr std::int64_t kDefaultMaxNewTokens = 250;
+
+  struct Model {
+    smolvlm::SmolVLM network;
+    smolvlm::Processor processor;
+    std::vector<std::int64_t> eos_token_ids;  // generation_config.json's, else <end_of_utterance>
+    std::int64_t max_new_tokens = kDefaultMaxNewTokens;
+    nn::Placement placement;
+  };
+
+  static Model load(const ModelSpec& spec, const ModelOptions& options);
+  static std::string caption(Model& model, const io::RgbImage& image);
+};
+
+// Loads a SmolVLM checkpoint from `repo` (a hub id, fetched or found in the cache, or a local directory) at
+// `revision` with `quantization` applied to its linear layers; device, dtype, hub and max_new_tokens from
+// `options`. Throws CheckpointError naming the file, tensor or field that is missing or wrong.
+SmolVLMFamily::Model load_smolvlm(std::string_view repo, std::string_view revision, Quantization quantization,
+                                  const ModelOptions& options);
+
+// The caption of `image` and the tokens behind it (prompt excluded).
+struct SmolVLMCaption {
+  std::string text;                  // cleaned as the service cleans it
+  std::vector<std::int64_t> tokens;  // generated, the end token included
+  std::int64_t prompt_tokens = 0;
+};
+SmolVLMCaption smolvlm_caption(SmolVLMFamily::Model& model, const io::RgbImage& image,
+                               std::int64_t max_new_tokens = 0);
+
+extern template class ImageToText<SmolVLMFamily>;
+
+}  // namespace imagetotext

@@ -1,0 +1,67 @@
+// SmolVLM's text model: transformers' LlamaModel plus the untied lm_head.
+//
+//   embeddings [batch, length, hidden]
+//     --decoder layer x N: h += o_proj(attention(RMSNorm(h)))   (RoPE, grouped-query, causal, KV cache)
+//                          h += down(silu(gate(x)) * up(x)),  x = RMSNorm(h)
+//     --final RMSNorm--> lm_head --> logits [batch, length, vocab]
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <vector>
+
+#include "imagetotext/models/smolvlm_config.hpp"
+#include "imagetotext/nn/attention.hpp"
+#include "imagetotext/nn/layers.hpp"
+#include "imagetotext/nn/linear.hpp"
+#include "imagetotext/nn/rotary.hpp"
+#include "imagetotext/nn/weights.hpp"
+
+namespace imagetotext::smolvlm {
+
+struct DecoderLayer {
+  nn::RMSNorm input_layernorm;
+  nn::Linear q_proj, k_proj, v_proj, o_proj;
+  nn::RMSNorm post_attention_layernorm;
+  nn::Linear gate_proj, up_proj, down_proj;
+};
+
+// One request's keys and values: one cache per layer, allocated once at the request's final length.
+using TextCache = std::vector<nn::KVCache>;
+
+class TextModel {
+ public:
+  // Reads `embed_tokens`, `layers.<i>.*` and `norm` under `text_weights` (model.text_model) and `lm_head`
+  // under `head_weights` (the checkpoint's root; the embedding matrix when tie_word_embeddings).
+  static TextModel load(const nn::Weights& text_weights, const nn::Weights& head_weights, const SmolVLMConfig& config,
+                        const nn::LinearPolicy& policy);
+
+  at::Tensor embed(const at::Tensor& input_ids) const { return embed_tokens_(input_ids); }
+
+  // A cache for `batch` sequences of up to `capacity` positions (prompt plus generated tokens).
+  TextCache new_cache(std::int64_t batch, std::int64_t capacity) const;
+
+  // Runs the decoder layers on `embeddings` [batch, length, hidden] at the positions following those already
+  // in `cache` (appending their keys and values) and returns the final-normed hidden states.
+  at::Tensor forward(const at::Tensor& embeddings, TextCache& cache) const;
+
+  // lm_head on hidden states: [..., hidden] -> [..., vocab].
+  at::Tensor logits(const at::Tensor& hidden) const { return (*lm_head_)(hidden); }
+
+  const SmolVLMTextConfig& config() const noexcept { return config_; }
+
+ private:
+  at::Tensor attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache, const at::Tensor& cos,
+                       const at::Tensor& sin) const;
+
+  SmolVLMTextConfig config_;
+  nn::Embedding embed_tokens_;
+  std::vector<DecoderLayer> layers_;
+  nn::RMSNorm norm_;
+  std::optional<nn::Linear> lm_head_;
+  nn::RotaryEmbedding rotary_;
+};
+
+}  // namespace imagetotext::smolvlm

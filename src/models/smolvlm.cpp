@@ -1,0 +1,188 @@
+#include "imagetotext/models/smolvlm.hpp"
+
+#include <ATen/ops/empty.h>
+#include <c10/core/InferenceMode.h>
+#include <c10/util/StringUtil.h>
+#include <fmt/format.h>
+
+#include "imagetotext/core/device.hpp"
+#include "imagetotext/core/error.hpp"
+#include "imagetotext/io/hub.hpp"
+#include "imagetotext/io/safetensors.hpp"
+#include "imagetotext/text/generation_config.hpp"
+
+namespace imagetotext {
+
+template class ImageToText<SmolVLMFamily>;
+
+namespace smolvlm {
+
+nn::LinearPolicy linear_policy(Quantization format) {
+  nn::LinearPolicy policy;
+  policy.format = format;
+  policy.keep_dense = {"lm_head"};  // bitsandbytes' default: the output head stays dense
+  return policy;
+}
+
+SmolVLM SmolVLM::load(const nn::Weights& weights, const SmolVLMConfig& config, const nn::LinearPolicy& policy) {
+  const SmolVLMVisionConfig& v = config.vision;
+  if (v.patch_size <= 0 || v.image_size % v.patch_size != 0) {
+    throw CheckpointError(fmt::format("checkpoint {}: vision image_size {} is not a multiple of patch_size {}",
+                                      weights.source().string(), v.image_size, v.patch_size));
+  }
+  const nn::Weights model = weights["model"];
+  return SmolVLM(config, weights.placement(), VisionTransformer::load(model["vision_model"], v, policy),
+                 Connector::load(model["connector"], config, policy),
+                 TextModel::load(model["text_model"], weights, config, policy));
+}
+
+at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values,
+                                   const std::optional<at::Tensor>& pixel_attention_mask) const {
+  const std::int64_t dims = pixel_values.dim();
+  if ((dims != 4 && dims != 5) || pixel_values.size(dims - 3) != config_.vision.num_channels) {
+    throw InvalidArgumentError(fmt::format("pixel_values must be [tiles, {0}, H, W] or [batch, images, {0}, H, W], got {1}",
+                                           config_.vision.num_channels, c10::str(pixel_values.sizes())));
+  }
+  at::Tensor pixels = (dims == 5 ? pixel_values.flatten(0, 1) : pixel_values).to(placement_.device, placement_.dtype);
+  std::optional<at::Tensor> mask;
+  if (pixel_attention_mask) {
+    mask = (pixel_attention_mask->dim() == dims - 1 && dims == 5 ? pixel_attention_mask->flatten(0, 1)
+                                                                 : *pixel_attention_mask).to(placement_.device);
+    if (mask->dim() != 3 || mask->size(0) != pixels.size(0) || mask->size(1) != pixels.size(2) ||
+        mask->size(2) != pixels.size(3)) {
+      throw InvalidArgumentError(fmt::format("pixel_attention_mask {} does not match pixel_values {}",
+                                             c10::str(pixel_attention_mask->sizes()), c10::str(pixel_values.sizes())));
+    }
+  }
+  // transformers drops padding images: those whose every value is exactly zero.
+  const at::Tensor real = pixels.ne(0).flatten(1).any(1);
+  if (!real.all().item<bool>()) {
+    const at::Tensor keep = real.nonzero().squeeze(1);
+    pixels = pixels.index_select(0, keep);
+    if (mask) mask = mask->index_select(0, keep);
+  }
+  std::optional<at::Tensor> patch_mask;
+  if (mask) {
+    // A patch is real when any of its pixels is (transformers' unfold and sum).
+    const std::int64_t p = config_.vision.patch_size;
+    const at::Tensor patches = mask->unfold(1, p, p).unfold(2, p, p).sum({-1, -2}).gt(0);
+    if (!patches.all().item<bool>()) patch_mask = patches;
+  }
+  return connector_(vision_(pixels, patch_mask));
+}
+
+at::Tensor SmolVLM::embed(const at::Tensor& input_ids, const at::Tensor& image_features) const {
+  const at::Tensor ids = input_ids.to(placement_.device);
+  const at::Tensor embeddings = text_.embed(ids);
+  const at::Tensor is_image = ids.eq(config_.image_token_id).unsqueeze(-1);
+  const std::int64_t positions = is_image.sum().item<std::int64_t>();
+  const std::int64_t features = image_features.numel() / std::max<std::int64_t>(image_features.size(-1), 1);
+  if (positions != features) {
+    throw InvalidArgumentError(fmt::format("the prompt has {} <image> tokens (id {}) but the images give {} features",
+                                           positions, config_.image_token_id, features));
+  }
+  if (positions == 0) return embeddings;
+  return embeddings.masked_scatter(is_image, image_features.to(embeddings.scalar_type()));
+}
+
+at::Tensor SmolVLM::prompt_logits(const at::Tensor& input_ids, const at::Tensor& image_features) const {
+  const at::Tensor embeddings = embed(input_ids, image_features);
+  TextCache cache = text_.new_cache(embeddings.size(0), embeddings.size(1));
+  return text_.logits(text_.forward(embeddings, cache));
+}
+
+text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at::Tensor& image_features,
+                                           const text::GreedySearchOptions& options) const {
+  if (input_ids.dim() != 2 || input_ids.size(0) != 1 || input_ids.size(1) == 0) {
+    throw InvalidArgumentError(fmt::format("generate takes one prompt, input_ids [1, length]; got {}", c10::str(input_ids.sizes())));
+  }
+  const at::Tensor embeddings = embed(input_ids, image_features);
+  const std::int64_t length = embeddings.size(1);
+  TextCache cache = text_.new_cache(1, length + std::max<std::int64_t>(options.max_new_tokens, 0));
+  const at::Tensor hidden = text_.forward(embeddings, cache);
+  const at::Tensor first = text_.logits(hidden.select(1, length - 1));
+  at::Tensor token = at::empty({1, 1}, at::TensorOptions().device(placement_.device).dtype(at::kLong));
+  auto step = [&](std::int64_t next) {
+    token.fill_(next);
+    return text_.logits(text_.forward(text_.embed(token), cache).select(1, 0));
+  };
+  return text::greedy_search(first, step, options);
+}
+
+}  // namespace smolvlm
+
+SmolVLMFamily::Model load_smolvlm(std::string_view repo, std::string_view revision, Quantization quantization,
+                                  const ModelOptions& options) {
+  const c10::Device device = resolve_device(options.device);
+  const nn::Placement placement{device, resolve_dtype(options.dtype, device)};
+  const io::HubOptions& hub = options.hub;
+
+  const SmolVLMConfig config = load_smolvlm_config(io::hub_file(repo, "config.json", revision, hub));
+  const std::filesystem::path checkpoint_path = io::hub_checkpoint(repo, revision, hub);
+  io::Checkpoint checkpoint = io::load_safetensors(checkpoint_path);
+  const nn::Weights weights(std::move(checkpoint.tensors), checkpoint_path, placement);
+  smolvlm::SmolVLM network = smolvlm::SmolVLM::load(weights, config, smolvlm::linear_policy(quantization));
+
+  const std::filesystem::path tokenizer_path = io::hub_file(repo, "tokenizer.json", revision, hub);
+  text::Tokenizer tokenizer = text::Tokenizer::from_file(tokenizer_path);
+  const SmolVLMProcessorConfig processor_config =
+      load_smolvlm_processor_config(io::optional_hub_file(repo, "processor_config.json", revision, hub),
+                                    io::optional_hub_file(repo, "preprocessor_config.json", revision, hub));
+  if (processor_config.image_seq_len != config.image_seq_len()) {
+    throw CheckpointError(fmt::format("{}: the processor puts {} <image> tokens per tile, the model makes {} features "
+                                      "per tile ((image_size / patch_size)^2 / scale_factor^2)",
+                                      std::string(repo), processor_config.image_seq_len, config.image_seq_len()));
+  }
+  const std::optional<std::int64_t> image_id = tokenizer.token_to_id("<image>");
+  if (image_id != config.image_token_id) {
+    throw CheckpointError(fmt::format("{}: config.json's image_token_id is {} but the tokenizer's <image> is {}",
+                                      std::string(repo), config.image_token_id,
+                                      image_id ? std::to_string(*image_id) : std::string("absent")));
+  }
+
+  std::vector<std::int64_t> eos;
+  if (const auto generation = io::optional_hub_file(repo, "generation_config.json", revision, hub)) {
+    eos = load_generation_config(*generation).eos_token_ids;
+  }
+  if (eos.empty()) {
+    const auto end = tokenizer.token_to_id("<end_of_utterance>");
+    if (!end) throw CheckpointError(fmt::format("{}: the tokenizer has no <end_of_utterance> token", tokenizer_path.string()));
+    eos.push_back(*end);
+  }
+  const std::int64_t max_new_tokens =
+      options.max_new_tokens > 0 ? options.max_new_tokens : SmolVLMFamily::kDefaultMaxNewTokens;
+  return SmolVLMFamily::Model{std::move(network), smolvlm::Processor(processor_config, std::move(tokenizer)),
+                              std::move(eos), max_new_tokens, placement};
+}
+
+SmolVLMFamily::Model SmolVLMFamily::load(const ModelSpec& spec, const ModelOptions& options) {
+  const bool own_checkpoint = !options.checkpoint.empty();
+  return load_smolvlm(own_checkpoint ? std::string_view(options.checkpoint) : spec.repo_id,
+                      own_checkpoint ? std::string_view("main") : spec.revision,
+                      options.quantization.value_or(spec.quantization), options);
+}
+
+SmolVLMCaption smolvlm_caption(SmolVLMFamily::Model& model, const io::RgbImage& image, std::int64_t max_new_tokens) {
+  c10::InferenceMode inference;
+  const smolvlm::ProcessorOutput inputs =
+      model.processor(image, smolvlm::kServiceQuestion, model.placement.device, model.placement.dtype);
+  const at::Tensor features = model.network.image_features(inputs.pixel_values);
+  text::GreedySearchOptions options;
+  options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
+  options.eos_token_ids = model.eos_token_ids;
+  const text::GreedySearchResult result = model.network.generate(inputs.input_ids, features, options);
+
+  // The service decodes prompt and answer together, then cuts the answer out.
+  const std::int64_t prompt_length = inputs.input_ids.size(1);
+  const std::int64_t* prompt = inputs.input_ids.data_ptr<std::int64_t>();
+  std::vector<std::int64_t> ids(prompt, prompt + prompt_length);
+  ids.insert(ids.end(), result.tokens.begin(), result.tokens.end());
+  const std::string decoded = model.processor.tokenizer().decode(ids, /*skip_special_tokens=*/true);
+  return SmolVLMCaption{smolvlm::clean_caption(decoded), result.tokens, prompt_length};
+}
+
+std::string SmolVLMFamily::caption(Model& model, const io::RgbImage& image) {
+  return smolvlm_caption(model, image).text;
+}
+
+}  // namespace imagetotext

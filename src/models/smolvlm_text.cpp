@@ -1,0 +1,98 @@
+#include "imagetotext/models/smolvlm_text.hpp"
+
+#include <ATen/ops/silu.h>
+#include <fmt/format.h>
+
+#include "imagetotext/core/error.hpp"
+
+namespace imagetotext::smolvlm {
+
+TextModel TextModel::load(const nn::Weights& text_weights, const nn::Weights& head_weights, const SmolVLMConfig& config,
+                          const nn::LinearPolicy& policy) {
+  const SmolVLMTextConfig& c = config.text;
+  const std::string& source = text_weights.source().string();
+  if (c.num_key_value_heads <= 0 || c.num_attention_heads % c.num_key_value_heads != 0) {
+    throw CheckpointError(fmt::format("checkpoint {}: {} attention heads are not a multiple of {} key/value heads",
+                                      source, c.num_attention_heads, c.num_key_value_heads));
+  }
+  if (c.hidden_act != "silu") {
+    throw CheckpointError(fmt::format("checkpoint {}: text hidden_act '{}' is not implemented (silu is)", source,
+                                      c.hidden_act));
+  }
+  TextModel text;
+  text.config_ = c;
+  const std::int64_t hidden = c.hidden_size, q_width = c.num_attention_heads * c.head_dim,
+                     kv_width = c.num_key_value_heads * c.head_dim;
+  text.embed_tokens_ = nn::Embedding::load(text_weights, "embed_tokens", c.vocab_size, hidden);
+  const nn::Weights layers = text_weights["layers"];
+  text.layers_.reserve(static_cast<std::size_t>(c.num_hidden_layers));
+  for (std::int64_t i = 0; i < c.num_hidden_layers; ++i) {
+    const nn::Weights layer = layers[i];
+    const nn::Weights attn = layer["self_attn"];
+    const nn::Weights mlp = layer["mlp"];
+    text.layers_.push_back(DecoderLayer{
+        nn::RMSNorm::load(layer, "input_layernorm", hidden, c.rms_norm_eps),
+        nn::Linear::load(attn, "q_proj", policy, hidden, q_width),
+        nn::Linear::load(attn, "k_proj", policy, hidden, kv_width),
+        nn::Linear::load(attn, "v_proj", policy, hidden, kv_width),
+        nn::Linear::load(attn, "o_proj", policy, q_width, hidden),
+        nn::RMSNorm::load(layer, "post_attention_layernorm", hidden, c.rms_norm_eps),
+        nn::Linear::load(mlp, "gate_proj", policy, hidden, c.intermediate_size),
+        nn::Linear::load(mlp, "up_proj", policy, hidden, c.intermediate_size),
+        nn::Linear::load(mlp, "down_proj", policy, c.intermediate_size, hidden),
+    });
+  }
+  text.norm_ = nn::RMSNorm::load(text_weights, "norm", hidden, c.rms_norm_eps);
+  if (config.tie_word_embeddings) {
+    text.lm_head_.emplace(nn::Linear::load(text_weights, "embed_tokens", nn::LinearPolicy{}, hidden, c.vocab_size));
+  } else {
+    text.lm_head_.emplace(nn::Linear::load(head_weights, "lm_head", policy, hidden, c.vocab_size));
+  }
+  const nn::Placement& placement = text_weights.placement();
+  text.rotary_ = nn::RotaryEmbedding(c.head_dim, c.rope_theta, c.max_position_embeddings, placement.device,
+                                     placement.dtype);
+  return text;
+}
+
+TextCache TextModel::new_cache(std::int64_t batch, std::int64_t capacity) const {
+  const nn::Placement placement{embed_tokens_.weight.device(), embed_tokens_.weight.scalar_type()};
+  TextCache cache;
+  cache.reserve(layers_.size());
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    cache.emplace_back(batch, config_.num_key_value_heads, capacity, config_.head_dim,
+                       at::TensorOptions().device(placement.device).dtype(placement.dtype));
+  }
+  return cache;
+}
+
+at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache,
+                                const at::Tensor& cos, const at::Tensor& sin) const {
+  const std::int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim;
+  auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
+    return t.view({batch, length, heads, head_dim}).transpose(1, 2);
+  };
+  const at::Tensor q = nn::apply_rotary(split_heads(layer.q_proj(x), config_.num_attention_heads), cos, sin);
+  const at::Tensor k = nn::apply_rotary(split_heads(layer.k_proj(x), config_.num_key_value_heads), cos, sin);
+  const at::Tensor v = split_heads(layer.v_proj(x), config_.num_key_value_heads);
+  const auto [keys, values] = cache.append(k, v);
+  // One new token attends to everything before it; a block of tokens attends causally.
+  const at::Tensor out = nn::scaled_dot_product_attention(q, keys, values, std::nullopt, /*causal=*/length > 1);
+  return layer.o_proj(out.transpose(1, 2).reshape({batch, length, config_.num_attention_heads * head_dim}));
+}
+
+at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache) const {
+  if (cache.size() != layers_.size()) {
+    throw InvalidArgumentError(fmt::format("the cache has {} layers, the model {}", cache.size(), layers_.size()));
+  }
+  const auto [cos, sin] = rotary_.at_positions(cache.front().length(), embeddings.size(1));
+  at::Tensor h = embeddings;
+  for (std::size_t i = 0; i < layers_.size(); ++i) {
+    const DecoderLayer& layer = layers_[i];
+    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin);
+    const at::Tensor x = layer.post_attention_layernorm(h);
+    h = h + layer.down_proj(at::silu(layer.gate_proj(x)) * layer.up_proj(x));
+  }
+  return norm_(h);
+}
+
+}  // namespace imagetotext::smolvlm
