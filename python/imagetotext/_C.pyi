@@ -48,6 +48,26 @@ class Captioner:
         """The hub revision that is downloaded."""
 
 
+class Florence2Model:
+    """Florence-2 as the C++ library runs it, stage by stage."""
+    @property
+    def config(self) -> dict:
+        """The config as the C++ model read it (layout, vision_config, text_config, generation)."""
+
+    def decoder_logits(self, encoder_output: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [batch, length, vocab] of decoder_ids over an encoder output (one teacher-forced pass)."""
+    def encode(self, pixel_values: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """The BART encoder output over [image tokens ; prompt_ids] (prompt ids without <image> placeholders)."""
+    def generate(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt, num_beams: typing.SupportsInt = 1, no_repeat_ngram_size: typing.SupportsInt = 0, forced_bos_token_id: typing.SupportsInt | None = None, forced_eos_token_id: typing.SupportsInt | None = None, early_stopping: object = False, length_penalty: typing.SupportsFloat = 1.0, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None) -> tuple[list[int], float]:
+        """Generate from an encoder output; returns (token ids with the decoder start token, beam score). eos_token_ids=[] generates exactly max_new_tokens (benchmarks)."""
+    def generate_as_service(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt = 0) -> tuple[list[int], float]:
+        """Generate with the service's settings (3 beams, no repeated 3-grams, forced BOS/EOS, early stopping)."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projector's image tokens [batch, 1 + h*w, d_model] for pixel_values [batch, 3, H, W]."""
+    @staticmethod
+    def load(directory: os.PathLike | str | bytes, device: str = 'cpu', dtype: str = 'float32', quantization: str = 'none', keep_dense: collections.abc.Sequence[str] | None = None, quantize_vision: bool = False) -> Florence2Model:
+        """Load config.json and the safetensors checkpoint of a directory, in either layout."""
+
 class QuantizedLinear:
     """y = x @ W^T + bias with W dense, INT8, LLM.int8, NF4 or FP4 (bitsandbytes formats)."""
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -83,6 +103,39 @@ class QuantizedLinear:
         """Bytes of the stored weight (codes and statistics)."""
 
 
+class SmolVLM:
+    """A loaded SmolVLM checkpoint (imagetotext's native port of Idefics3)."""
+    def __init__(self, repo: str, quantization: str = 'none', device: str = 'auto', dtype: str = 'auto', revision: str = 'main', max_new_tokens: typing.SupportsInt = 0) -> None:
+        """Load a checkpoint from a directory or hub id; quantization: none, int8, llm_int8, nf4 or fp4."""
+    def caption(self, pixels: torch.Tensor, max_new_tokens: typing.SupportsInt = 0) -> tuple[str, list[int]]:
+        """The service's caption of uint8 RGB pixels [H, W, 3]: (cleaned text, generated tokens)."""
+    def connector(self, vision_hidden: torch.Tensor) -> torch.Tensor:
+        ...
+    @property
+    def device(self) -> str:
+        ...
+    @property
+    def dtype(self) -> str:
+        ...
+    @property
+    def eos_token_ids(self) -> list[int]:
+        ...
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False) -> tuple[list[int], torch.Tensor]:
+        """Greedy decoding: (generated tokens, [steps, vocab] logits or None)."""
+    def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+    @property
+    def max_new_tokens(self) -> int:
+        ...
+    def process(self, pixels: torch.Tensor, question: str = 'Can you describe this image?') -> dict:
+        """The processor: uint8 RGB pixels [H, W, 3] -> input_ids, pixel_values [tiles, 3, H, W], prompt, rows, cols."""
+    def prompt_logits(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """Logits [batch, length, vocab] of every prompt position."""
+    def vision(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The vision tower's last hidden state (after post_layernorm) of tiles [n, 3, H, W]."""
+    def vision_embeddings(self, pixel_values: torch.Tensor, patch_mask: torch.Tensor | None = None) -> torch.Tensor:
+        ...
+
 class Tokenizer:
     """A byte-level BPE tokenizer read from a tokenizer.json; encodes and decodes exactly as the tokenizers library does."""
     def __repr__(self) -> str:
@@ -113,6 +166,9 @@ def available_models() -> list[str]:
 def cache_info() -> list:
     """One dict per cached model: name, key and loaded."""
 
+def cached_as_missing(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes = ...) -> bool:
+    """Whether the cache records (.no_exist) that a hub file does not exist; never touches the network."""
+
 def cached_hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes = ...) -> pathlib.Path | None:
     """The cached path of a hub file, or None; never touches the network."""
 
@@ -141,11 +197,29 @@ def dynamic_map() -> torch.Tensor:
 
 file_decoding_available: bool
 
+def florence2_clean_caption(text: str, layout: str = 'native') -> str:
+    """The pure-text post-processing of a decoded caption."""
+
+def florence2_keep_dense(quantize_vision: bool = False) -> list[str]:
+    """The modules a quantized Florence-2 keeps dense by default (or with quantize_vision)."""
+
+def florence2_native_name(name: str) -> str | None:
+    """The native name of an original-layout Florence-2 tensor (None for tensors the model does not use)."""
+
+def florence2_pixel_values(pixels: torch.Tensor, size: typing.SupportsInt = 768) -> torch.Tensor:
+    """Florence-2's image preprocessing: uint8 RGB [height, width, 3] -> float32 [1, 3, size, size]."""
+
+def florence2_prompt_ids(tokenizer: Tokenizer, task: str) -> list[int]:
+    """The prompt ids Florence-2's processors make for a task (without the native <image> placeholders)."""
+
+def florence2_task_prompt(text: str) -> str:
+    """The prompt Florence2Processor builds for a task token such as '<DETAILED_CAPTION>'."""
+
 def gemm_4bit(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: typing.SupportsInt, quant_type: str, dtype: torch.dtype, shape: collections.abc.Sequence[typing.SupportsInt], nested_absmax: torch.Tensor | None = None, nested_code: torch.Tensor | None = None, nested_blocksize: typing.SupportsInt = 256, offset: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A @ dequantize_4bit(packed, state).T + bias, the absmax de-nested first."""
 
-def hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, endpoint: str | None = None, token: str | None = None, offline: bool | None = None, timeout: typing.SupportsFloat = 10.0, progress: collections.abc.Callable[[str, typing.SupportsInt, typing.SupportsInt], None] | None = None) -> pathlib.Path:
-    """The local path of a hub file, downloaded into the cache when missing (see imagetotext.hub)."""
+def hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, endpoint: str | None = None, token: str | None = None, offline: bool | None = None, timeout: typing.SupportsFloat = 10.0, progress: collections.abc.Callable[[str, typing.SupportsInt, typing.SupportsInt], None] | None = None, optional: bool = False) -> pathlib.Path | None:
+    """The local path of a hub file, downloaded into the cache when missing (see imagetotext.hub); with optional=True, None when the repository does not have the file."""
 
 def llm_int8_matmul(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None, threshold: typing.SupportsFloat = 6.0) -> torch.Tensor:
     """bitsandbytes' LLM.int8 forward: A [..., K] with the int8 weight CB [N, K], SCB [N] -> A's dtype [..., N]."""
@@ -153,11 +227,17 @@ def llm_int8_matmul(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: 
 def load_count() -> int:
     """How many times this process loaded weights (any model)."""
 
+def load_florence2_config(path: os.PathLike | str | bytes) -> dict:
+    """Read a Florence-2 config.json (native or original layout) as the C++ model sees it."""
+
 def load_generation_config(path: os.PathLike | str | bytes) -> dict:
     """Read generation_config.json (defaults when the file is absent)."""
 
 def load_model(checkpoint: str, revision: str = 'main', device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, max_new_tokens: typing.SupportsInt = 0, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None) -> Captioner:
     """A model for a checkpoint directory or hub id (see imagetotext.load_model)."""
+
+def load_moondream_config(path: os.PathLike | str | bytes) -> dict:
+    """moondream2's configuration (config.json or config_md2.json form) as a dict."""
 
 def load_rgb_image(path: os.PathLike | str | bytes, max_pixels: typing.SupportsInt = 89478485) -> torch.Tensor:
     """Decode an image file as the service's load_rgb_image does: a uint8 tensor [height, width, 3], RGB."""
@@ -187,6 +267,9 @@ def save_safetensors(tensors: collections.abc.Mapping[str, torch.Tensor], path: 
 
 def set_log_level(level: str) -> None:
     """Set the native log level: 'debug', 'info', 'warning', 'error' or 'off'."""
+
+def smolvlm_clean_caption(decoded: str, question: str = 'Can you describe this image?') -> str:
+    """The service's clean-up of SmolVLM's decoded output."""
 
 def unload(name: str) -> int:
     """Free the cached weights of every variant of `name`; returns how many were loaded."""

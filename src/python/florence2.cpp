@@ -124,13 +124,18 @@ void bind_florence2(py::module_& m) {
           py::arg("directory"), py::arg("device") = "cpu", py::arg("dtype") = "float32", py::arg("quantization") = "none",
           py::arg("keep_dense") = py::none(), py::arg("quantize_vision") = false,
           "Load config.json and the safetensors checkpoint of a directory, in either layout.")
-      .def_property_readonly("config", [](const Florence2Model& model) { return config_dict(model.config()); })
+      .def_property_readonly(
+          "config", [](const Florence2Model& model) { return config_dict(model.config()); },
+          "The config as the C++ model read it (layout, vision_config, text_config, generation).")
       .def("image_features", &Florence2Model::image_features, py::arg("pixel_values"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<py::gil_scoped_release>(),
+           "The projector's image tokens [batch, 1 + h*w, d_model] for pixel_values [batch, 3, H, W].")
       .def("encode", &Florence2Model::encode, py::arg("pixel_values"), py::arg("prompt_ids"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<py::gil_scoped_release>(),
+           "The BART encoder output over [image tokens ; prompt_ids] (prompt ids without <image> placeholders).")
       .def("decoder_logits", &Florence2Model::decoder_logits, py::arg("encoder_output"), py::arg("decoder_ids"),
-           py::call_guard<py::gil_scoped_release>())
+           py::call_guard<py::gil_scoped_release>(),
+           "Float32 logits [batch, length, vocab] of decoder_ids over an encoder output (one teacher-forced pass).")
       .def(
           "generate",
           [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens, int64_t num_beams,

@@ -104,13 +104,13 @@ PYBIND11_MODULE(_C, m) {
       "Read (format, width, height) from an encoded image's header without decoding it.");
 
   python::bind_configs(m);
-  python::bind_florence2(m);
   python::bind_hub(m);
   python::bind_quant(m);
   python::bind_quantized_linear(m);
   python::bind_safetensors(m);
   python::bind_tokenizer(m);
   python::bind_smolvlm(m);
+  python::bind_florence2(m);  // after bind_tokenizer: its signatures name imagetotext.Tokenizer
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),
