@@ -128,7 +128,7 @@ def write_original(model, directory):
         if name == "model.multi_modal_projector.image_projection.weight":
             tensor = tensor.t().contiguous()  # the remote code's Parameter [C, P]
         tensors[original_name(name)] = tensor
-    tensors["language_model.final_logits_bias"] = torch.zeros(1, TEXT["vocab_size"])
+    tensors["language_model.final_logits_bias"] = torch.zeros(1, model.config.text_config.vocab_size)
     safetensors_torch.save_file(tensors, str(directory / "model.safetensors"))
     (directory / "config.json").write_text(json.dumps(original_config(model.config)))
     return directory

@@ -3,6 +3,9 @@ input_ids for the task prompts, pixel_values within one 8-bit step."""
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +16,8 @@ from imagetotext import _C
 transformers = pytest.importorskip("transformers")
 tokenizers = pytest.importorskip("tokenizers")
 PIL = pytest.importorskip("PIL.Image")
+
+sys.path.insert(0, str(Path(__file__).parent))
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -103,3 +108,64 @@ def test_caption_post_processing(processor, text, layout, caption):
     if layout == "native":
         assert florence.post_process_generation(text, task="<DETAILED_CAPTION>", image_size=(1, 1)) == \
             {"<DETAILED_CAPTION>": caption}
+
+
+# --------------------------------------------------------------------------------------------------------
+# End to end: model_selector / load_model on a checkpoint directory (tokenizer, config, weights), both layouts
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def captioning_checkpoints(processor, tmp_path_factory):
+    """A tiny Florence-2 that takes 768x768 images (577 image tokens: positions for 1024), with the processor's
+    tokenizer, saved in both layouts."""
+    import test_florence2 as tiny
+    florence, tokenizer_path = processor
+    vocab = len(florence.tokenizer)
+    config = transformers.Florence2Config(vision_config=tiny.VISION,
+                                          text_config=dict(tiny.TEXT, vocab_size=vocab, max_position_embeddings=1024),
+                                          image_token_id=florence.tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(3)
+    model = transformers.Florence2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+        model.model.language_model.shared.weight.normal_(0.0, 1.0)
+    root = tmp_path_factory.mktemp("florence2-e2e")
+    model.save_pretrained(root / "native")
+    tiny.write_original(model, root / "original")
+    for layout in ("native", "original"):
+        (root / layout / "tokenizer.json").write_bytes(tokenizer_path.read_bytes())
+    model.config._attn_implementation = "eager"
+    return model, root
+
+
+def test_model_selector_captions_like_transformers(processor, captioning_checkpoints):
+    florence, _ = processor
+    model, root = captioning_checkpoints
+    pixels = image(300, 500, seed=5)
+    inputs = florence(text="<DETAILED_CAPTION>", images=PIL.fromarray(pixels), return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=20, num_beams=3, no_repeat_ngram_size=3,
+                                   forced_bos_token_id=0, forced_eos_token_id=2, early_stopping=True, do_sample=False)
+    text = florence.batch_decode(generated, skip_special_tokens=False)[0]
+    expected = florence.post_process_generation(text, task="<DETAILED_CAPTION>", image_size=(500, 300))
+    captions = {}
+    for layout in ("native", "original"):
+        for name in ("Florence-2-base", "Florence-2-large"):
+            captioner = imagetotext._C.model_selector(name, device="cpu", checkpoint=str(root / layout),
+                                                      max_new_tokens=20)
+            captions[layout, name] = captioner.extract_pixels(torch.from_numpy(pixels))
+    assert captions["native", "Florence-2-base"] == expected["<DETAILED_CAPTION>"]
+    assert captions["native", "Florence-2-large"] == expected["<DETAILED_CAPTION>"]
+    # The original processor (the service's) does not strip; the words are the same.
+    assert captions["original", "Florence-2-base"].strip() == expected["<DETAILED_CAPTION>"]
+    assert imagetotext._C.load_model(str(root / "original"), device="cpu", max_new_tokens=20).extract_pixels(
+        torch.from_numpy(pixels)) == captions["original", "Florence-2-base"]
+
+
+@pytest.mark.parametrize("name", ["Florence-2-base-int4", "Florence-2-large-int4"])
+def test_int4_names_load_nf4_and_caption(captioning_checkpoints, name):
+    _, root = captioning_checkpoints
+    captioner = imagetotext._C.model_selector(name, device="cpu", checkpoint=str(root / "original"), max_new_tokens=8)
+    assert captioner.quantization == "nf4"
+    assert isinstance(captioner.extract_pixels(torch.from_numpy(image(64, 48))), str)
