@@ -44,10 +44,10 @@ def main():
         if isinstance(module, torch.nn.Linear) and name != "lm_head":
             w = module.weight.detach()
             q = quant.QuantizedLinear.from_dense(w, None, "nf4", compress_statistics=True).dequantized_weight()
-            group = "vision tower" if "vision_tower" in name else "projector" if "projector" in name else \\
+            group = "vision tower" if "vision_tower" in name else "projector" if "projector" in name else \
                 "BART encoder" if ".encoder." in name else "BART decoder"
             groups.setdefault(group, []).append(((q - w).norm() / w.norm()).item())
-    print("\\n| layer group | layers | NF4 weight error (relative Frobenius), mean / max |")
+    print("\n| layer group | layers | NF4 weight error (relative Frobenius), mean / max |")
     print("|---|---|---|")
     for group, errors in groups.items():
         print(f"| {group} | {len(errors)} | {sum(errors) / len(errors):.4f} / {max(errors):.4f} |")
