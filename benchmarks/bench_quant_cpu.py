@@ -78,10 +78,10 @@ def main():
             Wt = W.t().contiguous().t()
             dense = median_us(lambda: torch.matmul(A, Wt.t()))
             nf4_fused = median_us(
-                lambda: torch.ops.imagetotext.matmul_4bit_fused(A, packed, absmax, 64, "nf4", [N, K]))
+                lambda: torch.ops.imagetotext.gemm_4bit(A, packed, absmax, 64, "nf4", [N, K], None))
             nf4_dq = median_us(lambda: torch.matmul(
                 A, torch.ops.imagetotext.dequantize_4bit(packed, absmax, 64, "nf4", [N, K], torch.float32).t()))
-            int8_fused = median_us(lambda: torch.ops.imagetotext.matmul_int8_fused(A, CB, SCB))
+            int8_fused = median_us(lambda: torch.ops.imagetotext.gemm_int8_weight_only(A, CB, SCB, None))
             int8_dq = median_us(lambda: torch.matmul(A, torch.ops.imagetotext.int8_vectorwise_dequant(CB, SCB).t()))
             met = []
             met.append("NF4 ok" if nf4_fused < min(dense, nf4_dq) else "NF4 MISSED")

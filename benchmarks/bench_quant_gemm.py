@@ -27,7 +27,7 @@ ops = torch.ops.imagetotext
 
 MODEL_SHAPES = [(576, 576), (1536, 576), (576, 1536), (960, 960), (2560, 960), (960, 2560)]  # (N, K)
 LARGE_SHAPES = [(4096, 4096), (14336, 4096), (4096, 14336)]
-MS = [1, 2, 4, 8, 16, 64, 512]
+MS = [1, 2, 4, 8, 16, 32, 64, 512]
 BLOCKSIZE = 64
 
 try:
@@ -192,8 +192,8 @@ def target_lines(rows):
                      + ("met" if not slow512 else "missed at " + ", ".join(
                          f"{r['N']}×{r['K']} ({r[kind] / r['bf16']:.2f}×)" for r in slow512)))
     threshold = [f"{r['N']}×{r['K']} M={r['M']}: GEMV {r['nf4']:.1f} vs dq+mm {r['nf4_dq']:.1f}"
-                 for r in rows if r["M"] in (8, 16, 64)]
-    lines.append("- NF4 threshold evidence (kMaxGemvRows in src/ops/cuda/gemv.cuh): " + "; ".join(threshold))
+                 for r in rows if r["M"] in (8, 16, 32, 64)]
+    lines.append("- NF4 path evidence (the row limits in src/ops/cuda/gemm_4bit.cu): " + "; ".join(threshold))
     return lines
 
 

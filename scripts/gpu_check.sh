@@ -3,9 +3,10 @@
 #   - builds the wheel with the CUDA kernels for sm_90 and the C++ tests, with file decoding left out
 #     (that machine has no OpenCV C++; GPU tests feed decoded pixels),
 #   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
-#   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset),
-#   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md,
-#     and benchmarks/bench_florence2.py into $OUT/florence2_h100.md,
+#   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset, or test files),
+#   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
+#   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md
+#     (GPU_CHECK_BENCH_ARGS adds its arguments), and benchmarks/bench_florence2.py into $OUT/florence2_h100.md,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -51,7 +52,9 @@ cmake --version | head -1
 echo "== build (wheel + C++ tests, CUDA sm_90, no image codecs, downloads $IMAGETOTEXT_WITH_DOWNLOADS)"
 start=$(date +%s)
 rm -rf build/gpu build/gpu-dist build/gpu-site
-IMAGETOTEXT_BUILD_TESTS=ON IMAGETOTEXT_CUDA_ARCHITECTURES=90 \
+build_tests=ON
+[ "${GPU_CHECK_CTEST:-1}" = 0 ] && build_tests=OFF
+IMAGETOTEXT_BUILD_TESTS=$build_tests IMAGETOTEXT_CUDA_ARCHITECTURES=90 \
   python3 -m pip wheel -q --no-build-isolation --no-deps -w build/gpu-dist -Cbuild-dir=build/gpu . || exit 1
 echo "build took $(( $(date +%s) - start )) s"
 python3 -m pip install -q --no-deps --no-compile --target build/gpu-site build/gpu-dist/imagetotext-*.whl || exit 1
@@ -61,15 +64,17 @@ if nm -D --defined-only build/gpu/libimagetotext.so | grep -q "_ZNKSt6locale2id5
 fi
 
 status=0
-echo "== CTest (all labels, gpu included)"
-ctest --test-dir build/gpu --output-on-failure || status=1
+if [ "$build_tests" = ON ]; then
+  echo "== CTest (all labels, gpu included)"
+  ctest --test-dir build/gpu --output-on-failure || status=1
+fi
 echo "== pytest (gpu-marked tests included)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
    -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-}) || status=1
 if [ "${GPU_CHECK_BENCH:-0}" = 1 ]; then
   echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
   PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_quant_gemm.py \
-    --out "$out/quant_gemm_h100.md" || status=1
+    --out "$out/quant_gemm_h100.md" ${GPU_CHECK_BENCH_ARGS:-} || status=1
   echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
   PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_florence2.py \
     | tee "$out/florence2_h100.md" || status=1

@@ -27,8 +27,6 @@ __all__ = [
     "int8_vectorwise_dequant",
     "int8_vectorwise_quant",
     "llm_int8_matmul",
-    "matmul_4bit_fused",
-    "matmul_int8_fused",
     "quantize_4bit",
     "quantize_blockwise",
 ]
@@ -125,9 +123,10 @@ def gemm_4bit(
     """``A @ W.T + bias`` for the 4-bit weight ``W`` [N, K] of (packed, quant_state): [..., N] in A's dtype.
 
     A is [..., K] float32/float16/bfloat16 on the weight's device; a nested absmax is dequantized first.
-    On CUDA, up to 16 rows of A run a fused dequantize-GEMV, more rows dequantize + cuBLAS; on CPU, the
-    dequantized weight and ``torch.nn.functional.linear``. Raises ValueError for mismatched shapes,
-    dtypes or devices.
+    Few rows of A never write W out dense: on CPU (up to 16 rows) the weight is decoded block by block in
+    registers (AVX-512 / AVX2 / scalar, chosen at run time); on CUDA a tensor-core GEMV takes up to 64 rows
+    of float16/bfloat16 A (a SIMT GEMV up to 8 rows of float32). More rows dequantize + BLAS (cuBLAS).
+    Raises ValueError for mismatched shapes, dtypes or devices.
     """
     positional, keywords = _state_arguments(quant_state)
     return _C.gemm_4bit(A, packed, *positional, **keywords, bias=bias)
@@ -138,7 +137,8 @@ def gemm_int8_weight_only(
 ) -> torch.Tensor:
     """``A @ W.T + bias`` for the INT8 weight ``W = CB * SCB[:, None] / 127`` [N, K]: [..., N] in A's dtype.
 
-    The weight-only INT8 path (activations stay in A's dtype), fused GEMV for up to 16 rows on CUDA.
+    The weight-only INT8 path (activations stay in A's dtype); fused kernels for few rows as in
+    :func:`gemm_4bit`.
     """
     return torch.ops.imagetotext.gemm_int8_weight_only(A, CB, SCB, bias)
 
@@ -168,24 +168,6 @@ def int8_vectorwise_quant(A: torch.Tensor, threshold: float = 0.0):
 def int8_vectorwise_dequant(CB: torch.Tensor, SCB: torch.Tensor) -> torch.Tensor:
     """float32 ``CB * SCB[:, None] / 127`` (bitsandbytes' constant for 1/127)."""
     return torch.ops.imagetotext.int8_vectorwise_dequant(CB, SCB)
-
-
-def matmul_4bit_fused(A: torch.Tensor, B: torch.Tensor, quant_state: QuantState) -> torch.Tensor:
-    """``A @ W.T`` for a 4-bit W [N, K] (``quantize_4bit`` of the weight) without dequantizing W.
-
-    A is [M, K] float32/float16/bfloat16 with M small (decoding); the result has A's dtype. The weight is
-    decoded block by block in registers (AVX-512 / AVX2 / scalar, chosen at run time).
-    """
-    s = quant_state
-    absmax = s.absmax
-    if s.nested:
-        absmax = dequantize_blockwise(s.absmax, s.state2.absmax, s.state2.code, s.state2.blocksize) + s.offset
-    return torch.ops.imagetotext.matmul_4bit_fused(A, B, absmax, s.blocksize, s.quant_type, list(s.shape))
-
-
-def matmul_int8_fused(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor) -> torch.Tensor:
-    """``A @ W.T`` with W = CB * SCB[:, None] / 127 (CB int8 [N, K]) without dequantizing W; A's dtype."""
-    return torch.ops.imagetotext.matmul_int8_fused(A, CB, SCB)
 
 
 def llm_int8_matmul(

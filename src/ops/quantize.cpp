@@ -184,47 +184,7 @@ void check_matrix(std::string_view op, std::string_view name, const at::Tensor& 
   TORCH_CHECK_VALUE(t.dim() == 2, op, ": ", name, " must be 2-D, got shape ", t.sizes());
 }
 
-// A [M, K] of a float dtype against a weight of `in_features` columns.
-void check_activations(std::string_view op, const at::Tensor& A, int64_t in_features) {
-  check_weight_dtype(op, "A", A.scalar_type());
-  check_matrix(op, "A", A);
-  TORCH_CHECK_VALUE(A.size(1) == in_features, op, ": A has ", A.size(1), " columns but the weight has ",
-                    in_features, " (in_features)");
-}
-
 }  // namespace
-
-quant::QuantType check_matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
-                                         int64_t blocksize, std::string_view quant_type,
-                                         c10::ArrayRef<int64_t> weight_shape) {
-  constexpr std::string_view op = "matmul_4bit_fused";
-  TORCH_CHECK_VALUE(weight_shape.size() == 2, op, ": weight_shape must be [out_features, in_features], got ",
-                    weight_shape);
-  check_dtype(op, "packed", packed, at::kByte);
-  check_dtype(op, "absmax", absmax, at::kFloat);
-  check_same_device(op, "packed", packed, "A", A);
-  check_same_device(op, "absmax", absmax, "A", A);
-  check_blocksize_4bit(op, blocksize);
-  const quant::QuantType type = parse_quant_type(op, quant_type);
-  TORCH_CHECK_VALUE(weight_shape[0] >= 0 && weight_shape[1] >= 0, op, ": weight_shape must not be negative, got ",
-                    weight_shape);
-  const int64_t n = weight_shape[0] * weight_shape[1];
-  check_numel(op, "packed", packed, quant::packed_4bit_bytes(n), "two codes per byte of the weight");
-  check_numel(op, "absmax", absmax, quant::block_count(n, blocksize), "one per block of the weight");
-  check_activations(op, A, weight_shape[1]);
-  return type;
-}
-
-void check_matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB) {
-  constexpr std::string_view op = "matmul_int8_fused";
-  check_dtype(op, "CB", CB, at::kChar);
-  check_dtype(op, "SCB", SCB, at::kFloat);
-  check_same_device(op, "CB", CB, "A", A);
-  check_same_device(op, "SCB", SCB, "A", A);
-  check_matrix(op, "CB", CB);
-  check_numel(op, "SCB", SCB, CB.size(0), "one per row of CB");
-  check_activations(op, A, CB.size(1));
-}
 
 void check_int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias) {
@@ -318,20 +278,6 @@ at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, cons
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const std::optional<at::Tensor>&)>();
   return op.call(A, CB, SCB, bias);
-}
-
-at::Tensor matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
-                             const std::string& quant_type, const std::vector<int64_t>& weight_shape) {
-  static const auto op = find_op("imagetotext::matmul_4bit_fused")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
-                                               c10::string_view, c10::ArrayRef<int64_t>)>();
-  return op.call(A, packed, absmax, blocksize, quant_type, weight_shape);
-}
-
-at::Tensor matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB) {
-  static const auto op = find_op("imagetotext::matmul_int8_fused")
-                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&)>();
-  return op.call(A, CB, SCB);
 }
 
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,

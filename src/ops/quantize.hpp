@@ -1,6 +1,6 @@
 // Argument checks shared by the quantization ops (imagetotext::quantize_4bit, dequantize_4bit,
 // quantize_blockwise, dequantize_blockwise, int8_vectorwise_quant, int8_vectorwise_dequant, gemm_4bit,
-// gemm_int8_weight_only) and by their CPU, CUDA and meta kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
+// gemm_int8_weight_only, int8_scaled_mm) and by their CPU, CUDA and meta kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
 // argument and what was expected.
 #pragma once
 
@@ -33,13 +33,6 @@ void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, c
 void check_int8_vectorwise_quant(const at::Tensor& A, double threshold);
 // int8_vectorwise_dequant: CB int8 2-D [rows, cols], SCB float32 [rows] on CB's device.
 void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
-// matmul_4bit_fused: A 2-D [M, K] float, weight_shape [N, K], packed/absmax as dequantize_4bit needs for
-// it, all on A's device; returns the parsed quant type.
-quant::QuantType check_matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
-                                         int64_t blocksize, std::string_view quant_type,
-                                         c10::ArrayRef<int64_t> weight_shape);
-// matmul_int8_fused: A 2-D [M, K] float, CB int8 [N, K], SCB float32 [N], all on A's device.
-void check_matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB);
 // int8_scaled_mm: CA int8 [M, K], CB int8 [N, K], SCA float32 [M], SCB float32 [N], bias float [N].
 void check_int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias);
@@ -60,8 +53,8 @@ WeightShape check_gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const
 WeightShape check_gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                         const std::optional<at::Tensor>& bias);
 
-// gemm_4bit by dequantize_4bit to A's dtype (through the dispatcher) and at::linear: the CPU kernel, and
-// the CUDA path for many rows of A, where cuBLAS' tensor cores beat a fused GEMV.
+// gemm_4bit by dequantize_4bit to A's dtype (through the dispatcher) and at::linear: the path for many rows
+// of A on either device, where BLAS (cuBLAS' tensor cores) beats a fused kernel.
 at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
                                        int64_t blocksize, std::string_view quant_type, WeightShape shape,
                                        const std::optional<at::Tensor>& bias);

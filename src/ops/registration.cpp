@@ -26,11 +26,6 @@ TORCH_LIBRARY(imagetotext, m) {
         "Tensor? bias) -> Tensor");
   // A [..., K] @ (int8 CB [N, K] * float32 SCB[N] / 127).T + bias -> [..., N] in A's dtype.
   m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias) -> Tensor");
-  // A [M, K] @ W^T with W [N, K] = 4-bit codes * absmax decoded on the fly (small M) -> A's dtype [M, N].
-  m.def("matmul_4bit_fused(Tensor A, Tensor packed, Tensor absmax, int blocksize, str quant_type, "
-        "int[] weight_shape) -> Tensor");
-  // A [M, K] @ W^T with W [N, K] = CB * SCB[n] / 127 decoded on the fly (small M) -> A's dtype [M, N].
-  m.def("matmul_int8_fused(Tensor A, Tensor CB, Tensor SCB) -> Tensor");
   // LLM.int8 core: float16 half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])), int32 accumulation.
   m.def("int8_scaled_mm(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias) -> Tensor");
 }

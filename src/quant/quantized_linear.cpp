@@ -16,10 +16,6 @@
 namespace imagetotext::quant {
 namespace {
 
-// Up to this many rows of x, CPU forward runs the fused kernels (weights decoded in registers); above it,
-// dequantize + at::matmul (BLAS) wins: benchmarks/results/quant-cpu-*.txt.
-constexpr int64_t kFusedMaxRows = 16;
-
 bool is_4bit(Quantization format) { return format == Quantization::nf4 || format == Quantization::fp4; }
 bool is_int8(Quantization format) { return format == Quantization::int8 || format == Quantization::llm_int8; }
 
@@ -108,10 +104,6 @@ class StateDictReader {
   const StateDict& state_;
   const std::string& prefix_;
 };
-
-// ---- forward pieces -------------------------------------------------------------------------------
-
-bool use_cpu_fused_kernel(const at::Tensor& rows) { return rows.is_cpu() && rows.size(0) <= kFusedMaxRows; }
 
 }  // namespace
 
@@ -254,29 +246,17 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x) const {
                     " but the weight is on ", weight_.device());
   if (format_ == Quantization::llm_int8) return llm_int8_matmul(x, weight_, scb_, bias_, threshold_);
 
-  const at::Tensor rows = x.reshape({-1, in_features});
-  at::Tensor out;
-  if (rows.is_cuda() && format_ == Quantization::int8) {
-    // The CUDA ops pick the fused GEMV for few rows and dequantize + cuBLAS above (src/ops/cuda/gemv.cuh).
-    out = ops::gemm_int8_weight_only(rows, weight_, scb_, std::nullopt);
-  } else if (rows.is_cuda() && is_4bit(format_)) {
-    out = ops::gemm_4bit(rows, weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type),
-                         state_.shape, std::nullopt);
-  } else if (format_ == Quantization::none) {
-    out = at::matmul(rows, weight_.to(x.scalar_type()).t());
-  } else if (use_cpu_fused_kernel(rows) && format_ == Quantization::int8) {
-    out = ops::matmul_int8_fused(rows, weight_, scb_);
-  } else if (use_cpu_fused_kernel(rows) && is_4bit(format_)) {
-    out = ops::matmul_4bit_fused(rows, weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type),
-                                 state_.shape);
-  } else {
-    // Dequantized as bitsandbytes does (to the stored dtype, then to x's), then BLAS.
-    out = at::matmul(rows, dequantized_weight().to(x.scalar_type()).t());
+  if (format_ == Quantization::none) {
+    at::Tensor out = at::matmul(x, weight_.to(x.scalar_type()).t());
+    if (bias_) out.add_(bias_->to(out.scalar_type()));
+    return out;
   }
-  if (bias_) out.add_(bias_->to(out.scalar_type()));
-  std::vector<int64_t> shape(x.sizes().begin(), x.sizes().end() - 1);
-  shape.push_back(out_features);
-  return out.view(shape);
+  // The gemm ops pick their path per device and row count (fused kernels for few rows, dequantize + BLAS
+  // for many): src/ops/cpu/quant_gemm.cpp, src/ops/cuda/gemm_*.cu.
+  const std::optional<at::Tensor> bias = bias_ ? std::optional<at::Tensor>(bias_->to(x.scalar_type())) : std::nullopt;
+  if (format_ == Quantization::int8) return ops::gemm_int8_weight_only(x, weight_, scb_, bias);
+  return ops::gemm_4bit(x, weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type), state_.shape,
+                        bias);
 }
 
 at::Tensor QuantizedLinear::dequantized_weight() const {

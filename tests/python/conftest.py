@@ -20,3 +20,14 @@ needs_codecs = pytest.mark.skipif(
     not imagetotext._C.file_decoding_available,
     reason="built with IMAGETOTEXT_WITH_IMAGE_CODECS=OFF (no file decoding)",
 )
+
+
+@pytest.fixture(scope="session")
+def tiny_smolvlm_checkpoint(tmp_path_factory):
+    """A random SmolVLM checkpoint with the real processor geometry, written by transformers (test_smolvlm.py)."""
+    pytest.importorskip("transformers")
+    from test_smolvlm import write_real_geometry_checkpoint
+
+    path = tmp_path_factory.mktemp("tiny_smolvlm_checkpoint")
+    write_real_geometry_checkpoint(path)
+    return path

@@ -5,11 +5,15 @@ Error bound of a gemm output (reference: the weight dequantized to float32 by th
 float64 matmul, so the reference itself adds no error). With u the unit roundoff of A's dtype (2^-8 bf16,
 2^-11 fp16, 2^-24 fp32) and S = sum_k |a_k * w_k|, every path computes
   - the K products and their sum in float32, in any order: at most K * 2^-24 * S (the worst-case bound
-    of recursive summation; the fused GEMV's per-chunk scaling is one more float32 rounding per term);
+    of recursive summation; the fused GEMV's per-chunk scaling is one more float32 rounding per term;
+    tensor cores may truncate instead of round their float32 additions, so K * 2^-23 * S for them);
   - on the dequantize + matmul path, each weight rounded to A's dtype first: at most u * S;
+  - on the tensor-core GEMV (float16/bfloat16 A, up to 64 rows), a 4-bit weight is the code value and the
+    absmax each rounded to A's dtype, then their product rounded: at most 3u * S (no cuBLAS split-K term
+    on that path; an INT8 weight is exact there);
   - the output (and the bias addition) rounded to A's dtype: at most u * (S + |bias|) each;
   - cuBLAS may reduce split-K partial sums in half precision (torch's default allows it): one more u * S.
-So |out - ref| <= (4u + K * 2^-24) * S + 2u * |bias|, checked elementwise. It is a worst case, not a
+So |out - ref| <= (4u + K * 2^-23) * S + 2u * |bias|, checked elementwise. It is a worst case, not a
 statistical estimate, and still tight enough to catch a wrong nibble, block or row (those move an output
 by about |a_k w_k| for a single k, far more than u * S when the error is systematic).
 """
@@ -39,7 +43,7 @@ def assert_within_bound(out, A, weight_f32, bias):
     ref = a @ w.T
     magnitude = a.abs() @ w.abs().T
     u = UNIT_ROUNDOFF[A.dtype]
-    bound = (4 * u + A.shape[-1] * 2.0**-24) * magnitude
+    bound = (4 * u + A.shape[-1] * 2.0**-23) * magnitude
     if bias is not None:
         ref = ref + bias.double()
         bound = bound + 2 * u * bias.double().abs()
@@ -240,8 +244,10 @@ def test_cuda_int8_ops_equal_cpu(threshold, shape, dtype):
     assert torch.equal(quant.int8_vectorwise_dequant(CB.cuda(), SCB.cuda()).cpu(), quant.int8_vectorwise_dequant(CB, SCB))
 
 
-GPU_MS = [1, 2, 4, 8, 16, 64, 512]
-GPU_SHAPES = [(576, 576), (1536, 576), (4096, 4096), (576, 1040), (320, 1000)]  # (N, K); 1040, 1000 take the fallback
+GPU_MS = [1, 2, 3, 4, 8, 9, 16, 24, 33, 64, 65, 512]  # the tensor-core GEMV's 1, 2, 4, 8 m-tiles, full and partial
+# (N, K): 72 ends in half a 16-row tile; K = 1040 takes the fallback for 4-bit (not a multiple of 32) but the
+# GEMV for INT8 (a multiple of 16, with a partial last step), 1000 the fallback for both.
+GPU_SHAPES = [(576, 576), (1536, 576), (4096, 4096), (72, 320), (576, 1040), (320, 1000)]
 
 
 @pytest.fixture(scope="module")
@@ -275,6 +281,32 @@ def test_cuda_gemm_within_bound(kind, M, N, K, dtype, cuda_weights):
         out = quant.gemm_4bit(A, packed, state, bias)
     assert out.is_cuda
     assert_within_bound(out, A, weight, bias)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("M", [1, 5, 16, 40])
+@pytest.mark.parametrize("blocksize", [32, 128, 4096])
+@pytest.mark.parametrize("compress_statistics", [False, True])
+def test_cuda_gemm_4bit_blocksizes(compress_statistics, blocksize, M, dtype):
+    # Blocks of 32 change scale from one 16-byte chunk to the next; 4096 spans a whole row of K = 4096.
+    N, K = 40, 4096
+    weight = random_tensor((N, K), torch.float32, seed=blocksize, scale=0.05)
+    packed, state = quant.quantize_4bit(weight.cuda(), blocksize, "nf4", compress_statistics)
+    A = random_tensor((M, K), dtype, seed=M, device="cuda")
+    bias = random_tensor((N,), dtype, seed=3, device="cuda")
+    assert_within_bound(quant.gemm_4bit(A, packed, state, bias), A, quant.dequantize_4bit(packed, state), bias)
+
+
+@pytest.mark.gpu
+def test_cuda_gemm_is_deterministic_and_writes_every_output():
+    packed, state, _ = quantized_4bit(4096, 4096, device="cuda")
+    A = random_tensor((3, 4096), torch.bfloat16, seed=11, device="cuda")
+    first = quant.gemm_4bit(A, packed, state)
+    for _ in range(3):
+        torch.empty_like(first).fill_(float("nan"))  # poison the allocator's next block
+        assert torch.equal(quant.gemm_4bit(A, packed, state), first)
+    assert torch.isfinite(first).all()
 
 
 @pytest.mark.gpu

@@ -36,19 +36,14 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
                                                                                    double threshold);
 // float32 CB * SCB[row] * (1/127).
 at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
-// A [M, K] (float32/float16/bfloat16) @ W^T for a 4-bit W of weight_shape [N, K] without dequantizing W:
-// A's dtype [M, N]. absmax is the float32 one (QuantState::float_absmax()). Fast for small M.
-at::Tensor matmul_4bit_fused(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
-                             const std::string& quant_type, const std::vector<int64_t>& weight_shape);
-// A [M, K] @ W^T with W = CB * SCB[n] / 127 (CB int8 [N, K]) without dequantizing W: A's dtype [M, N].
-at::Tensor matmul_int8_fused(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB);
 // LLM.int8's int8 part: float16 [M, N] = half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])).
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias);
 
 // A [..., K] (float32/float16/bfloat16) times the transposed 4-bit weight [N, K] packed as quantize_4bit
-// packs it (absmax float32, already de-nested), plus bias [N]: [..., N] in A's dtype. On CUDA, a fused
-// dequantize-GEMV for up to 16 rows of A, dequantize + cuBLAS above (docs/quantization.md).
+// packs it (absmax float32, already de-nested), plus bias [N]: [..., N] in A's dtype. Few rows of A run
+// fused kernels that never write W out dense (CPU: up to 16 rows, SIMD; CUDA: a tensor-core GEMV up to 64
+// rows of float16/bfloat16); more rows dequantize + BLAS (docs/quantization.md).
 at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                      const std::string& quant_type, const std::vector<int64_t>& weight_shape,
                      const std::optional<at::Tensor>& bias = std::nullopt);

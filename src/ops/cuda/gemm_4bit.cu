@@ -1,11 +1,14 @@
-// CUDA kernel of imagetotext::gemm_4bit: the fused dequantize-GEMV (gemv.cuh) for up to kMaxGemvRows rows
-// of A, dequantize_4bit to A's dtype + cuBLAS (at::linear) above, or when K is not a multiple of 32.
+// CUDA kernel of imagetotext::gemm_4bit: for float16/bfloat16 A up to 32 or 64 rows, the tensor-core GEMV
+// (gemv_mma.cuh); for float32 A up to kMaxGemvRows rows, and for one or two rows of a small weight, the
+// SIMT GEMV (gemv.cuh); otherwise, or when K is not a multiple of 32, dequantize_4bit to A's dtype +
+// cuBLAS (at::linear).
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
 #include "../quantize.hpp"
 #include "gemv.cuh"
+#include "gemv_mma.cuh"
 #include "imagetotext/quant/quantize.hpp"
 
 namespace imagetotext::ops {
@@ -52,6 +55,71 @@ struct Nf4Fp4Weights {
   __device__ __forceinline__ float row_scale(int64_t) const { return 1.0f; }
 };
 
+// The same chunks for the tensor-core GEMV: a 256-entry table maps a packed byte straight to its two code
+// values as a 16-bit pair (high nibble, the even element, in the low half, as the mma wants the lower k),
+// one copy per bank (entry e of lane l at word 32e + l), so a warp's 32 lookups never conflict. The pair
+// is then scaled by the block's absmax with one packed multiply.
+template <typename scalar_t>
+struct Nf4Fp4MmaWeights {
+  static constexpr int kK = 32;
+  static constexpr int kSharedBytes = 256 * cuda::kWarpSize * sizeof(uint32_t);
+  using Ops = cuda::Half2Ops<scalar_t>;
+  const uint8_t* packed;
+  const float* absmax;
+  int log2_blocksize;
+  cuda::CodeTable4bit codes;
+
+  __device__ __forceinline__ void prepare(char* smem, float* scratch) const {
+    uint16_t* values = reinterpret_cast<uint16_t*>(scratch);
+#pragma unroll
+    for (int code = 0; code < 16; ++code) {  // constant indices: the kernel argument stays out of local memory
+      if (threadIdx.x == code) values[code] = Ops::bits(codes.values[code]);
+    }
+    __syncthreads();
+    uint4* table = reinterpret_cast<uint4*>(smem);  // 16-byte stores: four replicas of an entry at a time
+    for (int i = threadIdx.x; i < 256 * cuda::kWarpSize / 4; i += blockDim.x) {
+      const int byte = i / (cuda::kWarpSize / 4);
+      const uint32_t pair = values[byte >> 4] | (static_cast<uint32_t>(values[byte & 15]) << 16);
+      table[i] = make_uint4(pair, pair, pair, pair);
+    }
+    __syncthreads();
+  }
+  __device__ __forceinline__ uint4 load(int n, int chunks, int c) const {
+    return __ldcs(reinterpret_cast<const uint4*>(packed) + static_cast<int64_t>(n) * chunks + c);
+  }
+  __device__ __forceinline__ float chunk_scale(int n, int K, int c) const {
+    return __ldg(absmax + ((static_cast<int64_t>(n) * K + c * kK) >> log2_blocksize));
+  }
+  // The table entry of byte p (0..3) of `word` for this lane: byte * 128 + lane * 4 (one shift, one LOP3).
+  __device__ __forceinline__ static uint32_t lookup(const char* smem, uint32_t word, int p, uint32_t lane_offset) {
+    const uint32_t shifted = p == 0 ? word << 7 : word >> (8 * p - 7);
+    return *reinterpret_cast<const uint32_t*>(smem + ((shifted & 0x7F80u) | lane_offset));
+  }
+  __device__ __forceinline__ void decode(const char* smem, uint4 raw, float scale, uint32_t (&lo)[kK / 4],
+                                         uint32_t (&hi)[kK / 4]) const {
+    const uint32_t scale2 = static_cast<uint32_t>(Ops::bits(scale)) * 0x10001u;
+    const uint32_t lane_offset = (threadIdx.x % cuda::kWarpSize) * sizeof(uint32_t);
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int j = 0; j < kK / 4; ++j) {  // bytes 2j (elements 4j, 4j+1) and 2j+1 (4j+2, 4j+3)
+      lo[j] = Ops::mul(lookup(smem, words[j / 2], 2 * (j % 2), lane_offset), scale2);
+      hi[j] = Ops::mul(lookup(smem, words[j / 2], 2 * (j % 2) + 1, lane_offset), scale2);
+    }
+  }
+  __device__ __forceinline__ float row_scale(int) const { return 1.0f; }
+};
+
+struct MakeNf4Fp4MmaWeights {
+  const uint8_t* packed;
+  const float* absmax;
+  int log2_blocksize;
+  cuda::CodeTable4bit codes;
+  template <typename scalar_t>
+  Nf4Fp4MmaWeights<scalar_t> make() const {
+    return {packed, absmax, log2_blocksize, codes};
+  }
+};
+
 at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                           const std::optional<at::Tensor>& bias) {
@@ -59,14 +127,28 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   const c10::cuda::CUDAGuard guard(A.device());
   const at::Tensor input = A.contiguous(), bytes = packed.contiguous(), scales = absmax.contiguous();
   const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
-  if (!cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
-    return detail::dequantize_4bit_then_linear(input, bytes, scales, blocksize, quant_type, shape, bias);
+  const cuda::CodeTable4bit codes = cuda::code_table_4bit(quant::parse_quant_type(std::string(quant_type)));
+  // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one or two rows of a small
+  // weight run faster on the SIMT GEMV (it builds no 32 KB table: ~2 us less on the models' layers); the
+  // tensor-core GEMV beats dequantize + cuBLAS up to 32 rows everywhere, and up to 64 from 8M weights on.
+  const int64_t weight_count = N * K;
+  const bool simt_first = rows <= 2 && rows * weight_count <= (int64_t{4} << 20);
+  const int64_t mma_rows = weight_count >= (int64_t{8} << 20) ? 64 : 32;
+  if (!simt_first &&
+      cuda::mma_gemv_applies(input, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    const MakeNf4Fp4MmaWeights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
+                                       codes};
+    cuda::launch_mma_gemv(input, rows, weights, N, K, bias, out);
+    return out;
   }
-  at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-  const Nf4Fp4Weights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
-                              cuda::code_table_4bit(quant::parse_quant_type(std::string(quant_type)))};
-  cuda::launch_gemv(input, rows, weights, N, K, bias, out);
-  return out;
+  if (cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    const Nf4Fp4Weights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize), codes};
+    cuda::launch_gemv(input, rows, weights, N, K, bias, out);
+    return out;
+  }
+  return detail::dequantize_4bit_then_linear(input, bytes, scales, blocksize, quant_type, shape, bias);
 }
 
 }  // namespace

@@ -1,6 +1,7 @@
-// CUDA kernel of imagetotext::gemm_int8_weight_only: the fused dequantize-GEMV (gemv.cuh) for up to
-// kMaxGemvRows rows of A; above, or when K is not a multiple of 16, the weight dequantized straight to A's
-// dtype (the CPU kernel's weight, bit for bit) + cuBLAS (at::linear).
+// CUDA kernel of imagetotext::gemm_int8_weight_only: for float16/bfloat16 A from 2 to kMaxMmaRows rows, the
+// tensor-core GEMV (gemv_mma.cuh); for one row, and for float32 A up to kMaxGemvRows rows, the SIMT GEMV
+// (gemv.cuh); otherwise, or when K is not a multiple of 16, the weight dequantized straight to A's dtype
+// (the CPU kernel's weight, bit for bit) + cuBLAS (at::linear).
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -8,6 +9,7 @@
 
 #include "../quantize.hpp"
 #include "gemv.cuh"
+#include "gemv_mma.cuh"
 #include "int8_vectorwise.hpp"
 
 namespace imagetotext::ops {
@@ -42,18 +44,60 @@ struct Int8RowWeights {
   __device__ __forceinline__ float row_scale(int64_t n) const { return __ldg(scb + n) * quant::kInt8DequantScale; }
 };
 
+// The same chunks for the tensor-core GEMV: the integers become exact 16-bit pairs (Half2Ops::int8_pairs);
+// the row's SCB / 127 scales the float32 sum.
+template <typename scalar_t>
+struct Int8RowMmaWeights {
+  static constexpr int kK = 16;
+  static constexpr int kSharedBytes = 0;
+  const int8_t* cb;
+  const float* scb;
+
+  __device__ __forceinline__ void prepare(char*, float*) const {}
+  __device__ __forceinline__ uint4 load(int n, int chunks, int c) const {
+    return __ldcs(reinterpret_cast<const uint4*>(cb) + static_cast<int64_t>(n) * chunks + c);
+  }
+  __device__ __forceinline__ float chunk_scale(int, int, int) const { return 1.0f; }
+  __device__ __forceinline__ void decode(const char*, uint4 raw, float, uint32_t (&lo)[kK / 4],
+                                         uint32_t (&hi)[kK / 4]) const {
+    const uint32_t words[4] = {raw.x, raw.y, raw.z, raw.w};
+#pragma unroll
+    for (int j = 0; j < kK / 4; ++j) cuda::Half2Ops<scalar_t>::int8_pairs(words[j], lo[j], hi[j]);
+  }
+  __device__ __forceinline__ float row_scale(int n) const { return __ldg(scb + n) * quant::kInt8DequantScale; }
+};
+
+struct MakeInt8RowMmaWeights {
+  const int8_t* cb;
+  const float* scb;
+  template <typename scalar_t>
+  Int8RowMmaWeights<scalar_t> make() const {
+    return {cb, scb};
+  }
+};
+
 at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                       const std::optional<at::Tensor>& bias) {
   const detail::WeightShape shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
   const c10::cuda::CUDAGuard guard(A.device());
   const at::Tensor input = A.contiguous(), codes = CB.contiguous(), scales = SCB.contiguous();
   const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
-  if (!cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
-    return at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
+  // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one row runs faster on
+  // the SIMT GEMV (at the memory floor there), 2 to 64 rows on the tensor-core GEMV.
+  if (rows > 1 &&
+      cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,
+                          bias, out);
+    return out;
   }
-  at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-  cuda::launch_gemv(input, rows, Int8RowWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K, bias, out);
-  return out;
+  if (cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    cuda::launch_gemv(input, rows, Int8RowWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K, bias,
+                      out);
+    return out;
+  }
+  return at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
 }
 
 }  // namespace

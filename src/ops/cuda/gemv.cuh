@@ -18,7 +18,9 @@
 
 namespace imagetotext::ops::cuda {
 
-// Rows of A up to which gemm_* run the fused GEMV; above, dequantize + cuBLAS (tensor cores) wins, as
+// Rows of A up to which gemm_* may run this SIMT GEMV (float32 A; for float16/bfloat16 the ops use it only
+// for one or two rows of small weights and prefer the tensor-core GEMV, gemv_mma.cuh); above, the
+// tensor-core paths win, as
 // the SIMT GEMV's float32 FMAs per weight grow with M. Measured on the H100
 // (benchmarks/results/quant_gemm_h100-2026-11-22.md): at M = 8 the GEMV still wins at the models' shapes,
 // at M = 16 it loses everywhere (up to 2x against dequantize + cuBLAS).

@@ -54,17 +54,6 @@ at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB,
   return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
 }
 
-at::Tensor matmul_4bit_fused_meta(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
-                                  int64_t blocksize, c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape) {
-  detail::check_matmul_4bit_fused(A, packed, absmax, blocksize, quant_type, weight_shape);
-  return at::empty({A.size(0), weight_shape[0]}, A.options());
-}
-
-at::Tensor matmul_int8_fused_meta(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB) {
-  detail::check_matmul_int8_fused(A, CB, SCB);
-  return at::empty({A.size(0), CB.size(0)}, A.options());
-}
-
 at::Tensor int8_scaled_mm_meta(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA,
                                const at::Tensor& SCB, const std::optional<at::Tensor>& bias) {
   detail::check_int8_scaled_mm(CA, CB, SCA, SCB, bias);
@@ -82,7 +71,5 @@ TORCH_LIBRARY_IMPL(imagetotext, Meta, m) {
   m.impl("int8_vectorwise_dequant", &imagetotext::ops::int8_vectorwise_dequant_meta);
   m.impl("gemm_4bit", &imagetotext::ops::gemm_4bit_meta);
   m.impl("gemm_int8_weight_only", &imagetotext::ops::gemm_int8_weight_only_meta);
-  m.impl("matmul_4bit_fused", &imagetotext::ops::matmul_4bit_fused_meta);
-  m.impl("matmul_int8_fused", &imagetotext::ops::matmul_int8_fused_meta);
   m.impl("int8_scaled_mm", &imagetotext::ops::int8_scaled_mm_meta);
 }

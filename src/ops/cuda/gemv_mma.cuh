@@ -1,0 +1,278 @@
+// The tensor-core GEMV behind gemm_4bit and gemm_int8_weight_only for float16/bfloat16 A with up to
+// kMaxMmaRows rows (decode, beams, small batches): out[m, n] = sum_k A[m, k] * W[n, k] + bias[n], W read
+// once, straight from its packed form, for all rows of A.
+//
+// Why tensor cores for a GEMV: the SIMT GEMV (gemv.cuh) spends a table lookup, a conversion and an FMA
+// per weight per row of A, so it is bound by instructions, not memory, and its cost grows with M. Here
+// each lane decodes its weights once into 16-bit pairs (one shared-memory lookup and one packed multiply
+// per two 4-bit weights) and mma.sync m16n8k16 multiplies them with up to 8 rows of A per instruction:
+// the decode is shared by every row, and the multiply-adds cost almost nothing.
+//
+// Geometry. A CTA owns tiles of 16 weight rows (the mma's M side; A's rows are its N side, 8 per mma) and
+// loops over them (a persistent grid: the decode table is built once per CTA). Its kMmaWarps warps split K:
+// a warp step covers 4 consecutive 16-byte chunks of each of the 16 rows; lane (g = lane / 4, t = lane % 4)
+// streams chunk t of rows g and g + 8 (`ld.global.cs`, kMmaUnroll steps in flight). The sum over k does not
+// care about order, so the mma's k positions are assigned to suit the loads: in mma j of a chunk, lane t's
+// k pair (2t, 2t+1) is the chunk's elements 4j, 4j+1 and its pair (2t+8, 2t+9) is 4j+2, 4j+3 — in both
+// operands. Then each lane needs A only at its own chunk's k range (16-byte loads, L1/L2 hits) and a 4-bit
+// chunk lies in one quantization block (K % 32 == 0, blocksize >= 32). Partial sums of the warps meet in
+// shared memory; the format's row scale, the bias and one rounding to A's dtype finish.
+//
+// Numerics: products and sums in float32 on the tensor cores. A 4-bit weight is the 16-bit code value times
+// the block's absmax in A's dtype (code value, absmax and product each rounded once, as bitsandbytes'
+// GEMV does it); an INT8 weight is its integer, exact, and SCB / 127 scales the float32 sum.
+#pragma once
+
+#include <ATen/Dispatch.h>
+#include <ATen/cuda/CUDAContext.h>
+#include <c10/cuda/CUDAFunctions.h>
+#include <c10/cuda/CUDAException.h>
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <optional>
+
+#include "blockwise.cuh"
+
+namespace imagetotext::ops::cuda {
+
+constexpr int kMmaWarps = 8;
+constexpr int kMmaThreads = kMmaWarps * kWarpSize;
+constexpr int kMmaTileN = 16;                      // weight rows per tile: the mma's M side
+constexpr int kMmaTileM = 8;                       // rows of A per mma: its N side
+constexpr int kMmaChunksPerStep = 4;               // lanes t = 0..3 of a group: 4 chunks of one row
+constexpr int kMmaUnroll = 4;                      // warp steps whose loads are in flight together
+constexpr int kMaxDevices = 64;
+// The most rows of A this GEMV takes (8 per m-tile: 1, 2, 4 or 8 tiles). The decode is paid once whatever
+// M is, but every 8 rows add A loads and mmas; each op sets its own limit from the benchmark.
+constexpr int64_t kMaxMmaRows = 64;
+
+// 16-bit float pairs as the mma takes them, for c10::Half and c10::BFloat16.
+template <typename scalar_t>
+struct Half2Ops;
+
+template <>
+struct Half2Ops<c10::BFloat16> {
+  __device__ static uint16_t bits(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+  // a * b + (-0): the product rounded once (PTX has no bfloat16x2 mul before sm_90).
+  __device__ static uint32_t mul(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("fma.rn.bf16x2 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(0x80008000u));
+    return r;
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // int8 bytes 0, 1 (lo) and 2, 3 (hi) of `word` as exact pairs: each byte + 128 in the mantissa of 2^23,
+  // 2^23 + 128 subtracted in float32, the top halves kept (exact: |value| <= 128 has 8 significant bits).
+  __device__ static void int8_pairs(uint32_t word, uint32_t& lo, uint32_t& hi) {
+    const uint32_t offset_bytes = word ^ 0x80808080u;
+    constexpr uint32_t kTwoPow23Bits = 0x4B000000u;
+    constexpr float kBias = 8388736.0f;  // 2^23 + 128
+    uint32_t f[4];
+#pragma unroll
+    for (int b = 0; b < 4; ++b) {
+      f[b] = __float_as_uint(__uint_as_float(__byte_perm(offset_bytes, kTwoPow23Bits, 0x7540u + b)) - kBias);
+    }
+    lo = __byte_perm(f[0], f[1], 0x7632u);
+    hi = __byte_perm(f[2], f[3], 0x7632u);
+  }
+};
+
+template <>
+struct Half2Ops<c10::Half> {
+  __device__ static uint16_t bits(float v) { return __half_as_ushort(__float2half_rn(v)); }
+  __device__ static uint32_t mul(uint32_t a, uint32_t b) {
+    uint32_t r;
+    asm("mul.rn.f16x2 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+  }
+  __device__ static void mma(float (&d)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+    asm("mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+        "{%0,%1,%2,%3};\n"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+  // As for bfloat16 with 1024 (0x6400) as the magic: 1024 + byte + 128 is exact in float16, then - 1152.
+  __device__ static void int8_pairs(uint32_t word, uint32_t& lo, uint32_t& hi) {
+    const uint32_t offset_bytes = word ^ 0x80808080u;
+    constexpr uint32_t kMagic = 0x64646464u;
+    const uint32_t lo_bits = __byte_perm(offset_bytes, kMagic, 0x5140u);
+    const uint32_t hi_bits = __byte_perm(offset_bytes, kMagic, 0x7362u);
+    const __half2 bias = __float2half2_rn(1152.0f);
+    const __half2 l = __hsub2(*reinterpret_cast<const __half2*>(&lo_bits), bias);
+    const __half2 h = __hsub2(*reinterpret_cast<const __half2*>(&hi_bits), bias);
+    lo = *reinterpret_cast<const uint32_t*>(&l);
+    hi = *reinterpret_cast<const uint32_t*>(&h);
+  }
+};
+
+// Weights for mma_gemv_kernel (see gemm_4bit.cu, gemm_int8_weight_only.cu):
+//   kK                                     weights in one 16-byte chunk of a row (32 or 16);
+//   kSharedBytes                           shared memory for prepare()'s tables;
+//   prepare(smem, scratch)                 per-CTA setup, ends with __syncthreads;
+//   load(n, chunks, c) -> uint4            chunk c of row n (streamed);
+//   chunk_scale(n, K, c) -> float          the chunk's scale, applied while decoding (0 for a missing chunk);
+//   decode(smem, raw, scale, lo, hi)       lo[j] / hi[j]: the pairs of elements 4j, 4j+1 / 4j+2, 4j+3;
+//   row_scale(n) -> float                  applied to the float32 sum.
+template <typename Weights, typename scalar_t, int kMTiles>
+__global__ void __launch_bounds__(kMmaThreads, 2)
+    mma_gemv_kernel(const scalar_t* __restrict__ A, int rows, Weights weights, int N, int K,
+                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, int tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // mma.sync with 16-bit inputs needs sm_80; the host never launches this on older devices
+#else
+  using Ops = Half2Ops<scalar_t>;
+  constexpr int kK = Weights::kK;
+  constexpr int kPairs = kK / 4;          // mmas per chunk
+  constexpr int kActLoads = kK * 2 / 16;  // 16-byte loads of A per chunk and row
+  extern __shared__ uint4 shared_words[];
+  char* smem = reinterpret_cast<char*>(shared_words);
+  float* partial = reinterpret_cast<float*>(smem + Weights::kSharedBytes);  // [warp][m][n], kMTiles * 8 m
+  weights.prepare(smem, partial);
+
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
+  const int chunks = K / kK;
+  const int steps = (chunks + kMmaChunksPerStep - 1) / kMmaChunksPerStep;
+  for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
+    const int n_lo = tile * kMmaTileN + g, n_hi = n_lo + 8;
+    float acc[kMTiles][4];
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
+
+    for (int first = warp; first < steps; first += kMmaWarps * kMmaUnroll) {
+      uint4 raw[kMmaUnroll][2];
+      float scale[kMmaUnroll][2];
+#pragma unroll
+      for (int u = 0; u < kMmaUnroll; ++u) {  // every load first: kMmaUnroll steps in flight per lane
+        const int c = (first + u * kMmaWarps) * kMmaChunksPerStep + t;
+        const bool lo_ok = c < chunks && n_lo < N, hi_ok = c < chunks && n_hi < N;
+        raw[u][0] = lo_ok ? weights.load(n_lo, chunks, c) : make_uint4(0, 0, 0, 0);
+        raw[u][1] = hi_ok ? weights.load(n_hi, chunks, c) : make_uint4(0, 0, 0, 0);
+        scale[u][0] = lo_ok ? weights.chunk_scale(n_lo, K, c) : 0.0f;
+        scale[u][1] = hi_ok ? weights.chunk_scale(n_hi, K, c) : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMmaUnroll; ++u) {
+        const int step = first + u * kMmaWarps;
+        if (step >= steps) break;  // uniform across the warp, as mma.sync needs
+        const int c = step * kMmaChunksPerStep + t;
+        uint32_t lo_row_g[kPairs], hi_row_g[kPairs], lo_row_g8[kPairs], hi_row_g8[kPairs];
+        weights.decode(smem, raw[u][0], scale[u][0], lo_row_g, hi_row_g);
+        weights.decode(smem, raw[u][1], scale[u][1], lo_row_g8, hi_row_g8);
+#pragma unroll
+        for (int mt = 0; mt < kMTiles; ++mt) {
+          if (mt * kMmaTileM >= rows) break;  // uniform
+          const int m = mt * kMmaTileM + g;
+          uint4 act[kActLoads];
+#pragma unroll
+          for (int i = 0; i < kActLoads; ++i) {
+            act[i] = (m < rows && c < chunks)
+                         ? __ldg(reinterpret_cast<const uint4*>(A + static_cast<int64_t>(m) * K + c * kK) + i)
+                         : make_uint4(0, 0, 0, 0);
+          }
+          const uint32_t* act_words = reinterpret_cast<const uint32_t*>(act);
+#pragma unroll
+          for (int j = 0; j < kPairs; ++j) {
+            const uint32_t a[4] = {lo_row_g[j], lo_row_g8[j], hi_row_g[j], hi_row_g8[j]};
+            Ops::mma(acc[mt], a, act_words[2 * j], act_words[2 * j + 1]);
+          }
+        }
+      }
+    }
+
+    // acc[mt]: (n = g, m = 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1) of m-tile mt.
+    constexpr int kRowsPadded = kMTiles * kMmaTileM;
+#pragma unroll
+    for (int mt = 0; mt < kMTiles; ++mt) {
+      float* mine = partial + (warp * kRowsPadded + mt * kMmaTileM + 2 * t) * kMmaTileN;
+      mine[g] = acc[mt][0];
+      mine[kMmaTileN + g] = acc[mt][1];
+      mine[g + 8] = acc[mt][2];
+      mine[kMmaTileN + g + 8] = acc[mt][3];
+    }
+    __syncthreads();
+    for (int i = threadIdx.x; i < kRowsPadded * kMmaTileN; i += kMmaThreads) {
+      const int m = i / kMmaTileN, n = tile * kMmaTileN + i % kMmaTileN;
+      if (m < rows && n < N) {
+        float sum = 0.0f;
+#pragma unroll
+        for (int w = 0; w < kMmaWarps; ++w) sum += partial[w * kRowsPadded * kMmaTileN + i];
+        sum *= weights.row_scale(n);
+        if (bias != nullptr) sum += static_cast<float>(bias[n]);
+        out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(sum);
+      }
+    }
+    __syncthreads();  // partial is rewritten by the next tile
+  }
+#endif
+}
+
+// Whether the tensor-core GEMV takes the problem: float16/bfloat16 A with at most max_rows (<= kMaxMmaRows)
+// rows, whole 16-byte chunks per weight row, 16-byte aligned weights and A, an sm_80+ device, int-sized indices.
+inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t max_rows, int64_t N, int64_t K,
+                             int weights_per_chunk, const void* weights) {
+  if (A.scalar_type() != at::kHalf && A.scalar_type() != at::kBFloat16) return false;
+  if (rows > std::min(max_rows, kMaxMmaRows) || K % weights_per_chunk != 0 || !is_aligned_16(weights) || !is_aligned_16(A.data_ptr())) {
+    return false;
+  }
+  if (N >= (int64_t{1} << 30) || K >= (int64_t{1} << 30)) return false;
+  return at::cuda::getCurrentDeviceProperties()->major >= 8;
+}
+
+template <typename Weights, typename scalar_t, int kMTiles>
+void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
+                           const scalar_t* bias, at::Tensor& out) {
+  auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles>;
+  constexpr int kSharedBytes = Weights::kSharedBytes + kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
+  // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
+  // size the persistent grid, once. Two threads racing here do the same idempotent work.
+  static std::atomic<int> ctas_per_sm_of[kMaxDevices] = {};
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device < kMaxDevices, "mma_gemv: device index ", device, " above ", kMaxDevices);
+  int ctas_per_sm = ctas_per_sm_of[device].load(std::memory_order_relaxed);
+  if (ctas_per_sm == 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, kSharedBytes));
+    ctas_per_sm = std::max(blocks, 1);
+    ctas_per_sm_of[device].store(ctas_per_sm, std::memory_order_relaxed);
+  }
+  const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
+  const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  kernel<<<ctas, kMmaThreads, kSharedBytes, current_stream()>>>(
+      A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias,
+      out.data_ptr<scalar_t>(), static_cast<int>(tiles));
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+}
+
+// out [rows, N] = A [rows, K] (contiguous float16/bfloat16, rows <= kMaxMmaRows) times the weights, plus
+// bias; MakeWeights::make<scalar_t>() builds the format's decoder for A's dtype. The m-tile count is the
+// smallest of 1, 2, 4, 8 that holds `rows`.
+template <typename MakeWeights>
+void launch_mma_gemv(const at::Tensor& A, int64_t rows, const MakeWeights& make_weights, int64_t N, int64_t K,
+                     const std::optional<at::Tensor>& bias, at::Tensor& out) {
+  if (rows == 0 || N == 0) return;
+  const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_REDUCED_FLOATING_TYPES(A.scalar_type(), "mma_gemv", [&] {
+    const auto weights = make_weights.template make<scalar_t>();
+    const scalar_t* bias_ptr = bias ? bias_values.data_ptr<scalar_t>() : nullptr;
+    static_assert(kMaxMmaRows == 8 * kMmaTileM, "add an m-tile count for the new kMaxMmaRows");
+    if (rows <= kMmaTileM) {
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 1>(A, rows, weights, N, K, bias_ptr, out);
+    } else if (rows <= 2 * kMmaTileM) {
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 2>(A, rows, weights, N, K, bias_ptr, out);
+    } else if (rows <= 4 * kMmaTileM) {
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 4>(A, rows, weights, N, K, bias_ptr, out);
+    } else {
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 8>(A, rows, weights, N, K, bias_ptr, out);
+    }
+  });
+}
+
+}  // namespace imagetotext::ops::cuda
