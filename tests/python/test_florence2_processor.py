@@ -28,10 +28,9 @@ FLORENCE_TOKENS = (["<od>", "</od>", "<ocr>", "</ocr>"] + [f"<loc_{i}>" for i in
 TASKS = ["<CAPTION>", "<DETAILED_CAPTION>", "<MORE_DETAILED_CAPTION>", "<OPEN_VOCABULARY_DETECTION>green car"]
 
 
-@pytest.fixture(scope="module")
-def processor(tmp_path_factory):
-    """A BART-style tokenizer (ByteLevel BPE, RobertaProcessing, Florence's added tokens) trained on the task
-    prompts, and Florence2Processor over it with Florence-2's preprocessor_config.json values."""
+def write_tokenizer(path):
+    """A BART-style tokenizer.json (ByteLevel BPE, RobertaProcessing, Florence's added tokens) trained on the task
+    prompts."""
     from tokenizers import AddedToken, decoders, models, pre_tokenizers, processors, trainers
     backend = tokenizers.Tokenizer(models.BPE(unk_token="<unk>"))
     backend.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -45,16 +44,49 @@ def processor(tmp_path_factory):
                                                             initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
     backend.add_special_tokens([AddedToken("<mask>", lstrip=True, normalized=False, special=True)])
     backend.add_special_tokens([AddedToken(t, normalized=False, special=True) for t in FLORENCE_TOKENS])
-    path = tmp_path_factory.mktemp("florence2-tokenizer") / "tokenizer.json"
     backend.save(str(path))
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(path), bos_token="<s>", eos_token="</s>",
+    return path
+
+
+def florence2_processor(tokenizer_path):
+    """Florence2Processor over the tokenizer, with Florence-2's preprocessor_config.json values."""
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_file=str(tokenizer_path), bos_token="<s>", eos_token="</s>",
                                                 pad_token="<pad>", unk_token="<unk>", mask_token="<mask>",
                                                 extra_special_tokens={"image_token": "<image>"})
     images = transformers.CLIPImageProcessorPil(size={"height": 768, "width": 768}, resample=3, do_center_crop=False,
                                                 crop_size=768, image_mean=MEAN, image_std=STD, do_convert_rgb=True)
     images.image_seq_length = 577
     return transformers.Florence2Processor(image_processor=images, tokenizer=fast,
-                                           post_processor_config={"pure_text": {}}), path
+                                           post_processor_config={"pure_text": {}})
+
+
+def write_captioning_checkpoints(root, tokenizer_path):
+    """A tiny Florence-2 that takes 768x768 images (577 image tokens: positions for 1024), with the tokenizer,
+    saved in both layouts under root/native and root/original. Returns the transformers model."""
+    import test_florence2 as tiny
+    florence = florence2_processor(tokenizer_path)
+    config = transformers.Florence2Config(
+        vision_config=tiny.VISION,
+        text_config=dict(tiny.TEXT, vocab_size=len(florence.tokenizer), max_position_embeddings=1024),
+        image_token_id=florence.tokenizer.convert_tokens_to_ids("<image>"))
+    torch.manual_seed(3)
+    model = transformers.Florence2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for parameter in model.parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+        model.model.language_model.shared.weight.normal_(0.0, 1.0)
+    model.save_pretrained(root / "native")
+    tiny.write_original(model, root / "original")
+    for layout in ("native", "original"):
+        (root / layout / "tokenizer.json").write_bytes(Path(tokenizer_path).read_bytes())
+    model.config._attn_implementation = "eager"
+    return model
+
+
+@pytest.fixture(scope="module")
+def processor(tmp_path_factory):
+    path = write_tokenizer(tmp_path_factory.mktemp("florence2-tokenizer") / "tokenizer.json")
+    return florence2_processor(path), path
 
 
 def image(height, width, seed=0):
@@ -116,27 +148,8 @@ def test_caption_post_processing(processor, text, layout, caption):
 
 @pytest.fixture(scope="module")
 def captioning_checkpoints(processor, tmp_path_factory):
-    """A tiny Florence-2 that takes 768x768 images (577 image tokens: positions for 1024), with the processor's
-    tokenizer, saved in both layouts."""
-    import test_florence2 as tiny
-    florence, tokenizer_path = processor
-    vocab = len(florence.tokenizer)
-    config = transformers.Florence2Config(vision_config=tiny.VISION,
-                                          text_config=dict(tiny.TEXT, vocab_size=vocab, max_position_embeddings=1024),
-                                          image_token_id=florence.tokenizer.convert_tokens_to_ids("<image>"))
-    torch.manual_seed(3)
-    model = transformers.Florence2ForConditionalGeneration(config).eval()
-    with torch.no_grad():
-        for parameter in model.parameters():
-            parameter.add_(torch.randn_like(parameter) * 0.2)
-        model.model.language_model.shared.weight.normal_(0.0, 1.0)
     root = tmp_path_factory.mktemp("florence2-e2e")
-    model.save_pretrained(root / "native")
-    tiny.write_original(model, root / "original")
-    for layout in ("native", "original"):
-        (root / layout / "tokenizer.json").write_bytes(tokenizer_path.read_bytes())
-    model.config._attn_implementation = "eager"
-    return model, root
+    return write_captioning_checkpoints(root, processor[1]), root
 
 
 def test_model_selector_captions_like_transformers(processor, captioning_checkpoints):
