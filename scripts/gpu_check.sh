@@ -6,7 +6,7 @@
 #   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset, or test files),
 #   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
 #   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md
-#     (GPU_CHECK_BENCH_ARGS adds its arguments),
+#     (GPU_CHECK_BENCH_ARGS adds its arguments), and benchmarks/bench_florence2.py into $OUT/florence2_h100.md,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -75,6 +75,9 @@ if [ "${GPU_CHECK_BENCH:-0}" = 1 ]; then
   echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
   PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_quant_gemm.py \
     --out "$out/quant_gemm_h100.md" ${GPU_CHECK_BENCH_ARGS:-} || status=1
+  echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
+  PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_florence2.py \
+    | tee "$out/florence2_h100.md" || status=1
 fi
 echo "== gpu_check finished with status $status"
 exit $status

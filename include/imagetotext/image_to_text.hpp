@@ -38,6 +38,7 @@ struct ModelOptions {
   std::string dtype = "auto";                       // "auto" (bf16 on CUDA, fp32 on CPU), "float32", ...
   std::string checkpoint;                           // empty: the registry's hub id; else a directory or hub id
   std::optional<Quantization> quantization;         // unset: the registry's (llm_int8 reproduces the service)
+  std::optional<std::vector<std::string>> keep_dense;  // Linear layers kept dense; unset: the family's default
   io::HubOptions hub;                               // cache, endpoint, token, download progress
   std::int64_t max_new_tokens = 0;                  // 0: the family's default (the service's setting)
   std::chrono::milliseconds test_delay{1000};       // the `test` model's sleep per image, as in the service

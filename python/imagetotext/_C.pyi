@@ -48,6 +48,26 @@ class Captioner:
         """The hub revision that is downloaded."""
 
 
+class Florence2Model:
+    """Florence-2 as the C++ library runs it, stage by stage."""
+    @property
+    def config(self) -> dict:
+        """The config as the C++ model read it (layout, vision_config, text_config, generation)."""
+
+    def decoder_logits(self, encoder_output: torch.Tensor, decoder_ids: torch.Tensor) -> torch.Tensor:
+        """Float32 logits [batch, length, vocab] of decoder_ids over an encoder output (one teacher-forced pass)."""
+    def encode(self, pixel_values: torch.Tensor, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """The BART encoder output over [image tokens ; prompt_ids] (prompt ids without <image> placeholders)."""
+    def generate(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt, num_beams: typing.SupportsInt = 1, no_repeat_ngram_size: typing.SupportsInt = 0, forced_bos_token_id: typing.SupportsInt | None = None, forced_eos_token_id: typing.SupportsInt | None = None, early_stopping: object = False, length_penalty: typing.SupportsFloat = 1.0, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None) -> tuple[list[int], float]:
+        """Generate from an encoder output; returns (token ids with the decoder start token, beam score). eos_token_ids=[] generates exactly max_new_tokens (benchmarks)."""
+    def generate_as_service(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt = 0) -> tuple[list[int], float]:
+        """Generate with the service's settings (3 beams, no repeated 3-grams, forced BOS/EOS, early stopping)."""
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """The projector's image tokens [batch, 1 + h*w, d_model] for pixel_values [batch, 3, H, W]."""
+    @staticmethod
+    def load(directory: os.PathLike | str | bytes, device: str = 'cpu', dtype: str = 'float32', quantization: str = 'none', keep_dense: collections.abc.Sequence[str] | None = None, quantize_vision: bool = False) -> Florence2Model:
+        """Load config.json and the safetensors checkpoint of a directory, in either layout."""
+
 class QuantizedLinear:
     """y = x @ W^T + bias with W dense, INT8, LLM.int8, NF4 or FP4 (bitsandbytes formats)."""
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -177,6 +197,24 @@ def dynamic_map() -> torch.Tensor:
 
 file_decoding_available: bool
 
+def florence2_clean_caption(text: str, layout: str = 'native') -> str:
+    """The pure-text post-processing of a decoded caption."""
+
+def florence2_keep_dense(quantize_vision: bool = False) -> list[str]:
+    """The modules a quantized Florence-2 keeps dense by default (or with quantize_vision)."""
+
+def florence2_native_name(name: str) -> str | None:
+    """The native name of an original-layout Florence-2 tensor (None for tensors the model does not use)."""
+
+def florence2_pixel_values(pixels: torch.Tensor, size: typing.SupportsInt = 768) -> torch.Tensor:
+    """Florence-2's image preprocessing: uint8 RGB [height, width, 3] -> float32 [1, 3, size, size]."""
+
+def florence2_prompt_ids(tokenizer: Tokenizer, task: str) -> list[int]:
+    """The prompt ids Florence-2's processors make for a task (without the native <image> placeholders)."""
+
+def florence2_task_prompt(text: str) -> str:
+    """The prompt Florence2Processor builds for a task token such as '<DETAILED_CAPTION>'."""
+
 def gemm_4bit(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code: torch.Tensor, blocksize: typing.SupportsInt, quant_type: str, dtype: torch.dtype, shape: collections.abc.Sequence[typing.SupportsInt], nested_absmax: torch.Tensor | None = None, nested_code: torch.Tensor | None = None, nested_blocksize: typing.SupportsInt = 256, offset: torch.Tensor | None = None, bias: torch.Tensor | None = None) -> torch.Tensor:
     """A @ dequantize_4bit(packed, state).T + bias, the absmax de-nested first."""
 
@@ -188,6 +226,9 @@ def llm_int8_matmul(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: 
 
 def load_count() -> int:
     """How many times this process loaded weights (any model)."""
+
+def load_florence2_config(path: os.PathLike | str | bytes) -> dict:
+    """Read a Florence-2 config.json (native or original layout) as the C++ model sees it."""
 
 def load_generation_config(path: os.PathLike | str | bytes) -> dict:
     """Read generation_config.json (defaults when the file is absent)."""

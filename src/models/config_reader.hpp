@@ -66,6 +66,14 @@ class ConfigReader {
       if (!value.is_number()) fail(key, "must be a number, got " + value.dump());
     } else if constexpr (std::is_same_v<T, std::string>) {
       if (!value.is_string()) fail(key, "must be a string, got " + value.dump());
+    } else if constexpr (std::is_same_v<T, std::vector<std::string>>) {
+      if (!value.is_array() || !std::all_of(value.begin(), value.end(), [](const auto& v) { return v.is_string(); })) {
+        fail(key, "must be a list of strings, got " + value.dump());
+      }
+    } else if constexpr (std::is_same_v<T, std::vector<bool>>) {
+      if (!value.is_array() || !std::all_of(value.begin(), value.end(), [](const auto& v) { return v.is_boolean(); })) {
+        fail(key, "must be a list of true/false, got " + value.dump());
+      }
     } else if constexpr (std::is_same_v<T, std::vector<std::int64_t>>) {
       // An int or a list of ints, as eos_token_id may be.
       if (value.is_number_integer()) return {value.get<std::int64_t>()};

@@ -1,6 +1,7 @@
 #include "imagetotext/models/model_cache.hpp"
 
 #include <fmt/format.h>
+#include <fmt/ranges.h>
 
 #include <algorithm>
 
@@ -81,7 +82,8 @@ std::string model_cache_key(const ModelSpec& spec, const ModelOptions& options) 
                      options.checkpoint.empty() ? spec.repo_id : std::string_view(options.checkpoint), spec.revision,
                      device.str(), c10::toString(dtype),
                      quantization_name(options.quantization.value_or(spec.quantization)), options.max_new_tokens,
-                     options.test_delay.count(), cache_dir);
+                     options.test_delay.count(), cache_dir) +
+         (options.keep_dense ? fmt::format("|keep_dense={}", fmt::join(*options.keep_dense, ",")) : std::string());
 }
 
 }  // namespace imagetotext

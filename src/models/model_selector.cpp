@@ -3,6 +3,7 @@
 
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/florence2.hpp"
 #include "imagetotext/models/smolvlm.hpp"
 #include "imagetotext/models/test_model.hpp"
 
@@ -36,9 +37,10 @@ std::unique_ptr<Captioner> make_captioner(const ModelSpec& spec, const ModelOpti
   switch (spec.family) {
     case ModelFamily::test:
       return std::make_unique<ImageToText<TestFamily>>(spec, options);
+    case ModelFamily::florence2:
+      return std::make_unique<ImageToText<Florence2Family>>(spec, options);
     case ModelFamily::smolvlm:
       return std::make_unique<ImageToText<SmolVLMFamily>>(spec, options);
-    case ModelFamily::florence2:
     case ModelFamily::moondream2:
       break;
   }

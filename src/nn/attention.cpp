@@ -29,9 +29,12 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const a
 }
 
 void KVCache::reorder(const at::Tensor& order) {
-  // index_select allocates; beams are few and this runs once per step, so the copy back is cheap.
-  keys_.copy_(keys_.index_select(0, order));
-  values_.copy_(values_.index_select(0, order));
+  // index_select allocates; beams are few and this runs once per step, so the copy back is cheap. Only the
+  // filled positions move: a cache sized for a 1024-token caption is mostly empty early on.
+  if (length_ == 0) return;
+  at::Tensor keys = keys_.narrow(2, 0, length_), values = values_.narrow(2, 0, length_);
+  keys.copy_(keys.index_select(0, order));
+  values.copy_(values.index_select(0, order));
 }
 
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,

@@ -7,6 +7,7 @@
 namespace imagetotext::python {
 
 void bind_configs(pybind11::module_& m);      // configs.cpp
+void bind_florence2(pybind11::module_& m);    // florence2.cpp: the Florence-2 model's pieces, for tests
 void bind_hub(pybind11::module_& m);          // hub.cpp
 void bind_models(pybind11::module_& m);       // models.cpp: Captioner, model_selector, load_model, the cache
 void bind_quant(pybind11::module_& m);        // quant.cpp: the native side of imagetotext.quant

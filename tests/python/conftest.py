@@ -31,3 +31,16 @@ def tiny_smolvlm_checkpoint(tmp_path_factory):
     path = tmp_path_factory.mktemp("tiny_smolvlm_checkpoint")
     write_real_geometry_checkpoint(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_florence2_checkpoint(tmp_path_factory):
+    """A random Florence-2 checkpoint in the original (microsoft/Florence-2-*) layout the service loads, with a
+    tokenizer and 768x768 input (test_florence2_processor.py)."""
+    pytest.importorskip("transformers")
+    pytest.importorskip("tokenizers")
+    from test_florence2_processor import write_captioning_checkpoints, write_tokenizer
+
+    root = tmp_path_factory.mktemp("tiny_florence2_checkpoint")
+    write_captioning_checkpoints(root, write_tokenizer(root / "tokenizer.json"))
+    return root / "original"

@@ -1,0 +1,140 @@
+#include "florence2_language.hpp"
+
+#include <ATen/ops/arange.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/linear.h>
+#include <fmt/format.h>
+
+#include <cmath>
+
+#include "imagetotext/core/error.hpp"
+
+namespace imagetotext::florence2 {
+
+namespace {
+constexpr std::int64_t kPositionOffset = 2;  // BartLearnedPositionalEmbedding's
+
+at::Tensor positions(const at::Tensor& table, std::int64_t start, std::int64_t length, const char* side) {
+  if (start + length + kPositionOffset > table.size(0)) {
+    throw InvalidArgumentError(fmt::format("the {} sequence reaches {} tokens; Florence-2's {} holds at most {}", side,
+                                           start + length, side, table.size(0) - kPositionOffset));
+  }
+  return table.narrow(0, start + kPositionOffset, length);
+}
+}  // namespace
+
+Attention::Attention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads_, const nn::LinearPolicy& policy)
+    : q_proj(nn::Linear::load(weights, "q_proj", policy, dim, dim)),
+      k_proj(nn::Linear::load(weights, "k_proj", policy, dim, dim)),
+      v_proj(nn::Linear::load(weights, "v_proj", policy, dim, dim)),
+      out_proj(nn::Linear::load(weights, "out_proj", policy, dim, dim)),
+      heads(heads_) {}
+
+at::Tensor Attention::split_heads(const at::Tensor& x) const {
+  return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
+}
+
+at::Tensor Attention::merge_heads(const at::Tensor& x) const {
+  return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
+}
+
+EncoderLayer::EncoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy)
+    : self_attn(weights["self_attn"], config.d_model, config.encoder_attention_heads, policy),
+      self_attn_layer_norm(nn::LayerNorm::load(weights, "self_attn_layer_norm", config.d_model, 1e-5)),
+      fc1(nn::Linear::load(weights, "fc1", policy, config.d_model, config.encoder_ffn_dim)),
+      fc2(nn::Linear::load(weights, "fc2", policy, config.encoder_ffn_dim, config.d_model)),
+      final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
+
+at::Tensor EncoderLayer::operator()(const at::Tensor& x) const {
+  const at::Tensor attended = nn::scaled_dot_product_attention(
+      self_attn.split_heads(self_attn.q_proj(x)), self_attn.split_heads(self_attn.k_proj(x)),
+      self_attn.split_heads(self_attn.v_proj(x)));
+  const at::Tensor h = self_attn_layer_norm(x + self_attn.out_proj(self_attn.merge_heads(attended)));
+  return final_layer_norm(h + fc2(at::gelu(fc1(h))));
+}
+
+DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy)
+    : self_attn(weights["self_attn"], config.d_model, config.decoder_attention_heads, policy),
+      self_attn_layer_norm(nn::LayerNorm::load(weights, "self_attn_layer_norm", config.d_model, 1e-5)),
+      encoder_attn(weights["encoder_attn"], config.d_model, config.decoder_attention_heads, policy),
+      encoder_attn_layer_norm(nn::LayerNorm::load(weights, "encoder_attn_layer_norm", config.d_model, 1e-5)),
+      fc1(nn::Linear::load(weights, "fc1", policy, config.d_model, config.decoder_ffn_dim)),
+      fc2(nn::Linear::load(weights, "fc2", policy, config.decoder_ffn_dim, config.d_model)),
+      final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
+
+at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache,
+                                    const std::pair<at::Tensor, at::Tensor>& cross) const {
+  const auto [keys, values] =
+      cache.append(self_attn.split_heads(self_attn.k_proj(x)), self_attn.split_heads(self_attn.v_proj(x)));
+  const at::Tensor own = nn::scaled_dot_product_attention(self_attn.split_heads(self_attn.q_proj(x)), keys, values,
+                                                          std::nullopt, /*causal=*/x.size(1) > 1);
+  at::Tensor h = self_attn_layer_norm(x + self_attn.out_proj(self_attn.merge_heads(own)));
+  const at::Tensor image_and_prompt =
+      nn::scaled_dot_product_attention(encoder_attn.split_heads(encoder_attn.q_proj(h)), cross.first, cross.second);
+  h = encoder_attn_layer_norm(h + encoder_attn.out_proj(encoder_attn.merge_heads(image_and_prompt)));
+  return final_layer_norm(h + fc2(at::gelu(fc1(h))));
+}
+
+LanguageModel::LanguageModel(const nn::Weights& weights, const at::Tensor& shared, std::optional<at::Tensor> lm_head_bias,
+                             const Florence2TextConfig& config, const nn::LinearPolicy& policy)
+    : config_(config),
+      shared_{shared},
+      lm_head_bias_(std::move(lm_head_bias)),
+      embed_scale_(config.scale_embedding ? std::sqrt(static_cast<double>(config.d_model)) : 1.0) {
+  const std::int64_t table_rows = config.max_position_embeddings + kPositionOffset;
+  const nn::Weights encoder = weights["encoder"], decoder = weights["decoder"];
+  encoder_positions_ = encoder["embed_positions"].get("weight", {table_rows, config.d_model});
+  encoder_layernorm_embedding_ = nn::LayerNorm::load(encoder, "layernorm_embedding", config.d_model, 1e-5);
+  for (std::int64_t i = 0; i < config.encoder_layers; ++i) encoder_layers_.emplace_back(encoder["layers"][i], config, policy);
+  decoder_positions_ = decoder["embed_positions"].get("weight", {table_rows, config.d_model});
+  decoder_layernorm_embedding_ = nn::LayerNorm::load(decoder, "layernorm_embedding", config.d_model, 1e-5);
+  for (std::int64_t i = 0; i < config.decoder_layers; ++i) decoder_layers_.emplace_back(decoder["layers"][i], config, policy);
+}
+
+at::Tensor LanguageModel::embed(const at::Tensor& ids) const {
+  const at::Tensor embedded = shared_(ids);
+  return embed_scale_ == 1.0 ? embedded : embedded * embed_scale_;
+}
+
+at::Tensor LanguageModel::encode(const at::Tensor& inputs_embeds) const {
+  at::Tensor h = inputs_embeds + positions(encoder_positions_, 0, inputs_embeds.size(1), "encoder input");
+  h = encoder_layernorm_embedding_(h);
+  for (const EncoderLayer& layer : encoder_layers_) h = layer(h);
+  return h;
+}
+
+DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std::int64_t sequences,
+                                           std::int64_t capacity) const {
+  if (capacity + kPositionOffset > decoder_positions_.size(0)) capacity = decoder_positions_.size(0) - kPositionOffset;
+  DecoderState state;
+  const std::int64_t heads = config_.decoder_attention_heads, head_dim = config_.d_model / heads;
+  for (const DecoderLayer& layer : decoder_layers_) {
+    state.self_attention.emplace_back(sequences, heads, capacity, head_dim, encoder_output.options());
+    const Attention& cross = layer.encoder_attn;
+    // Every sequence attends to the same encoder output: computed once, laid out per sequence once.
+    const auto per_sequence = [&](const at::Tensor& t) {
+      return t.expand({sequences, t.size(1), t.size(2), t.size(3)}).contiguous();
+    };
+    state.cross_attention.emplace_back(per_sequence(cross.split_heads(cross.k_proj(encoder_output))),
+                                       per_sequence(cross.split_heads(cross.v_proj(encoder_output))));
+  }
+  return state;
+}
+
+at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) const {
+  at::Tensor h = embed(ids) + positions(decoder_positions_, state.length(), ids.size(1), "decoder output");
+  h = decoder_layernorm_embedding_(h);
+  for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
+    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i]);
+  }
+  at::Tensor logits = at::linear(h, shared_.weight);
+  if (lm_head_bias_) logits = logits + *lm_head_bias_;
+  return logits.to(at::kFloat);
+}
+
+void LanguageModel::reorder(DecoderState& state, const at::Tensor& order) const {
+  const at::Tensor on_device = order.to(state.self_attention.front().keys().device());
+  for (nn::KVCache& cache : state.self_attention) cache.reorder(on_device);
+}
+
+}  // namespace imagetotext::florence2

@@ -1,0 +1,96 @@
+// Florence-2's language side: a BART encoder over [image tokens ; prompt tokens] and a BART decoder with
+// causal self-attention and cross-attention to the encoder output, post-LayerNorm throughout, learned
+// positions offset by 2, the output projection tied to the token embedding. Internal to the library.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <cstdint>
+#include <optional>
+#include <utility>
+#include <vector>
+
+#include "imagetotext/models/florence2_config.hpp"
+#include "imagetotext/nn/attention.hpp"
+#include "imagetotext/nn/layers.hpp"
+#include "imagetotext/nn/linear.hpp"
+#include "imagetotext/nn/weights.hpp"
+
+namespace imagetotext::florence2 {
+
+struct Attention {
+  nn::Linear q_proj;
+  nn::Linear k_proj;
+  nn::Linear v_proj;
+  nn::Linear out_proj;
+  std::int64_t heads;
+  Attention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads, const nn::LinearPolicy& policy);
+
+  at::Tensor split_heads(const at::Tensor& x) const;  // [B, L, D] -> [B, heads, L, head_dim]
+  at::Tensor merge_heads(const at::Tensor& x) const;  // inverse
+};
+
+struct EncoderLayer {
+  Attention self_attn;
+  nn::LayerNorm self_attn_layer_norm;
+  nn::Linear fc1;
+  nn::Linear fc2;
+  nn::LayerNorm final_layer_norm;
+  EncoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy);
+  at::Tensor operator()(const at::Tensor& x) const;
+};
+
+// Per request: a self-attention cache per layer (all beams) and the cross-attention keys/values, which
+// depend only on the encoder output and so are computed once.
+struct DecoderState {
+  std::vector<nn::KVCache> self_attention;
+  std::vector<std::pair<at::Tensor, at::Tensor>> cross_attention;
+  std::int64_t length() const { return self_attention.empty() ? 0 : self_attention.front().length(); }
+};
+
+struct DecoderLayer {
+  Attention self_attn;
+  nn::LayerNorm self_attn_layer_norm;
+  Attention encoder_attn;
+  nn::LayerNorm encoder_attn_layer_norm;
+  nn::Linear fc1;
+  nn::Linear fc2;
+  nn::LayerNorm final_layer_norm;
+  DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy);
+  at::Tensor operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross) const;
+};
+
+class LanguageModel {
+ public:
+  // `weights` is the language model's prefix ("model.language_model"); `lm_head_bias` the original layout's
+  // final_logits_bias when its checkpoint has one.
+  LanguageModel(const nn::Weights& weights, const at::Tensor& shared, std::optional<at::Tensor> lm_head_bias,
+                const Florence2TextConfig& config, const nn::LinearPolicy& policy);
+
+  // Token embeddings (times the embedding scale, 1 unless scale_embedding).
+  at::Tensor embed(const at::Tensor& ids) const;
+  // Encoder over ready embeddings [B, L, D] (image tokens are not scaled).
+  at::Tensor encode(const at::Tensor& inputs_embeds) const;
+
+  // Caches for `sequences` decoder sequences of up to `capacity` tokens over `encoder_output` [1, L, D].
+  DecoderState start_decoding(const at::Tensor& encoder_output, std::int64_t sequences, std::int64_t capacity) const;
+  // Appends `ids` [n, l] to every sequence and returns logits [n, l, vocab] in float32.
+  at::Tensor decode(const at::Tensor& ids, DecoderState& state) const;
+  void reorder(DecoderState& state, const at::Tensor& order) const;
+
+  const Florence2TextConfig& config() const noexcept { return config_; }
+
+ private:
+  Florence2TextConfig config_;
+  nn::Embedding shared_;
+  std::optional<at::Tensor> lm_head_bias_;
+  double embed_scale_;
+  at::Tensor encoder_positions_;
+  nn::LayerNorm encoder_layernorm_embedding_;
+  std::vector<EncoderLayer> encoder_layers_;
+  at::Tensor decoder_positions_;
+  nn::LayerNorm decoder_layernorm_embedding_;
+  std::vector<DecoderLayer> decoder_layers_;
+};
+
+}  // namespace imagetotext::florence2

@@ -1,0 +1,481 @@
+"""Florence-2 in C++ against transformers' Florence2ForConditionalGeneration (the oracle) on tiny random
+checkpoints the tests write themselves, in both layouts:
+
+* native: written by transformers' save_pretrained;
+* original (microsoft/Florence-2-* remote code): the same tensors under the original names, made with the
+  inverse of the renaming in transformers' convert_florence2_original_pytorch_to_hf.py (spelled out here,
+  independently of the C++ table), image_projection transposed, final_logits_bias of zeros, and an
+  original-style config.json.
+
+Sizes are tiny (DaViT and BART 64 wide, 2+2 layers, vocab 128, 96x96 images: stage maps
+24/12/6/3 with window 5, so every stage pads its windows) so CI stays fast; the structure is the real one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import json
+import types
+
+import pytest
+import torch
+
+import imagetotext
+from imagetotext import _C
+
+transformers = pytest.importorskip("transformers")
+safetensors_torch = pytest.importorskip("safetensors.torch")
+
+# Widths are multiples of 64: bitsandbytes' CPU 4-bit kernels need in/out sizes divisible by the blocksize.
+VISION = dict(depths=[1, 1, 1, 1], embed_dim=[64, 64, 64, 64], num_heads=[2, 2, 4, 4], num_groups=[2, 2, 4, 4],
+              window_size=5, projection_dim=64, drop_path_rate=0.0)
+TEXT = dict(vocab_size=128, d_model=64, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4,
+            decoder_attention_heads=4, encoder_ffn_dim=128, decoder_ffn_dim=128, max_position_embeddings=64)
+IMAGE_SIZE = 96
+IMAGE_TOKEN = 127
+IMAGE_TOKENS = 1 + 3 * 3
+PROMPT = [0, 47, 21, 11, 46, 99, 16, 23, 11, 5, 27, 4, 2]  # "<s> ... </s>", as the processor makes it
+RELATIVE_BOUND = 1e-4  # max |ours - transformers| / max |transformers|, fp32 on the CPU
+
+
+def random_model(seed: int = 0):
+    config = transformers.Florence2Config(vision_config=VISION, text_config=TEXT, image_token_id=IMAGE_TOKEN)
+    torch.manual_seed(seed)
+    model = transformers.Florence2ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        # Perturb every parameter (LayerNorms away from 1/0, positions away from their init) and make the
+        # tied embedding wide enough that the next-token distribution is peaked, as a trained model's is.
+        for name, parameter in model.named_parameters():
+            parameter.add_(torch.randn_like(parameter) * 0.2)
+        model.model.language_model.shared.weight.normal_(0.0, 1.0)
+    return model
+
+
+# Native name -> original name: the inverse of transformers' convert_florence2_original_pytorch_to_hf.py.
+VISION_NATIVE_TO_ORIGINAL = [
+    (".spatial_block.conv1.", ".spatial_block.conv1.fn.dw."), (".spatial_block.conv2.", ".spatial_block.conv2.fn.dw."),
+    (".channel_block.conv1.", ".channel_block.conv1.fn.dw."), (".channel_block.conv2.", ".channel_block.conv2.fn.dw."),
+    (".spatial_block.norm1.", ".spatial_block.window_attn.norm."),
+    (".channel_block.norm1.", ".channel_block.channel_attn.norm."),
+    (".spatial_block.window_attn.qkv.", ".spatial_block.window_attn.fn.qkv."),
+    (".spatial_block.window_attn.proj.", ".spatial_block.window_attn.fn.proj."),
+    (".channel_block.channel_attn.qkv.", ".channel_block.channel_attn.fn.qkv."),
+    (".channel_block.channel_attn.proj.", ".channel_block.channel_attn.fn.proj."),
+    (".spatial_block.norm2.", ".spatial_block.ffn.norm."), (".channel_block.norm2.", ".channel_block.ffn.norm."),
+    (".spatial_block.ffn.fc", ".spatial_block.ffn.fn.net.fc"), (".channel_block.ffn.fc", ".channel_block.ffn.fn.net.fc"),
+]
+
+
+def original_name(native: str) -> str:
+    if native.startswith("model.language_model."):
+        return "language_model.model." + native[len("model.language_model."):]
+    if native == "lm_head.weight":
+        return "language_model.lm_head.weight"
+    if native == "model.multi_modal_projector.image_projection.weight":
+        return "image_projection"
+    for new, old in [("model.multi_modal_projector.image_proj_norm.", "image_proj_norm."),
+                     ("model.multi_modal_projector.image_position_embed.", "image_pos_embed."),
+                     ("model.multi_modal_projector.visual_temporal_embed.", "visual_temporal_embed.")]:
+        if native.startswith(new):
+            return old + native[len(new):]
+    assert native.startswith("model.vision_tower."), native
+    name = "vision_tower." + native[len("model.vision_tower."):]
+    if name.startswith("vision_tower.convs."):
+        return name.replace(".conv.", ".proj.")
+    for new, old in VISION_NATIVE_TO_ORIGINAL:
+        name = name.replace(new, old)
+    return name
+
+
+def original_config(native_config) -> dict:
+    """config.json as microsoft/Florence-2-* writes it (remote-code Florence2Config)."""
+    v, t = native_config.vision_config, native_config.text_config
+    return {
+        "model_type": "florence2", "architectures": ["Florence2ForConditionalGeneration"],
+        "auto_map": {"AutoConfig": "configuration_florence2.Florence2Config"},
+        "bos_token_id": 0, "eos_token_id": 2, "pad_token_id": 1, "projection_dim": v.projection_dim,
+        "vocab_size": t.vocab_size, "is_encoder_decoder": True,
+        "text_config": {
+            "vocab_size": t.vocab_size, "d_model": t.d_model, "encoder_layers": t.encoder_layers,
+            "decoder_layers": t.decoder_layers, "encoder_attention_heads": t.encoder_attention_heads,
+            "decoder_attention_heads": t.decoder_attention_heads, "encoder_ffn_dim": t.encoder_ffn_dim,
+            "decoder_ffn_dim": t.decoder_ffn_dim, "max_position_embeddings": t.max_position_embeddings,
+            "activation_function": "gelu", "scale_embedding": False, "bos_token_id": 0, "eos_token_id": 2,
+            "pad_token_id": 1, "decoder_start_token_id": 2, "forced_bos_token_id": 0, "forced_eos_token_id": 2,
+            "no_repeat_ngram_size": 3, "num_beams": 3, "early_stopping": True,
+        },
+        "vision_config": {
+            "model_type": "davit", "drop_path_rate": 0.1, "patch_size": list(v.patch_size),
+            "patch_stride": list(v.patch_stride), "patch_padding": list(v.patch_padding),
+            "patch_prenorm": list(v.patch_prenorm), "dim_embed": list(v.embed_dim), "num_heads": list(v.num_heads),
+            "num_groups": list(v.num_groups), "depths": list(v.depths), "window_size": v.window_size,
+            "projection_dim": v.projection_dim,
+            "visual_temporal_embedding": {"type": "COSINE", "max_temporal_embeddings": v.max_temporal_embeddings},
+            "image_pos_embed": {"type": "learned_abs_2d", "max_pos_embeddings": v.max_position_embeddings},
+            "image_feature_source": ["spatial_avg_pool", "temporal_avg_pool"],
+        },
+    }
+
+
+def write_original(model, directory):
+    directory.mkdir(parents=True, exist_ok=True)
+    tensors = {}
+    for name, tensor in model.state_dict().items():
+        if name == "lm_head.weight":
+            continue  # tied: stored once, as shared
+        tensor = tensor.detach().clone()
+        if name == "model.multi_modal_projector.image_projection.weight":
+            tensor = tensor.t().contiguous()  # the remote code's Parameter [C, P]
+        tensors[original_name(name)] = tensor
+    tensors["language_model.final_logits_bias"] = torch.zeros(1, model.config.text_config.vocab_size)
+    safetensors_torch.save_file(tensors, str(directory / "model.safetensors"))
+    (directory / "config.json").write_text(json.dumps(original_config(model.config)))
+    return directory
+
+
+@pytest.fixture(scope="module")
+def checkpoints(tmp_path_factory):
+    model = random_model()
+    root = tmp_path_factory.mktemp("florence2")
+    model.save_pretrained(root / "native")
+    write_original(model, root / "original")
+    model.config._attn_implementation = "eager"
+    return model, {"native": root / "native", "original": root / "original"}
+
+
+@pytest.fixture(scope="module")
+def inputs():
+    generator = torch.Generator().manual_seed(7)
+    pixel_values = torch.randn(1, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    input_ids = torch.tensor([[IMAGE_TOKEN] * IMAGE_TOKENS + PROMPT])
+    return pixel_values, input_ids
+
+
+def relative_error(ours: torch.Tensor, reference: torch.Tensor) -> float:
+    return ((ours.double() - reference.double()).abs().max() / reference.double().abs().max()).item()
+
+
+# --------------------------------------------------------------------------------------------------------
+# config.json
+# --------------------------------------------------------------------------------------------------------
+
+def test_native_config_reads_as_transformers_reads_it(checkpoints):
+    model, dirs = checkpoints
+    ours = _C.load_florence2_config(dirs["native"] / "config.json")
+    reference = transformers.AutoConfig.from_pretrained(dirs["native"])
+    assert ours["layout"] == "native"
+    assert ours["image_token_id"] == reference.image_token_id
+    for key, value in ours["vision_config"].items():
+        expected = getattr(reference.vision_config, key)
+        assert value == (list(expected) if isinstance(expected, (list, tuple)) else expected), key
+    for key, value in ours["text_config"].items():
+        assert value == getattr(reference.text_config, key), key
+    assert ours["image_tokens_768"] == 1 + 24 * 24
+
+
+def test_original_config_reads_as_the_converter_maps_it(checkpoints):
+    """The original config gives the values transformers' converter would put in a native config."""
+    _, dirs = checkpoints
+    ours = _C.load_florence2_config(dirs["original"] / "config.json")
+    native = _C.load_florence2_config(dirs["native"] / "config.json")
+    assert ours["layout"] == "original"
+    assert ours["vision_config"] == native["vision_config"]
+    assert ours["text_config"] == native["text_config"]
+    # The generation fields of the original text_config (the service's beam search).
+    assert ours["generation"] == {"num_beams": 3, "no_repeat_ngram_size": 3, "forced_bos_token_id": 0,
+                                  "forced_eos_token_id": 2, "early_stopping": True}
+
+
+def test_bare_configs_take_the_defaults_of_their_classes(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "florence2", "vision_config": {"projection_dim": 1024}}))
+    ours = _C.load_florence2_config(tmp_path / "config.json")
+    reference = transformers.Florence2Config(vision_config={"projection_dim": 1024})
+    assert ours["vision_config"]["embed_dim"] == list(reference.vision_config.embed_dim)
+    assert ours["text_config"]["vocab_size"] == reference.text_config.vocab_size
+    assert ours["text_config"]["max_position_embeddings"] == reference.text_config.max_position_embeddings
+    # The remote code's defaults are Florence-2-large's, its vocabulary 51289.
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "florence2", "vision_config": {"model_type": "davit"}}))
+    original = _C.load_florence2_config(tmp_path / "config.json")
+    assert original["vision_config"]["embed_dim"] == [256, 512, 1024, 2048]
+    assert original["text_config"]["vocab_size"] == 51289
+
+
+@pytest.mark.parametrize("mutate,field,why", [
+    (lambda c: c.update(model_type="bart"), "model_type", "not a Florence-2 model"),
+    (lambda c: c["vision_config"].update(depths=[1, 1]), "vision_config.depths", "entries"),
+    (lambda c: c["vision_config"].update(num_heads=[3, 4, 4, 8]), "vision_config.num_heads", "must divide"),
+    (lambda c: c["vision_config"].update(patch_prenorm=[0, 1, 1, 1]), "vision_config.patch_prenorm", "true/false"),
+    (lambda c: c["vision_config"].update(projection_dim=48), "vision_config.projection_dim", "d_model"),
+    (lambda c: c["text_config"].update(d_model="32"), "text_config.d_model", "must be an integer"),
+    (lambda c: c["text_config"].update(model_type="t5"), "text_config.model_type", "'bart'"),
+])
+def test_bad_config_fields_name_the_file_and_the_field(checkpoints, tmp_path, mutate, field, why):
+    _, dirs = checkpoints
+    config = json.loads((dirs["native"] / "config.json").read_text())
+    mutate(config)
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config))
+    with pytest.raises(imagetotext.CheckpointError) as caught:
+        _C.load_florence2_config(path)
+    assert str(path) in str(caught.value) and f"'{field}'" in str(caught.value) and why in str(caught.value)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The network, stage by stage
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def reference_outputs(checkpoints, inputs):
+    model, _ = checkpoints
+    pixel_values, input_ids = inputs
+    decoder_ids = torch.tensor([[2, 0, 17, 42, 9, 88, 3]])
+    with torch.no_grad():
+        features = model.model.get_image_features(pixel_values).pooler_output
+        out = model(input_ids=input_ids, pixel_values=pixel_values, decoder_input_ids=decoder_ids)
+    return features, out.encoder_last_hidden_state, out.logits, decoder_ids
+
+
+@pytest.fixture(scope="module", params=["native", "original"])
+def ours(request, checkpoints):
+    _, dirs = checkpoints
+    return _C.Florence2Model.load(dirs[request.param])
+
+
+def test_image_features_match_transformers(ours, inputs, reference_outputs):
+    features = ours.image_features(inputs[0])
+    assert features.shape == reference_outputs[0].shape == (1, IMAGE_TOKENS, TEXT["d_model"])
+    assert relative_error(features, reference_outputs[0]) < RELATIVE_BOUND
+
+
+def test_encoder_output_and_logits_match_transformers(ours, inputs, reference_outputs):
+    _, encoder_output, logits, decoder_ids = reference_outputs
+    prompt = inputs[1][:, IMAGE_TOKENS:]  # the original layout's ids: no image placeholders
+    encoded = ours.encode(inputs[0], prompt)
+    assert relative_error(encoded, encoder_output) < RELATIVE_BOUND
+    assert relative_error(ours.decoder_logits(encoded, decoder_ids), logits) < RELATIVE_BOUND
+
+
+def test_both_layouts_load_the_same_model(checkpoints, inputs):
+    _, dirs = checkpoints
+    native, original = (_C.Florence2Model.load(dirs[k]) for k in ("native", "original"))
+    prompt = inputs[1][:, IMAGE_TOKENS:]
+    encoded = native.encode(inputs[0], prompt)
+    torch.testing.assert_close(original.encode(inputs[0], prompt), encoded, rtol=0, atol=0)
+    ids = torch.tensor([[2, 0, 5, 6]])
+    torch.testing.assert_close(original.decoder_logits(encoded, ids), native.decoder_logits(encoded, ids), rtol=0, atol=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Generation
+# --------------------------------------------------------------------------------------------------------
+
+def transformers_generate(model, inputs, **settings):
+    """generate() with exactly `settings`: the model's own generation_config (forced EOS 2 from BartConfig)
+    would otherwise fill in whatever is left unset."""
+    pixel_values, input_ids = inputs
+    settings = {"eos_token_id": 2, **settings}
+    config = transformers.GenerationConfig(decoder_start_token_id=2, bos_token_id=0, pad_token_id=1,
+                                           do_sample=False, return_dict_in_generate=True, output_scores=True,
+                                           **settings)
+    saved = model.generation_config
+    model.generation_config = config
+    try:
+        with torch.no_grad():
+            out = model.generate(input_ids=input_ids, pixel_values=pixel_values)
+    finally:
+        model.generation_config = saved
+    score = out.sequences_scores[0].item() if getattr(out, "sequences_scores", None) is not None else 0.0
+    return out.sequences[0].tolist(), score
+
+
+GREEDY = dict(num_beams=1, max_new_tokens=32, no_repeat_ngram_size=0, forced_bos_token_id=None, forced_eos_token_id=None)
+SERVICE = dict(num_beams=3, max_new_tokens=20, no_repeat_ngram_size=3, forced_bos_token_id=0, forced_eos_token_id=2,
+               early_stopping=True, length_penalty=1.0)
+
+
+@pytest.mark.parametrize("settings", [
+    GREEDY,
+    dict(GREEDY, no_repeat_ngram_size=3, forced_bos_token_id=0, forced_eos_token_id=2),
+    SERVICE,
+    dict(SERVICE, early_stopping=False),
+    dict(SERVICE, num_beams=4, early_stopping="never", length_penalty=0.8, max_new_tokens=12),
+    dict(SERVICE, num_beams=2, no_repeat_ngram_size=2, length_penalty=2.0, max_new_tokens=16),
+    # This model's favourite token as EOS: hypotheses finish early and the stopping rules decide.
+    dict(SERVICE, eos_token_id=16),
+    dict(SERVICE, eos_token_id=16, early_stopping=False),
+    dict(SERVICE, eos_token_id=16, early_stopping="never", length_penalty=0.5),
+    dict(GREEDY, eos_token_id=16, forced_bos_token_id=0, no_repeat_ngram_size=3),
+], ids=["greedy", "greedy-processors", "service", "heuristic-stop", "never-stop", "two-beams", "eos-enough",
+        "eos-heuristic", "eos-never", "greedy-eos"])
+def test_generation_matches_transformers(checkpoints, ours, inputs, settings):
+    model, _ = checkpoints
+    expected, expected_score = transformers_generate(model, inputs, **settings)
+    encoded = ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:])
+    kwargs = dict(settings)
+    kwargs.setdefault("early_stopping", False)
+    kwargs["eos_token_ids"] = [kwargs.pop("eos_token_id", 2)]
+    tokens, score = ours.generate(encoded, **kwargs)
+    assert tokens == expected
+    if settings["num_beams"] > 1:
+        assert score == pytest.approx(expected_score, abs=1e-4)
+    if settings is GREEDY:
+        assert len(tokens) == 1 + 32  # 32 greedy steps compared (no EOS before the limit on this model)
+
+
+def test_service_settings_are_the_original_configs(checkpoints, ours, inputs):
+    """generate_as_service = the remote code's text_config generation fields + the service's num_beams=3."""
+    model, _ = checkpoints
+    expected, expected_score = transformers_generate(model, inputs, **dict(SERVICE, max_new_tokens=30))
+    encoded = ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:])
+    tokens, score = ours.generate_as_service(encoded, max_new_tokens=30)
+    assert tokens == expected and score == pytest.approx(expected_score, abs=1e-4)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Names, prompts, bad inputs
+# --------------------------------------------------------------------------------------------------------
+
+def test_every_original_name_maps_back_to_its_native_name(checkpoints):
+    model, _ = checkpoints
+    for name in model.state_dict():
+        assert _C.florence2_native_name(original_name(name)) == name
+    assert _C.florence2_native_name("vision_tower.head.weight") is None
+    assert _C.florence2_native_name("vision_tower.norms.bias") is None
+
+
+@pytest.mark.parametrize("task,prompt", [
+    ("<CAPTION>", "What does the image describe?"),
+    ("<DETAILED_CAPTION>", "Describe in detail what is shown in the image."),
+    ("<MORE_DETAILED_CAPTION>", "Describe with a paragraph what is shown in the image."),
+    ("<OPEN_VOCABULARY_DETECTION>wheels", "Locate wheels in the image."),
+    ("a free text prompt", "a free text prompt"),
+])
+def test_task_prompts_are_the_processors(task, prompt):
+    # Florence2Processor's own tables (set first thing in its __init__; the rest of __init__ needs real
+    # components and is cut short).
+    tables = types.SimpleNamespace()
+    with contextlib.suppress(Exception):
+        transformers.Florence2Processor.__init__(tables, image_processor=None, tokenizer=None)
+    assert transformers.Florence2Processor._construct_prompts(tables, task) == [prompt]
+    assert _C.florence2_task_prompt(task) == prompt
+
+
+def test_task_with_unexpected_input_is_refused():
+    with pytest.raises(imagetotext.InvalidArgumentError, match="takes no input"):
+        _C.florence2_task_prompt("<CAPTION> of a dog")
+
+
+def test_missing_tensor_names_the_checkpoint_and_the_tensor(checkpoints, tmp_path):
+    _, dirs = checkpoints
+    tensors = safetensors_torch.load_file(str(dirs["native"] / "model.safetensors"))
+    del tensors["model.language_model.decoder.layers.1.fc2.weight"]
+    safetensors_torch.save_file(tensors, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((dirs["native"] / "config.json").read_text())
+    with pytest.raises(imagetotext.CheckpointError, match="model.language_model.decoder.layers.1.fc2.weight"):
+        _C.Florence2Model.load(tmp_path)
+
+
+def test_wrong_shape_names_the_tensor(checkpoints, tmp_path):
+    _, dirs = checkpoints
+    config = json.loads((dirs["native"] / "config.json").read_text())
+    config["vision_config"]["window_size"] = 7  # harmless
+    config["text_config"]["encoder_ffn_dim"] = 96
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    (tmp_path / "model.safetensors").symlink_to(dirs["native"] / "model.safetensors")
+    with pytest.raises(imagetotext.CheckpointError, match="encoder.layers.0.fc1"):
+        _C.Florence2Model.load(tmp_path)
+
+
+def test_layout_mismatch_is_named(checkpoints, tmp_path):
+    _, dirs = checkpoints
+    (tmp_path / "config.json").write_text((dirs["original"] / "config.json").read_text())
+    (tmp_path / "model.safetensors").symlink_to(dirs["native"] / "model.safetensors")
+    with pytest.raises(imagetotext.CheckpointError, match="original .* layout but the tensors are native"):
+        _C.Florence2Model.load(tmp_path)
+
+
+def test_bad_model_inputs_are_value_errors(checkpoints):
+    _, dirs = checkpoints
+    model = _C.Florence2Model.load(dirs["native"])
+    with pytest.raises(imagetotext.InvalidArgumentError, match="pixel_values"):
+        model.image_features(torch.zeros(3, IMAGE_SIZE, IMAGE_SIZE))
+    with pytest.raises(imagetotext.InvalidArgumentError, match="prompt ids"):
+        model.encode(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE), torch.tensor([[0, 500, 2]]))
+    with pytest.raises(imagetotext.InvalidArgumentError, match="encoder input"):
+        model.encode(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE), torch.zeros(1, 60, dtype=torch.long))
+    encoded = model.encode(torch.zeros(1, 3, IMAGE_SIZE, IMAGE_SIZE), torch.tensor([PROMPT]))
+    with pytest.raises(imagetotext.InvalidArgumentError, match="num_beams"):
+        model.generate(encoded, max_new_tokens=4, num_beams=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# NF4 (bitsandbytes' format, double quantization)
+# --------------------------------------------------------------------------------------------------------
+
+def bitsandbytes_nf4(model):
+    """transformers' load_in_4bit (nf4, double quantization): every nn.Linear but the tied lm_head quantized by
+    bitsandbytes' Params4bit. Returns the checkpoint bitsandbytes' Linear4bit layers save (pre-quantized layout)
+    and the model with those weights dequantized exactly (bitsandbytes' dequantize_4bit), in float32. (Built by
+    hand: transformers' bitsandbytes loader needs `accelerate`; and bitsandbytes' own CPU forward is not exact
+    float32, ~3e-3 relative per layer, so the exact dequantized weights are the oracle.)"""
+    bnb = pytest.importorskip("bitsandbytes")
+    functional = pytest.importorskip("bitsandbytes.functional")
+    dequantized = copy.deepcopy(model)
+    tied = ("lm_head.weight", "model.language_model.encoder.embed_tokens.weight",
+            "model.language_model.decoder.embed_tokens.weight")  # stored once, as shared
+    checkpoint = {k: v.detach().clone().contiguous() for k, v in model.state_dict().items() if k not in tied}
+    for name, module in dequantized.named_modules():
+        if not isinstance(module, torch.nn.Linear) or name == "lm_head":
+            continue
+        layer = bnb.nn.Linear4bit(module.in_features, module.out_features, bias=False, compute_dtype=torch.float32,
+                                  compress_statistics=True, quant_type="nf4")
+        layer.weight = bnb.nn.Params4bit(module.weight.detach().clone(), requires_grad=False, quant_type="nf4",
+                                         compress_statistics=True, blocksize=64)
+        state = layer.to("cpu").state_dict()
+        del checkpoint[f"{name}.weight"]
+        checkpoint.update({f"{name}.{k}": v.contiguous() for k, v in state.items()})
+        quant_state = functional.QuantState.from_dict(
+            {k[len("weight."):]: v for k, v in state.items() if k.startswith("weight.")}, device="cpu")
+        with torch.no_grad():
+            module.weight.copy_(functional.dequantize_4bit(state["weight"], quant_state))
+    return checkpoint, dequantized.eval()
+
+
+def test_nf4_everywhere_matches_bitsandbytes(checkpoints, inputs, reference_outputs, tmp_path):
+    """bitsandbytes' NF4 weights of every Linear but lm_head (what transformers' load_in_4bit makes), saved in
+    bitsandbytes' pre-quantized layout and loaded by us: the logits of the same network in exact float32."""
+    model, dirs = checkpoints
+    checkpoint, reference = bitsandbytes_nf4(model)
+    assert "model.language_model.encoder.layers.0.fc1.weight.quant_state.bitsandbytes__nf4" in checkpoint
+    assert "model.vision_tower.blocks.0.0.spatial_block.window_attn.qkv.weight.absmax" in checkpoint
+    decoder_ids = reference_outputs[3]
+    with torch.no_grad():
+        expected = reference(input_ids=inputs[1], pixel_values=inputs[0], decoder_input_ids=decoder_ids).logits
+    safetensors_torch.save_file(checkpoint, str(tmp_path / "model.safetensors"))
+    (tmp_path / "config.json").write_text((dirs["native"] / "config.json").read_text())
+    ours = _C.Florence2Model.load(tmp_path, quantization="nf4")  # pre-quantized layers load as stored
+    logits = ours.decoder_logits(ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:]), decoder_ids)
+    assert relative_error(logits, expected) < RELATIVE_BOUND
+    # Quantized by us from the dense checkpoint: NF4 codes equal bitsandbytes', a few nested absmax codes
+    # differ (its CPU 8-bit rule is a lookup-table approximation; ours follows its CUDA rule).
+    ours = _C.Florence2Model.load(dirs["native"], quantization="nf4", quantize_vision=True)
+    logits = ours.decoder_logits(ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:]), decoder_ids)
+    assert relative_error(logits, expected) < 0.02
+
+
+@pytest.mark.parametrize("layout", ["native", "original"])
+def test_nf4_policies_add_a_bounded_error(checkpoints, inputs, reference_outputs, layout, record_property):
+    """The default -int4 policy (vision tower and projector dense) and the everything policy, against dense.
+    The error each adds is recorded (pytest -rA shows it; docs/florence2.md has the full-size figures)."""
+    _, dirs = checkpoints
+    decoder_ids = reference_outputs[3]
+    dense_logits = reference_outputs[2]
+    prompt = inputs[1][:, IMAGE_TOKENS:]
+    errors = {}
+    for name, kwargs in {"default": {}, "quantize_vision": {"quantize_vision": True}}.items():
+        model = _C.Florence2Model.load(dirs[layout], quantization="nf4", **kwargs)
+        errors[name] = relative_error(model.decoder_logits(model.encode(inputs[0], prompt), decoder_ids), dense_logits)
+        record_property(f"nf4_{name}_logit_error", errors[name])
+    # NF4 has 16 levels; on this random model (no outlier structure) logits move by tens of percent.
+    assert all(0 < e < 1 for e in errors.values()), errors
