@@ -56,8 +56,10 @@ def test_cli_commands_have_help():
 
 def test_stubs_are_generated_from_the_current_module():
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "generate_stubs.py"), "--check"],
-                            capture_output=True, text=True, env={"PYTHONPATH": str(ROOT / "python"),
-                                                                  "PATH": "/usr/bin:/bin"})
+                            capture_output=True, text=True,
+                            # the package under test: the source tree here, the installed wheel in CI
+                            env={"PYTHONPATH": str(Path(imagetotext.__file__).resolve().parents[1]),
+                                 "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr
 
 
