@@ -2,6 +2,7 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/pow.h>
 #include <fmt/format.h>
 
@@ -28,6 +29,10 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::at_positions(std::int64_t sta
                                            start + length - 1, max_positions()));
   }
   return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
+}
+
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::at_positions(const at::Tensor& positions) const {
+  return {cos_.index_select(0, positions), sin_.index_select(0, positions)};
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
