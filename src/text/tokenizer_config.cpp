@@ -245,7 +245,7 @@ PretrainedTokenizerConfig read_pretrained_tokenizer_config(const std::optional<f
 namespace {
 
 json added_token_json(const AddedToken& token) {
-  return {{"id", 0},  // the library assigns ids itself (see AddedVocabulary)
+  return {{"id", 0u},  // the library assigns ids itself (see AddedVocabulary)
           {"content", token.content}, {"single_word", token.single_word}, {"lstrip", token.lstrip},
           {"rstrip", token.rstrip},   {"normalized", token.normalized},   {"special", token.special}};
 }
