@@ -74,9 +74,9 @@ void bind_tokenizer(py::module_& m) {
           "additional_special_tokens / extra_special_tokens of the tokenizer config.")
       .def_property_readonly(
           "model_max_length",
-          [](const text::Tokenizer& tokenizer) -> py::object {
+          [](const text::Tokenizer& tokenizer) -> py::int_ {
             if (const auto length = tokenizer.config().model_max_length) return py::int_(*length);
-            return py::module_::import("builtins").attr("int")(1e30);  // transformers' VERY_LARGE_INTEGER
+            return py::int_(py::float_(1e30));  // transformers' VERY_LARGE_INTEGER, int(1e30)
           },
           "The longest input the model takes (transformers' int(1e30) when unlimited); encode never truncates.")
       .def_property_readonly(
