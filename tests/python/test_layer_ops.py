@@ -35,7 +35,7 @@ def close(ours, expected, dtype, device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 960), (3, 64), (1, 5, 33)])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 960), (3, 64), (1, 5, 33), (2, 2560), (1, 3000)])
 def test_rms_norm_matches_llama(device, dtype, shape):
     needs(device)
     torch.manual_seed(0)
@@ -82,7 +82,8 @@ def reference_attention(query, keys, values, position):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch, heads, kv_heads, dim", [(1, 9, 3, 64), (1, 15, 5, 64), (3, 4, 4, 32), (1, 8, 2, 128)])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim",
+                         [(1, 9, 3, 64), (1, 15, 5, 64), (3, 4, 4, 32), (1, 8, 2, 128), (2, 4, 2, 16), (1, 2, 1, 80)])
 @pytest.mark.parametrize("position", [0, 63, 64, 200, 319])
 def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, dim, position):
     needs(device)

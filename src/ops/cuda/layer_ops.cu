@@ -36,18 +36,33 @@ __device__ __forceinline__ float cta_sum(float v) {
 }
 
 // ---- rms_norm: one CTA per row --------------------------------------------------------------------------------
+// Rows of up to kRmsCached * blockDim.x values are read once (kept in registers); longer rows read twice.
+constexpr int kRmsCached = 8;
+
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ out,
                                 int64_t n, float eps) {
   const T* row = x + blockIdx.x * n;
   T* out_row = out + blockIdx.x * n;
+  float cached[kRmsCached];
   float squares = 0.0f;
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+#pragma unroll
+  for (int c = 0; c < kRmsCached; ++c) {
+    const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
+    cached[c] = i < n ? static_cast<float>(row[i]) : 0.0f;
+    squares += cached[c] * cached[c];
+  }
+  for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
     const float v = static_cast<float>(row[i]);
     squares += v * v;
   }
   const float inverse = rsqrtf(cta_sum(squares) / static_cast<float>(n) + eps);
-  for (int64_t i = threadIdx.x; i < n; i += blockDim.x) {
+#pragma unroll
+  for (int c = 0; c < kRmsCached; ++c) {
+    const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
+    if (i < n) out_row[i] = static_cast<T>(static_cast<float>(weight[i]) * rounded<T>(cached[c] * inverse));
+  }
+  for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
     const float normed = rounded<T>(static_cast<float>(row[i]) * inverse);
     out_row[i] = static_cast<T>(static_cast<float>(weight[i]) * normed);
   }
@@ -137,85 +152,72 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
   return out;
 }
 
-// ---- decode_attention: split over positions (flash-decoding), then one combine per head -----------------------
-// Pass 1: CTA (sequence * head, split) of kAttentionWarps warps covers positions [split * kSplitPositions, ...)
-// up to `position`; each warp walks its share with an online softmax (lane l holds dims l*V .. l*V+V-1), the
-// warps merge in shared memory and the CTA writes (max, sum, weighted values) for its split.
-constexpr int kAttentionWarps = 4;
-constexpr int64_t kSplitPositions = 64;
+// ---- decode_attention: one CTA per (sequence, head) -----------------------------------------------------------
+// kAttentionWarps warps split the positions 0 .. position between them (warp w takes w, w + warps, ...), each
+// with an online softmax; lane l holds dims l, l + 32, ... (V of them). Keys and values of kAttentionUnroll
+// positions are loaded before any is used, so a warp keeps several loads in flight. The warps merge in shared
+// memory at the end.
+constexpr int kAttentionWarps = 16;
+constexpr int kAttentionUnroll = 4;
 
 template <typename T, int V>
-__global__ void decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__ keys,
-                                              const T* __restrict__ values, const int64_t* __restrict__ position,
-                                              float* __restrict__ partial, int64_t heads, int64_t group,
-                                              int64_t capacity, float scale) {
-  constexpr int dim = V * kWarpSize;
-  const int64_t sequence_head = blockIdx.x, split = blockIdx.y, splits = gridDim.y;
-  const int64_t sequence = sequence_head / heads, head = sequence_head % heads, kv_head = head / group;
+__global__ void __launch_bounds__(kAttentionWarps * 32)
+decode_attention_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
+                        const int64_t* __restrict__ position, T* __restrict__ out, int64_t heads, int64_t group,
+                        int64_t capacity, int dim, float scale) {
+  const int64_t sequence_head = blockIdx.x, sequence = sequence_head / heads, head = sequence_head % heads;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t last = min(*position, capacity - 1);
-  const int64_t begin = split * kSplitPositions, end = min(begin + kSplitPositions, last + 1);
+  const int64_t filled = min(*position, capacity - 1) + 1;
 
   float q[V];
   const T* q_row = query + sequence_head * dim;
-  for (int v = 0; v < V; ++v) q[v] = static_cast<float>(q_row[lane * V + v]) * scale;
-  const int64_t kv_base = (sequence * (heads / group) + kv_head) * capacity * dim;
+  for (int v = 0; v < V; ++v) {
+    const int d = v * kWarpSize + lane;
+    q[v] = d < dim ? static_cast<float>(q_row[d]) * scale : 0.0f;
+  }
+  const int64_t kv_base = (sequence * (heads / group) + head / group) * capacity * dim;
   float running_max = -FLT_MAX, running_sum = 0.0f, acc[V] = {};
-  for (int64_t p = begin + warp; p < end; p += kAttentionWarps) {
-    const T* k_row = keys + kv_base + p * dim;
-    float dot = 0.0f;
-    for (int v = 0; v < V; ++v) dot += q[v] * static_cast<float>(k_row[lane * V + v]);
-    const float score = cuda::warp_sum(dot);
-    const float new_max = fmaxf(running_max, score);
-    const float correction = expf(running_max - new_max), weight = expf(score - new_max);
-    const T* v_row = values + kv_base + p * dim;
-    for (int v = 0; v < V; ++v) acc[v] = acc[v] * correction + weight * static_cast<float>(v_row[lane * V + v]);
-    running_sum = running_sum * correction + weight;
-    running_max = new_max;
+  for (int64_t first = warp; first < filled; first += kAttentionWarps * kAttentionUnroll) {
+    float k[kAttentionUnroll][V], val[kAttentionUnroll][V];
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      const int64_t p = first + u * kAttentionWarps;
+      for (int v = 0; v < V; ++v) {
+        const int d = v * kWarpSize + lane;
+        const bool live = p < filled && d < dim;
+        k[u][v] = live ? static_cast<float>(keys[kv_base + p * dim + d]) : 0.0f;
+        val[u][v] = live ? static_cast<float>(values[kv_base + p * dim + d]) : 0.0f;
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kAttentionUnroll; ++u) {
+      if (first + u * kAttentionWarps >= filled) break;
+      float dot = 0.0f;
+      for (int v = 0; v < V; ++v) dot += q[v] * k[u][v];
+      const float score = cuda::warp_sum(dot);
+      const float new_max = fmaxf(running_max, score);
+      const float correction = expf(running_max - new_max), weight = expf(score - new_max);
+      for (int v = 0; v < V; ++v) acc[v] = acc[v] * correction + weight * val[u][v];
+      running_sum = running_sum * correction + weight;
+      running_max = new_max;
+    }
   }
   __shared__ float warp_max[kAttentionWarps], warp_sum[kAttentionWarps];
-  __shared__ float warp_acc[kAttentionWarps][dim];
+  __shared__ float warp_acc[kAttentionWarps][V * kWarpSize];
   if (lane == 0) {
     warp_max[warp] = running_max;
     warp_sum[warp] = running_sum;
   }
-  for (int v = 0; v < V; ++v) warp_acc[warp][lane * V + v] = acc[v];
+  for (int v = 0; v < V; ++v) warp_acc[warp][v * kWarpSize + lane] = acc[v];
   __syncthreads();
-  if (warp != 0) return;
-  float cta_max = -FLT_MAX;
-  for (int w = 0; w < kAttentionWarps; ++w) cta_max = fmaxf(cta_max, warp_max[w]);
-  float* out = partial + (sequence_head * splits + split) * (dim + 2);
-  float total = 0.0f;
-  for (int v = 0; v < V; ++v) {
-    float value = 0.0f;
-    for (int w = 0; w < kAttentionWarps; ++w) value += warp_acc[w][lane * V + v] * expf(warp_max[w] - cta_max);
-    out[2 + lane * V + v] = value;
-  }
-  for (int w = 0; w < kAttentionWarps; ++w) total += warp_sum[w] * expf(warp_max[w] - cta_max);
-  if (lane == 0) {
-    out[0] = cta_max;
-    out[1] = total;  // zero for a split past `position`
-  }
-}
-
-template <typename T>
-__global__ void decode_attention_combine_kernel(const float* __restrict__ partial, T* __restrict__ out, int64_t splits,
-                                                int64_t dim) {
-  const float* rows = partial + blockIdx.x * splits * (dim + 2);
   float best = -FLT_MAX;
-  for (int64_t s = 0; s < splits; ++s) {
-    if (rows[s * (dim + 2) + 1] > 0.0f) best = fmaxf(best, rows[s * (dim + 2)]);
-  }
-  for (int64_t d = threadIdx.x; d < dim; d += blockDim.x) {
-    float value = 0.0f, total = 0.0f;
-    for (int64_t s = 0; s < splits; ++s) {
-      const float* row = rows + s * (dim + 2);
-      if (row[1] <= 0.0f) continue;
-      const float factor = expf(row[0] - best);
-      value += row[2 + d] * factor;
-      total += row[1] * factor;
-    }
-    out[blockIdx.x * dim + d] = static_cast<T>(value / total);
+  for (int w = 0; w < kAttentionWarps; ++w) best = fmaxf(best, warp_max[w]);
+  float total = 0.0f;
+  for (int w = 0; w < kAttentionWarps; ++w) total += warp_sum[w] * expf(warp_max[w] - best);
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float value = 0.0f;
+    for (int w = 0; w < kAttentionWarps; ++w) value += warp_acc[w][d] * expf(warp_max[w] - best);
+    out[sequence_head * dim + d] = static_cast<T>(value / total);
   }
 }
 
@@ -223,37 +225,28 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
                                  const at::Tensor& position, double scale) {
   detail::check_decode_attention(query_in, keys_in, values_in, position);
   const int64_t dim = query_in.size(3);
-  TORCH_CHECK_VALUE(dim % kWarpSize == 0 && dim <= 8 * kWarpSize,
-                    "decode_attention: head_dim must be a multiple of 32 up to 256 on CUDA, got ", dim);
+  TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
   const c10::cuda::CUDAGuard guard(query_in.device());
   const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
   const int64_t batch = query.size(0), heads = query.size(1), capacity = keys.size(2);
   const int64_t group = heads / keys.size(1);
   at::Tensor out = at::empty(query.sizes(), query.options());
   if (batch * heads == 0 || capacity == 0) return out;
-  const int64_t splits = (capacity + kSplitPositions - 1) / kSplitPositions;
-  at::Tensor partial = at::empty({batch * heads, splits, dim + 2}, query.options().dtype(at::kFloat));
-  const dim3 grid(static_cast<unsigned>(batch * heads), static_cast<unsigned>(splits));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
     auto launch = [&](auto per_lane) {
       constexpr int V = decltype(per_lane)::value;
-      decode_attention_split_kernel<scalar_t, V><<<grid, kAttentionWarps * kWarpSize, 0, current_stream()>>>(
+      decode_attention_kernel<scalar_t, V><<<static_cast<unsigned>(batch * heads), kAttentionWarps * kWarpSize, 0,
+                                             current_stream()>>>(
           query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-          position.data_ptr<int64_t>(), partial.data_ptr<float>(), heads, group, capacity, static_cast<float>(scale));
+          position.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), heads, group, capacity, static_cast<int>(dim),
+          static_cast<float>(scale));
     };
-    switch (dim / kWarpSize) {
+    switch ((dim + kWarpSize - 1) / kWarpSize) {
       case 1: launch(std::integral_constant<int, 1>{}); break;
       case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 3: launch(std::integral_constant<int, 3>{}); break;
-      case 4: launch(std::integral_constant<int, 4>{}); break;
-      case 5: launch(std::integral_constant<int, 5>{}); break;
-      case 6: launch(std::integral_constant<int, 6>{}); break;
-      case 7: launch(std::integral_constant<int, 7>{}); break;
+      case 3: case 4: launch(std::integral_constant<int, 4>{}); break;
       default: launch(std::integral_constant<int, 8>{}); break;
     }
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
-    decode_attention_combine_kernel<scalar_t><<<static_cast<unsigned>(batch * heads), 128, 0, current_stream()>>>(
-        partial.data_ptr<float>(), out.data_ptr<scalar_t>(), splits, dim);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
