@@ -119,9 +119,6 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
   for (const DecoderLayer& layer : decoder_layers_) {
     state.self_attention.emplace_back(sequences, heads, capacity, head_dim, encoder_output.options());
     if (fixed_shape) {
-      // A fixed-shape step attends over every position, the masked ones too: no garbage (NaN) there.
-      state.self_attention.back().keys().zero_();
-      state.self_attention.back().values().zero_();
       const auto buffer = [&] { return at::zeros({sequences, heads, encoder_capacity, head_dim}, encoder_output.options()); };
       state.cross_attention.emplace_back(buffer(), buffer());
       continue;

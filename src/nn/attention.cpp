@@ -4,6 +4,7 @@
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
+#include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
 #include <limits>
@@ -14,8 +15,10 @@ namespace imagetotext::nn {
 
 KVCache::KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
                  const at::TensorOptions& options)
-    : keys_(at::empty({batch, kv_heads, capacity, head_dim}, options)),
-      values_(at::empty({batch, kv_heads, capacity, head_dim}, options)) {}
+    // Zeros, not garbage: a fixed-shape step (write_at) attends over every position, masked ones too, and a
+    // masked NaN left in reused memory would still make the output NaN (0 * NaN).
+    : keys_(at::zeros({batch, kv_heads, capacity, head_dim}, options)),
+      values_(at::zeros({batch, kv_heads, capacity, head_dim}, options)) {}
 
 std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const at::Tensor& value) {
   const std::int64_t added = key.size(2);
