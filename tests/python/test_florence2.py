@@ -39,8 +39,8 @@ PROMPT = [0, 47, 21, 11, 46, 99, 16, 23, 11, 5, 27, 4, 2]  # "<s> ... </s>", as 
 RELATIVE_BOUND = 1e-4  # max |ours - transformers| / max |transformers|, fp32 on the CPU
 
 
-def random_model(seed: int = 0):
-    config = transformers.Florence2Config(vision_config=VISION, text_config=TEXT, image_token_id=IMAGE_TOKEN)
+def random_model(seed: int = 0, text=TEXT):
+    config = transformers.Florence2Config(vision_config=VISION, text_config=text, image_token_id=IMAGE_TOKEN)
     torch.manual_seed(seed)
     model = transformers.Florence2ForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -395,6 +395,43 @@ def test_service_settings_are_the_original_configs(checkpoints, ours, inputs):
     for decoding in ["eager", "graph"]:
         tokens, score = ours.generate_as_service(encoded, max_new_tokens=30, decoding=decoding)
         assert tokens == expected and score == pytest.approx(expected_score, abs=1e-4), decoding
+
+
+@pytest.fixture(scope="module")
+def long_positions_checkpoint(tmp_path_factory):
+    """The tiny model with a position table of 320: room for encoder outputs and captions past the first
+    recording's capacities (64 encoder positions, 256 decoder positions)."""
+    model = random_model(seed=1, text=dict(TEXT, max_position_embeddings=320))
+    directory = tmp_path_factory.mktemp("florence2-long")
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dtype):
+    """On CUDA, decoding="auto" replays the decoder step and the search step as one CUDA graph: the eager steps'
+    sequence and score. Requests in turn reuse the recording (a shorter prompt, a shorter caption) or record
+    again (an encoder output past its capacity, a caption past its capacity, other settings)."""
+    ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype=dtype)
+    pixel_values = inputs[0].cuda()
+    long_prompt = PROMPT[:-1] + PROMPT[1:-1] * 6 + [2]  # 10 image + 79 prompt tokens: past 64 encoder positions
+    requests = [
+        (PROMPT, SERVICE),                                  # records
+        (PROMPT[:4] + [2], SERVICE),                        # reuses: a shorter encoder output, masked
+        (long_prompt, SERVICE),                             # records: 89 encoder positions
+        (PROMPT, dict(SERVICE, max_new_tokens=300, eos_token_id=None, forced_eos_token_id=None)),  # records: 301
+        (PROMPT, dict(SERVICE, max_new_tokens=5)),          # reuses
+        (PROMPT, GREEDY),                                   # records: other settings
+        (PROMPT, dict(SERVICE, eos_token_id=16, early_stopping="never", length_penalty=0.5)),
+    ]
+    for prompt, settings in requests:
+        encoded = ours.encode(pixel_values, torch.tensor([prompt]))
+        eager, eager_score = ours.generate(encoded, **our_settings(settings), decoding="eager")
+        graph, graph_score = ours.generate(encoded, **our_settings(settings))
+        assert graph == eager, (len(prompt), settings)
+        bound = 1e-5 if dtype == "float32" else 2e-2
+        assert graph_score == pytest.approx(eager_score, rel=bound, abs=bound)
 
 
 # --------------------------------------------------------------------------------------------------------
