@@ -318,8 +318,7 @@ text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_ou
   const std::int64_t encoder_capacity = (encoder_output.size(1) + 63) / 64 * 64;
   DecodeGraph& g = *decode_graph_;
   const std::lock_guard lock(g.mutex);
-  const bool reuse = g.search && g.search->serves(settings, 1) && g.search->num_beams() == settings.num_beams &&
-                     settings.max_length <= g.capacity && encoder_output.size(1) <= g.encoder_capacity;
+  const bool reuse = g.search && g.search->serves(settings, 1) && encoder_output.size(1) <= g.encoder_capacity;
   if (reuse) {
     language_->restart_decoding(g.state, encoder_output);
   } else {
@@ -332,7 +331,14 @@ text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_ou
     g.state = language_->start_decoding(encoder_output, settings.num_beams, g.capacity, g.encoder_capacity);
     g.search.emplace(settings, 1, vocab, g.capacity, placement_.device);
     g.search->start(prompt, settings.max_length);
-    if (nn::CudaGraph::supported(placement_.device)) g.graph.capture(placement_.device, [&] { g.step(*language_); });
+    if (nn::CudaGraph::supported(placement_.device)) {
+      try {
+        g.graph.capture(placement_.device, [&] { g.step(*language_); });
+      } catch (...) {
+        g.search.reset();  // no half-made recording for the next request to reuse
+        throw;
+      }
+    }
   }
   g.search->start(prompt, settings.max_length);
   return text::run_search(
