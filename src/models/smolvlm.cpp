@@ -2,6 +2,7 @@
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
@@ -44,6 +45,7 @@ SmolVLM SmolVLM::load(const nn::Weights& weights, const SmolVLMConfig& config, c
 
 at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values,
                                    const std::optional<at::Tensor>& pixel_attention_mask) const {
+  RECORD_USER_SCOPE("smolvlm.image_features");  // a stage in profiles
   const std::int64_t dims = pixel_values.dim();
   if ((dims != 4 && dims != 5) || pixel_values.size(dims - 3) != config_.vision.num_channels) {
     throw InvalidArgumentError(fmt::format("pixel_values must be [tiles, {0}, H, W] or [batch, images, {0}, H, W], got {1}",
@@ -133,8 +135,12 @@ text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at
   if (decoding == Decoding::graph) return generate_graphed(embeddings, options);
   const std::int64_t length = embeddings.size(1);
   TextCache cache = text_.new_cache(1, length + std::max<std::int64_t>(options.max_new_tokens, 0));
-  const at::Tensor hidden = text_.forward(embeddings, cache);
-  const at::Tensor first = text_.logits(hidden.select(1, length - 1));
+  at::Tensor first;
+  {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    first = text_.logits(text_.forward(embeddings, cache).select(1, length - 1));
+  }
+  RECORD_USER_SCOPE("smolvlm.decode");
   at::Tensor token = at::empty({1, 1}, at::TensorOptions().device(placement_.device).dtype(at::kLong));
   auto step = [&](std::int64_t next) {
     token.fill_(next);
@@ -166,9 +172,13 @@ text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
     if (nn::CudaGraph::supported(placement_.device)) g.graph.capture(placement_.device, [&] { g.step(text_); });
     g.capacity = capacity;
   }
-  for (nn::KVCache& layer : g.cache) layer.clear();
-  const at::Tensor hidden = text_.forward(embeddings, g.cache);
-  const at::Tensor first_logits = text_.logits(hidden.select(1, length - 1)).reshape({-1});
+  at::Tensor first_logits;
+  {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    for (nn::KVCache& layer : g.cache) layer.clear();
+    first_logits = text_.logits(text_.forward(embeddings, g.cache).select(1, length - 1)).reshape({-1});
+  }
+  RECORD_USER_SCOPE("smolvlm.decode");
   const std::int64_t first = first_logits.argmax().item<std::int64_t>();
   g.token.fill_(first);
   g.position.fill_(length);

@@ -1,9 +1,11 @@
 #include "imagetotext/models/smolvlm_text.hpp"
 
-#include <ATen/ops/silu.h>
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
+
+#include <cmath>
 
 namespace imagetotext::smolvlm {
 
@@ -77,11 +79,7 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
   at::Tensor out;
   if (step) {
     const auto [keys, values] = cache.write_at(k, v, step->position);
-    // One query per head: the heads that share a key/value head become that head's queries, so the cache is
-    // read as it is rather than repeated per head.
-    const std::int64_t kv_heads = config_.num_key_value_heads, groups = config_.num_attention_heads / kv_heads;
-    out = nn::scaled_dot_product_attention(q.reshape({batch, kv_heads, groups, head_dim}), keys, values, step->mask)
-              .reshape({batch, config_.num_attention_heads, 1, head_dim});
+    out = ops::decode_attention(q, keys, values, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)));
   } else {
     const auto [keys, values] = cache.append(k, v);
     // One new token attends to everything before it; a block of tokens attends causally.
@@ -99,7 +97,7 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
     const DecoderLayer& layer = layers_[i];
     h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step);
     const at::Tensor x = layer.post_attention_layernorm(h);
-    h = h + layer.down_proj(at::silu(layer.gate_proj(x)) * layer.up_proj(x));
+    h = h + layer.down_proj(ops::silu_mul(layer.gate_proj(x), layer.up_proj(x)));
   }
   return norm_(h);
 }
@@ -117,7 +115,7 @@ at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& pos
                                            cache.front().capacity(), rotary_.max_positions()));
   }
   const auto [cos, sin] = rotary_.at_positions(position);
-  const DeviceStep step{position, nn::decode_mask(position, cache.front().capacity())};
+  const DeviceStep step{position};
   return logits(layers_forward(embed(token), cache, cos, sin, &step).select(1, 0));
 }
 

@@ -3,8 +3,8 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
-#include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/zeros.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
 #include <fmt/format.h>
 
 #include <limits>
@@ -15,8 +15,8 @@ namespace imagetotext::nn {
 
 KVCache::KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
                  const at::TensorOptions& options)
-    // Zeros, not garbage: a fixed-shape step (write_at) attends over every position, masked ones too, and a
-    // masked NaN left in reused memory would still make the output NaN (0 * NaN).
+    // Zeros, not uninitialised memory: a fixed-shape step reads the whole buffer with the unfilled part masked,
+    // and a NaN there would survive the mask (0 * NaN).
     : keys_(at::zeros({batch, kv_heads, capacity, head_dim}, options)),
       values_(at::zeros({batch, kv_heads, capacity, head_dim}, options)) {}
 

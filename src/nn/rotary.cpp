@@ -7,6 +7,7 @@
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
 
 namespace imagetotext::nn {
 
@@ -36,9 +37,7 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::at_positions(const at::Tensor
 }
 
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const std::int64_t half = x.size(-1) / 2;
-  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos + rotated * sin;
+  return ops::rotary(x, cos, sin);
 }
 
 }  // namespace imagetotext::nn

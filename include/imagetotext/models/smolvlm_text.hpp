@@ -64,10 +64,9 @@ class TextModel {
 
  private:
   // Where a pass writes its keys and values: after those in the cache (`step` null), or at a position held
-  // on the device, attending through `step->mask`.
+  // on the device, attending to positions 0 .. position.
   struct DeviceStep {
     at::Tensor position;
-    at::Tensor mask;
   };
   at::Tensor layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
                             const DeviceStep* step) const;
