@@ -9,6 +9,7 @@
 #include <cmath>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
 
 namespace imagetotext::florence2 {
 
@@ -70,7 +71,9 @@ at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, con
   at::Tensor own;
   if (step) {
     const auto [keys, values] = cache.write_at(key, value, step->position);
-    own = nn::scaled_dot_product_attention(query, keys, values, step->self_mask);
+    // One kernel over positions 0 .. position of the fixed-capacity cache (the rest is never read).
+    own = ops::decode_attention(query, keys, values, step->position,
+                                1.0 / std::sqrt(static_cast<double>(query.size(3))));
   } else {
     const auto [keys, values] = cache.append(key, value);
     own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/x.size(1) > 1);
@@ -168,8 +171,7 @@ at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) con
 
 at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const {
   if (!state.fixed_shape()) throw InvalidArgumentError("decode_step needs a fixed-shape decoder state");
-  const std::int64_t capacity = state.self_attention.front().capacity();
-  const DeviceStep step{position, nn::decode_mask(position, capacity)};
+  const DeviceStep step{position};
   at::Tensor h = embed(ids) + decoder_positions_.index_select(0, position + kPositionOffset);
   h = decoder_layernorm_embedding_(h);
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {

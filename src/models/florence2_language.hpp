@@ -52,10 +52,9 @@ struct DecoderState {
   bool fixed_shape() const { return encoder_mask.defined(); }
 };
 
-// Where a fixed-shape decode step writes its keys and values (int64 [1] on the device) and what it attends to.
+// Where a fixed-shape decode step writes its keys and values and attends up to (int64 [1] on the device).
 struct DeviceStep {
   at::Tensor position;
-  at::Tensor self_mask;  // decode_mask(position, capacity)
 };
 
 struct DecoderLayer {
