@@ -271,7 +271,7 @@ def main():
     parser.add_argument("--sizes", nargs="+", default=["tiny", "full"], choices=["tiny", "full"])
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per side (default: 5 tiny, 1 full)")
-    parser.add_argument("--variants", nargs="+", help="only the variants whose label contains one of these")
+    parser.add_argument("--variants", nargs="+", help="only the sides whose label contains one of these (e.g. transformers, 'int8, bf16')")
     parser.add_argument("--profile", action="store_true", help="our time by stage and the top ATen ops")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
@@ -293,7 +293,7 @@ def main():
                 (smolvlm_checkpoint if model == "smolvlm" else florence2_checkpoint)(Path(tmp), size)
                 baseline = None
                 for label, variant in VARIANTS[model]:
-                    if args.variants and not any(v in label for v in args.variants) and variant["side"] != "transformers":
+                    if args.variants and not any(v in label for v in args.variants):
                         continue
                     spec = dict(variant, model=model, path=tmp, tokens=args.tokens, repeats=repeats,
                                 profile=args.profile and variant["side"] == "ours")
