@@ -25,6 +25,7 @@ import argparse
 import json
 import os
 import platform
+import resource
 import statistics
 import subprocess
 import sys
@@ -102,6 +103,11 @@ def rss_mib(field: str) -> float:
     return int(line.split()[1]) / 1024
 
 
+def process_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 class StepClock:
     """A transformers logits processor that changes nothing and stamps the time of every decoding step."""
 
@@ -148,14 +154,17 @@ def transformers_side(spec: dict) -> dict:
                      end - begin, len(clock.stamps)))
         return out
 
-    caption()  # warm-up
-    runs.clear()
+    if spec["warmup"]:
+        caption()
+        runs.clear()
+    cpu_start = process_cpu_s()
     for _ in range(repeats):
         caption()
     steps = {r[3] for r in runs}
     assert steps == {tokens}, f"transformers ran {steps} steps, not {tokens}"
     return {"ttft_s": statistics.median(r[0] for r in runs), "per_token_s": statistics.median(r[1] for r in runs),
-            "caption_s": statistics.median(r[2] for r in runs), "load_s": load_s, "loaded_rss_mib": loaded_rss}
+            "caption_s": statistics.median(r[2] for r in runs), "load_s": load_s, "loaded_rss_mib": loaded_rss,
+            "cpu_s": (process_cpu_s() - cpu_start) / repeats}
 
 
 def ours_side(spec: dict) -> dict:
@@ -183,38 +192,39 @@ def ours_side(spec: dict) -> dict:
     load_s = time.perf_counter() - start
     loaded_rss = rss_mib("VmRSS")
 
-    generate(tokens)  # warm-up
+    if spec["warmup"]:
+        generate(tokens)
     ttft = timed(lambda: generate(1), repeats)
+    cpu_start = process_cpu_s()
     total = timed(lambda: generate(tokens), repeats)
     result = {"ttft_s": ttft, "per_token_s": (total - ttft) / (tokens - 1), "caption_s": total, "load_s": load_s,
-              "loaded_rss_mib": loaded_rss}
+              "loaded_rss_mib": loaded_rss, "cpu_s": (process_cpu_s() - cpu_start) / repeats}
     if spec.get("profile"):
-        result["stages"] = stage_split(spec, model, inputs, generate, tokens)
+        from torch.profiler import ProfilerActivity, profile
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            generate(tokens)
+        result["stages"] = stage_split(spec, model, inputs, ttft, result["per_token_s"], prof)
     return result
 
 
-def stage_split(spec, model, inputs, generate, tokens) -> dict:
-    """Our time by stage, from separate calls of the model's pieces, and torch.profiler's top ops per caption."""
+def stage_split(spec, model, inputs, ttft, per_token, prof) -> dict:
+    """Our time by stage: the image stages timed on their own, the prompt's text pass as the rest of the first
+    token's time, and torch.profiler's top ops over one more caption (after the timed ones: the profiler's own
+    cost stays out of the table)."""
     stages = {}
     if spec["model"] == "smolvlm":
         pixels = inputs["pixel_values"][0].to(getattr(torch, spec["dtype"]))
+        start = time.perf_counter()
         hidden = model.vision(pixels)
-        stages["vision tower"] = timed(lambda: model.vision(pixels), 1)
+        stages["vision tower"] = time.perf_counter() - start
         stages["connector"] = timed(lambda: model.connector(hidden), 1)
-        features = stages["vision tower"] + stages["connector"]
-        stages["text prefill + first token"] = timed(lambda: generate(1), 1) - features
+        stages["text prefill + first token"] = ttft - stages["vision tower"] - stages["connector"]
     else:
         pixels, prompt = inputs["pixel_values"], inputs["input_ids"][:, inputs["image_tokens"]:]
         stages["vision tower + projector"] = timed(lambda: model.image_features(pixels), 1)
-        stages["vision + projector + encoder"] = timed(lambda: model.encode(pixels, prompt), 1)
-        stages["encoder"] = stages["vision + projector + encoder"] - stages["vision tower + projector"]
-        del stages["vision + projector + encoder"]
-        stages["first decoder step (3 beams)"] = timed(lambda: generate(1), 1) - timed(lambda: model.encode(pixels, prompt), 1)
-    total = timed(lambda: generate(tokens), 1)
-    stages["decode, per further token"] = (total - timed(lambda: generate(1), 1)) / (tokens - 1)
-    from torch.profiler import ProfilerActivity, profile
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        generate(tokens)
+        stages["encoder"] = timed(lambda: model.encode(pixels, prompt), 1) - stages["vision tower + projector"]
+        stages["first decoder step (3 beams)"] = ttft - stages["vision tower + projector"] - stages["encoder"]
+    stages["decode, per further token"] = per_token
     ops = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)
     whole = sum(e.self_cpu_time_total for e in ops)
     stages["top ops"] = [(e.key, e.count, e.self_cpu_time_total / 1e3, 100 * e.self_cpu_time_total / whole)
@@ -272,7 +282,8 @@ def main():
     parser.add_argument("--tokens", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=0, help="timed runs per side (default: 5 tiny, 1 full)")
     parser.add_argument("--variants", nargs="+", help="only the sides whose label contains one of these (e.g. transformers, 'int8, bf16')")
-    parser.add_argument("--profile", action="store_true", help="our time by stage and the top ATen ops")
+    parser.add_argument("--warmup", action="store_true", help="one warm-up caption per side at full size too")
+    parser.add_argument("--profile", action="store_true", help="our time by stage and the top ATen ops (bf16 rows)")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     if args.worker:
@@ -282,21 +293,25 @@ def main():
              "`" + " ".join(["python", "benchmarks/bench_cpu.py"] + sys.argv[1:]) + "`", "",
              f"Machine: {machine()}", "",
              f"{args.tokens} new tokens per caption (forced: no EOS). Time to first token: image in, first token out. "
-             "Peak RSS: VmHWM of the side's own process (loading included); loaded: RSS after loading.", "",
-             "| model | side | first token s | ms/token | caption s | speed-up | peak RSS MiB | loaded RSS MiB | load s |",
+             "Peak RSS: VmHWM of the side's own process (loading included); loaded: RSS after loading. CPU s/caption: the "
+             "process's user + system time per timed run (less inflated than wall time when other work shares the cores). "
+             f"Tiny: median of {args.repeats or 5} runs after a warm-up; full size: {args.repeats or 1} run"
+             f"{'' if args.warmup else ', no warm-up (the first run pays one-time setup)'}.", "",
+             "| model | side | first token s | ms/token | caption s | speed-up | CPU s/caption | peak RSS MiB | loaded RSS MiB |",
              "|---|---|---|---|---|---|---|---|---|"]
     profiles = []
     for model in args.models:
         for size in args.sizes:
             repeats = args.repeats or (5 if size == "tiny" else 1)
+            warmup = size == "tiny" or args.warmup
             with tempfile.TemporaryDirectory() as tmp:
                 (smolvlm_checkpoint if model == "smolvlm" else florence2_checkpoint)(Path(tmp), size)
                 baseline = None
                 for label, variant in VARIANTS[model]:
                     if args.variants and not any(v in label for v in args.variants):
                         continue
-                    spec = dict(variant, model=model, path=tmp, tokens=args.tokens, repeats=repeats,
-                                profile=args.profile and variant["side"] == "ours")
+                    spec = dict(variant, model=model, path=tmp, tokens=args.tokens, repeats=repeats, warmup=warmup,
+                                profile=args.profile and "bf16" in label)
                     r = run_side(spec)
                     name = NAMES[(model, size)]
                     if "error" in r:
@@ -305,8 +320,8 @@ def main():
                         continue
                     baseline = baseline or r["caption_s"]
                     lines.append(f"| {name} | {label} | {r['ttft_s']:.3f} | {r['per_token_s'] * 1e3:.1f} | "
-                                 f"{r['caption_s']:.3f} | {baseline / r['caption_s']:.2f}x | {r['peak_rss_mib']:.0f} | "
-                                 f"{r['loaded_rss_mib']:.0f} | {r['load_s']:.1f} |")
+                                 f"{r['caption_s']:.3f} | {baseline / r['caption_s']:.2f}x | {r['cpu_s']:.2f} | "
+                                 f"{r['peak_rss_mib']:.0f} | {r['loaded_rss_mib']:.0f} |")
                     print(lines[-1], flush=True)
                     if "stages" in r:
                         profiles.append((f"{name}, {label}", r["stages"]))
