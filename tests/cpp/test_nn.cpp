@@ -139,3 +139,23 @@ TEST_CASE("scaled_dot_product_attention: causal with a cache offset, GQA, boolea
   CHECK(at::allclose(nn::scaled_dot_product_attention(square, k, v, std::nullopt, true),
                      attention_formula(square, k, v, at::ones({5, 5}, at::kBool).tril()), 1e-5, 1e-5));
 }
+
+TEST_CASE("scaled_dot_product_attention: one query row (the CPU decode path), GQA, causal, scale", "[nn]") {
+  const at::Tensor q = at::randn({3, 6, 1, 8});
+  const at::Tensor k = at::randn({3, 2, 7, 8}), v = at::randn({3, 2, 7, 8});
+  const at::Tensor all = at::ones({1, 7}, at::kBool);
+  for (const bool causal : {false, true}) {
+    CHECK(at::allclose(nn::scaled_dot_product_attention(q, k, v, std::nullopt, causal),
+                       attention_formula(q, k, v, all), 1e-5, 1e-5));
+  }
+  const at::Tensor k6 = at::randn({3, 6, 7, 8}), v6 = at::randn({3, 6, 7, 8});
+  CHECK(at::allclose(nn::scaled_dot_product_attention(q, k6, v6, std::nullopt, false, 0.3),
+                     at::scaled_dot_product_attention(q, k6, v6, std::nullopt, 0.0, false, 0.3), 1e-5, 1e-5));
+  // A strided query (heads split from [batch, 1, heads * head_dim] by a transpose), as the models make it.
+  const at::Tensor strided = at::randn({3, 1, 6 * 8}).view({3, 1, 6, 8}).transpose(1, 2);
+  CHECK(at::allclose(nn::scaled_dot_product_attention(strided, k, v), attention_formula(strided, k, v, all), 1e-5, 1e-5));
+  // bfloat16: within bfloat16 rounding of the float32 result.
+  const at::Tensor bf = nn::scaled_dot_product_attention(q.to(at::kBFloat16), k.to(at::kBFloat16), v.to(at::kBFloat16));
+  CHECK(bf.scalar_type() == at::kBFloat16);
+  CHECK(at::allclose(bf.to(at::kFloat), attention_formula(q, k, v, all), 3e-2, 3e-2));
+}

@@ -55,7 +55,8 @@ at::Tensor decode_mask(const at::Tensor& position, std::int64_t capacity);
 // softmax(q k^T * scale + mask) v for q [batch, heads, q_len, head_dim] and k, v [batch, kv_heads, k_len,
 // head_dim]; grouped-query attention repeats each key/value head heads / kv_heads times. `mask` is
 // additive (0 or -inf) or boolean (true = attend), broadcastable to [batch, heads, q_len, k_len].
-// `causal` masks position j > i + (k_len - q_len). scale defaults to 1/sqrt(head_dim).
+// `causal` masks position j > i + (k_len - q_len). scale defaults to 1/sqrt(head_dim). On the CPU a single
+// query row without a mask (a decode step) takes matmul + float32 softmax + matmul instead of ATen's flash kernel.
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                         const std::optional<at::Tensor>& mask = std::nullopt, bool causal = false,
                                         std::optional<double> scale = std::nullopt);
