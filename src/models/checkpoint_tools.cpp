@@ -262,7 +262,7 @@ QuantizeCheckpointReport quantize_checkpoint(std::string_view model, Quantizatio
 
   // Side files first (small), the weights last: a directory with model.safetensors is complete.
   const fs::path source_directory = config_json.parent_path();
-  for (const std::string_view name : io::kModelSideFiles) {
+  for (const std::string_view name : kModelSideFiles) {
     (void)io::optional_hub_file(source.repo, name, source.revision, options.hub);  // fetched into the snapshot
   }
   for (const fs::directory_entry& entry : fs::directory_iterator(source_directory)) {

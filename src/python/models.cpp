@@ -10,6 +10,7 @@
 #include "bindings.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/checkpoint_tools.hpp"
 
 namespace py = pybind11;
 
@@ -85,7 +86,7 @@ ImageArgument image_argument(const py::handle& image) {
 std::vector<std::filesystem::path> download_checkpoint(const std::string& repo, const std::string& revision,
                                                        const io::HubOptions& options) {
   std::vector<std::filesystem::path> files{io::hub_file(repo, "config.json", revision, options)};
-  for (const std::string_view name : io::kModelSideFiles) {
+  for (const std::string_view name : kModelSideFiles) {
     if (auto path = io::optional_hub_file(repo, name, revision, options)) files.push_back(*path);
   }
   files.push_back(io::hub_checkpoint(repo, revision, options));

@@ -11,7 +11,6 @@
 // (the cache), HF_ENDPOINT (the server), HF_TOKEN / HF_TOKEN_PATH (the token), HF_HUB_OFFLINE.
 #pragma once
 
-#include <array>
 #include <chrono>
 #include <cstdint>
 #include <filesystem>
@@ -78,13 +77,6 @@ std::filesystem::path hub_checkpoint(std::string_view repo, std::string_view rev
 std::optional<std::filesystem::path> optional_hub_file(std::string_view repo, std::string_view filename,
                                                        std::string_view revision = "main",
                                                        const HubOptions& options = {});
-
-// The files beside config.json and the weights that a model's processor, tokenizer and generation may read:
-// what `imagetotext download` fetches and `imagetotext quantize` copies, when the repository has them.
-inline constexpr std::array<std::string_view, 11> kModelSideFiles{
-    "generation_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
-    "tokenizer_config.json",  "special_tokens_map.json",  "added_tokens.json",     "chat_template.json",
-    "chat_template.jinja",    "vocab.json",               "merges.txt"};
 
 // False when built with IMAGETOTEXT_WITH_DOWNLOADS=OFF: then only cached files and local directories work.
 bool downloads_available() noexcept;

@@ -6,6 +6,7 @@
 
 #include <c10/core/ScalarType.h>
 
+#include <array>
 #include <cstddef>
 #include <cstdint>
 #include <filesystem>
@@ -21,6 +22,13 @@
 #include "imagetotext/nn/linear.hpp"
 
 namespace imagetotext {
+
+// The files beside config.json and the weights that a model's processor, tokenizer and generation may read:
+// what `imagetotext download` fetches and `imagetotext quantize` copies, when the repository has them.
+inline constexpr std::array<std::string_view, 11> kModelSideFiles{
+    "generation_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
+    "tokenizer_config.json",  "special_tokens_map.json",  "added_tokens.json",     "chat_template.json",
+    "chat_template.jinja",    "vocab.json",               "merges.txt"};
 
 // Where a model's files are and which family reads them.
 struct CheckpointSource {
