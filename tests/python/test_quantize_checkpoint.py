@@ -257,4 +257,4 @@ def test_models_weight_memory_follows_the_policy(tiny_smolvlm_checkpoint, tmp_pa
     layers = imagetotext._C.linear_layers(str(tiny_smolvlm_checkpoint), "nf4")
     assert {name + ".weight" for name, fmt, _, _ in layers if fmt == "nf4"} == quantized
     table = run_cli("models", env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
-    assert table.returncode == 0 and "MiB" in table.stdout or "KiB" in table.stdout
+    assert table.returncode == 0 and ("MiB" in table.stdout or "KiB" in table.stdout)
