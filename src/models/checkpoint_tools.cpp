@@ -189,8 +189,8 @@ std::size_t weight_memory(ModelFamily family, const fs::path& config_json, const
   }
   for (const LinearLayerPlan& layer : plan_linear_layers(family, config_json, tensors, source, policy)) {
     if (layer.format == Quantization::none) continue;
-    bytes -= quant::QuantizedLinear::weight_bytes(Quantization::none, layer.out_features, layer.in_features, dtype);
-    bytes += quant::QuantizedLinear::weight_bytes(layer.format, layer.out_features, layer.in_features, dtype,
+    bytes -= quant::QuantizedLinear::weight_bytes_for(Quantization::none, layer.out_features, layer.in_features, dtype);
+    bytes += quant::QuantizedLinear::weight_bytes_for(layer.format, layer.out_features, layer.in_features, dtype,
                                                   policy.options);
   }
   return bytes;

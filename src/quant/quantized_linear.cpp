@@ -295,7 +295,7 @@ size_t QuantizedLinear::weight_bytes() const {
   return bytes;
 }
 
-size_t QuantizedLinear::weight_bytes(Quantization format, int64_t out_features, int64_t in_features,
+size_t QuantizedLinear::weight_bytes_for(Quantization format, int64_t out_features, int64_t in_features,
                                      at::ScalarType dense_dtype, const QuantizeOptions& options) {
   const auto n = static_cast<size_t>(out_features * in_features);
   if (format == Quantization::none) return n * c10::elementSize(dense_dtype);

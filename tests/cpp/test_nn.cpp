@@ -77,15 +77,15 @@ TEST_CASE("Linear: on_load reports each layer as loaded; weight_bytes without a 
   nn::LinearPolicy policy;
   policy.format = Quantization::nf4;
   policy.keep_dense = {"head"};
-  std::vector<std::pair<std::string, Quantization>> seen;
+  std::vector<std::string> seen;
   policy.on_load = [&](const std::string& module, const imagetotext::quant::QuantizedLinear& layer) {
-    seen.emplace_back(module, layer.format());
+    seen.push_back(module + ":" + std::string(imagetotext::quantization_name(layer.format())));
   };
   const nn::Linear fc1 = nn::Linear::load(weights["model"], "fc1", policy);
   const nn::Linear head = nn::Linear::load(weights["model"], "head", policy);
   REQUIRE(seen.size() == 2);
-  CHECK(seen[0] == std::pair<std::string, Quantization>{"model.fc1", Quantization::nf4});
-  CHECK(seen[1] == std::pair<std::string, Quantization>{"model.head", Quantization::none});
+  CHECK(seen[0] == "model.fc1:nf4");
+  CHECK(seen[1] == "model.head:none");
 
   using imagetotext::quant::QuantizedLinear;
   for (Quantization format : {Quantization::none, Quantization::int8, Quantization::nf4, Quantization::fp4}) {
@@ -94,7 +94,7 @@ TEST_CASE("Linear: on_load reports each layer as loaded; weight_bytes without a 
       options.compress_statistics = nested;
       for (auto [out, in] : {std::pair<int64_t, int64_t>{96, 80}, {7, 33}, {300, 256}}) {
         const QuantizedLinear built = QuantizedLinear::from_dense(at::randn({out, in}), std::nullopt, format, options);
-        CHECK(QuantizedLinear::weight_bytes(format, out, in, at::kFloat, options) == built.weight_bytes());
+        CHECK(QuantizedLinear::weight_bytes_for(format, out, in, at::kFloat, options) == built.weight_bytes());
       }
     }
   }

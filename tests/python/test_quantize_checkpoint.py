@@ -34,7 +34,8 @@ def picture(seed=0, size=(96, 80)):
 
 
 def quantized_prefixes(tensors, marker):
-    return {name[:-len(marker)] for name in tensors if name.endswith(marker)}
+    """The layer prefixes ("model.fc1.") of the tensors whose names end with `marker` (".SCB", ...)."""
+    return {name[:-len(marker) + 1] for name in tensors if name.endswith(marker)}
 
 
 def smolvlm_linear_modules(checkpoint):
