@@ -5,12 +5,15 @@ checks would fail otherwise)."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import pty
 import re
 import select
+import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -27,9 +30,11 @@ BAR = re.compile(r"\d+%\|[^|\n]*\| *\d+(\.\d+)?[kMG]?i?B?/\d+(\.\d+)?[kMG]?i?B?"
 
 
 def run_in_terminal(*args, env=None, timeout=60):
-    """Runs `python -m imagetotext ARGS` with stdin, stdout and stderr on a pseudo-terminal; returns
+    """Runs `python -m imagetotext ARGS` with stdin, stdout and stderr on a pseudo-terminal (as `script` does); returns
     (exit status, everything written to the terminal)."""
     master, slave = pty.openpty()
+    # A terminal window 100 columns wide: a pty starts at 0x0, where tqdm draws nothing (ncols 0).
+    fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 30, 100, 0, 0))
     process = subprocess.Popen([sys.executable, "-m", "imagetotext", *args], stdin=slave, stdout=slave, stderr=slave,
                                env={**os.environ, **(env or {})}, close_fds=True)
     os.close(slave)
