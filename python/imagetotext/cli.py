@@ -252,6 +252,18 @@ def _download(args: argparse.Namespace) -> int:
 
 
 def _quantize(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.model):
+        row = next((r for r in imagetotext.model_registry() if r["name"] == args.model), None)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        if not offline and (row is not None and row["family"] != "test" or row is None and "/" in args.model):
+            # Fetch (or find) the checkpoint first, with download bars; quantizing then reads the cache.
+            repo_id = row["repo_id"] if row else args.model
+            revision = args.revision or (row["revision"] if row else "main")
+            downloads = DownloadBars(enabled=not args.no_progress)
+            try:
+                imagetotext._C.download_checkpoint(repo_id, revision, None, downloads)
+            finally:
+                downloads.close()
     bars = []
 
     def on_layer(done: int, total: int, name: str) -> None:

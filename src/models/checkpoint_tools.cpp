@@ -263,7 +263,11 @@ QuantizeCheckpointReport quantize_checkpoint(std::string_view model, Quantizatio
   // Side files first (small), the weights last: a directory with model.safetensors is complete.
   const fs::path source_directory = config_json.parent_path();
   for (const std::string_view name : kModelSideFiles) {
-    (void)io::optional_hub_file(source.repo, name, source.revision, options.hub);  // fetched into the snapshot
+    try {
+      (void)io::optional_hub_file(source.repo, name, source.revision, options.hub);  // fetched into the snapshot
+    } catch (const CheckpointError&) {
+      // Offline with a cache that never recorded this optional file: copy what the snapshot has.
+    }
   }
   for (const fs::directory_entry& entry : fs::directory_iterator(source_directory)) {
     const fs::path name = entry.path().filename();

@@ -259,3 +259,11 @@ def test_models_weight_memory_follows_the_policy(tiny_smolvlm_checkpoint, tmp_pa
     assert {name + ".weight" for name, fmt, _, _ in layers if fmt == "nf4"} == quantized
     table = run_cli("models", env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
     assert table.returncode == 0 and ("MiB" in table.stdout or "KiB" in table.stdout)
+
+    # A registry name quantizes its cached hub checkpoint (offline here), keeping the hub's side files.
+    out = tmp_path / "smolvlm-int8"
+    result = run_cli("quantize", "SmolVLM-256M-Instruct", "--to", "int8", str(out),
+                     env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert result.returncode == 0, result.stderr
+    assert quantized_prefixes(load_file(str(out / "model.safetensors")), ".SCB") == {n[:-len("weight")] for n in quantized}
+    assert (out / "tokenizer.json").read_bytes() == (tiny_smolvlm_checkpoint / "tokenizer.json").read_bytes()
