@@ -267,3 +267,23 @@ def test_models_weight_memory_follows_the_policy(tiny_smolvlm_checkpoint, tmp_pa
     assert result.returncode == 0, result.stderr
     assert quantized_prefixes(load_file(str(out / "model.safetensors")), ".SCB") == {n[:-len("weight")] for n in quantized}
     assert (out / "tokenizer.json").read_bytes() == (tiny_smolvlm_checkpoint / "tokenizer.json").read_bytes()
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fmt", ["nf4", "int8"])
+def test_cuda_pre_quantized_captions_as_quantize_at_load(tiny_smolvlm_checkpoint, tmp_path, fmt):
+    # CUDA loads bfloat16: a bfloat16 copy of the checkpoint, so both sides quantize the same weights (our CUDA
+    # quantizers are bit-identical to the CPU ones that write the checkpoint).
+    from safetensors.torch import save_file
+
+    source = tmp_path / "bf16"
+    shutil.copytree(tiny_smolvlm_checkpoint, source)
+    tensors = load_file(str(source / "model.safetensors"))
+    save_file({k: v.to(torch.bfloat16) if v.is_floating_point() else v for k, v in tensors.items()},
+              str(source / "model.safetensors"), metadata={"format": "pt"})
+    imagetotext.quantize_checkpoint(source, fmt, tmp_path / "out")
+    image = picture(4)
+    at_load = imagetotext.load_model(source, device="cuda", quantization=fmt, max_new_tokens=12)
+    pre = imagetotext.load_model(tmp_path / "out", device="cuda", max_new_tokens=12)
+    assert pre.caption(image) == at_load.caption(image)
+    imagetotext.clear_cache()
