@@ -83,9 +83,6 @@ def _tqdm(**kwargs):
             def update(self, count):
                 self.n += count
 
-            def set_postfix_str(self, *_, **__):
-                pass
-
             def close(self):
                 pass
 
@@ -125,17 +122,29 @@ class DownloadBars:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _print(*args, **kwargs) -> None:
+    """print() that first clears the progress bars on the terminal and redraws them after, so a caption line
+    never lands in the middle of a bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(*args, **kwargs)
+        return
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(*args, **kwargs)
+
+
 def _report(args: argparse.Namespace, path: str, caption: str | None = None, error: BaseException | str | None = None):
     if error is not None:
         text = str(error)
         if args.json:
-            print(json.dumps({"path": path, "error": text}), flush=True)
+            _print(json.dumps({"path": path, "error": text}), flush=True)
         else:
-            print(f"{path}\terror: {text}", file=sys.stderr, flush=True)
+            _print(f"{path}\terror: {text}", file=sys.stderr, flush=True)
     elif args.json:
-        print(json.dumps({"path": path, "caption": caption}), flush=True)
+        _print(json.dumps({"path": path, "caption": caption}), flush=True)
     else:
-        print(f"{path}\t{caption}", flush=True)
+        _print(f"{path}\t{caption}", flush=True)
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -270,7 +279,6 @@ def _quantize(args: argparse.Namespace) -> int:
         if not bars:
             bars.append(_tqdm(total=total, unit="layer", desc=f"quantizing to {args.to}",
                               disable=True if args.no_progress else None))
-        bars[0].set_postfix_str(name, refresh=False)
         bars[0].update(done - bars[0].n)
 
     try:

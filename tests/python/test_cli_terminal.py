@@ -71,6 +71,9 @@ def test_a_batch_caption_draws_a_tqdm_bar_on_a_terminal(tmp_path):
     bars = [match.group(0) for match in BAR.finditer(screen)]
     assert bars and bars[-1].startswith("100%|") and bars[-1].endswith("5/5"), screen
     assert "image/s" in screen or "s/image" in screen
+    # Each caption line starts on a cleared line, never glued to the end of a bar.
+    assert not re.search(r"\][^\r\n]*meme_\d\.png\t", screen), screen
+    assert all(f"\r{folder}/meme_{i}.png\tTest description for meme_{i}\r\n" in screen for i in range(5)), screen
     # The same command off a terminal: captions only, no bar.
     piped = run_cli("caption", "--model", "test", str(folder))
     assert piped.returncode == 0 and not BAR.search(piped.stderr + piped.stdout)
@@ -85,3 +88,12 @@ def test_a_download_draws_a_tqdm_bar_per_file_on_a_terminal(hub, tmp_path):  # n
     lines = [line for line in re.split(r"[\r\n]", screen) if "model.safetensors" in line and BAR.search(line)]
     assert lines, screen
     assert any(re.search(r"\d[kM]/\d", line) for line in lines)  # bytes, scaled (293k/293k)
+
+
+def test_quantize_draws_a_tqdm_bar_over_layers_on_a_terminal(tiny_smolvlm_checkpoint, tmp_path):
+    status, screen = run_in_terminal("quantize", str(tiny_smolvlm_checkpoint), "--to", "int8", str(tmp_path / "out"))
+    assert status == 0, screen
+    bars = [match.group(0) for match in BAR.finditer(screen)]
+    assert bars and bars[-1].startswith("100%|"), screen
+    done, total = bars[-1].rsplit(" ", 1)[-1].split("/")
+    assert done == total and int(total) > 0 and "quantizing to int8" in screen and "layer/s" in screen
