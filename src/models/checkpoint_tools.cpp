@@ -269,25 +269,32 @@ QuantizeCheckpointReport quantize_checkpoint(std::string_view model, Quantizatio
       // Offline with a cache that never recorded this optional file: copy what the snapshot has.
     }
   }
-  for (const fs::directory_entry& entry : fs::directory_iterator(source_directory)) {
-    const fs::path name = entry.path().filename();
-    if (!entry.is_regular_file() || is_weight_file(name) || name == "config.json" || name.string().starts_with(".")) {
-      continue;
+  try {
+    for (const fs::directory_entry& entry : fs::directory_iterator(source_directory)) {
+      const fs::path name = entry.path().filename();
+      if (!entry.is_regular_file() || is_weight_file(name) || name == "config.json" || name.string().starts_with(".")) {
+        continue;
+      }
+      report.files.push_back(outdir / name);
+      std::error_code error;
+      fs::copy_file(entry.path(), outdir / name, fs::copy_options::overwrite_existing, error);
+      if (error) {
+        throw CheckpointError(fmt::format("cannot copy {} to {}: {}", entry.path().string(), outdir.string(),
+                                          error.message()));
+      }
     }
-    std::error_code error;
-    fs::copy_file(entry.path(), outdir / name, fs::copy_options::overwrite_existing, error);
-    if (error) {
-      throw CheckpointError(fmt::format("cannot copy {} to {}: {}", entry.path().string(), outdir.string(),
-                                        error.message()));
-    }
-    report.files.push_back(outdir / name);
+    nlohmann::json config = io::detail::read_json_file(config_json, "model config");
+    config["quantization_config"] = quantization_config(format, compute_dtype, policy.keep_dense);
+    report.files.push_back(outdir / "config.json");
+    write_text(outdir / "config.json", config.dump(2) + "\n");
+    report.files.push_back(outdir / "model.safetensors");
+    io::save_safetensors(written, outdir / "model.safetensors", {{"format", "pt"}});
+  } catch (...) {
+    // Leave no partial checkpoint behind (and the directory empty, so the command can simply be run again).
+    std::error_code ignored;
+    for (const fs::path& path : report.files) fs::remove(path, ignored);
+    throw;
   }
-  nlohmann::json config = io::detail::read_json_file(config_json, "model config");
-  config["quantization_config"] = quantization_config(format, compute_dtype, policy.keep_dense);
-  write_text(outdir / "config.json", config.dump(2) + "\n");
-  report.files.push_back(outdir / "config.json");
-  io::save_safetensors(written, outdir / "model.safetensors", {{"format", "pt"}});
-  report.files.push_back(outdir / "model.safetensors");
   return report;
 }
 
