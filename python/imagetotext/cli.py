@@ -412,7 +412,8 @@ def build_parser() -> argparse.ArgumentParser:
     validate.set_defaults(run=_validate)
 
     quantize = commands.add_parser("quantize", help="write a pre-quantized checkpoint (bitsandbytes layout)")
-    quantize.add_argument("model", metavar="MODEL", help="a name from 'imagetotext models', a checkpoint folder or a hub id")
+    quantize.add_argument("model", metavar="MODEL",
+                          help="a name from 'imagetotext models', a checkpoint folder or a hub id")
     quantize.add_argument("--to", required=True, choices=["nf4", "int8"], help="the weight format to write")
     quantize.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder for the quantized checkpoint")
     quantize.add_argument("--keep-dense", action="append", default=None, metavar="MODULE",

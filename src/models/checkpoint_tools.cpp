@@ -153,7 +153,8 @@ CheckpointSource resolve_checkpoint(std::string_view model, const io::HubOptions
   const fs::path config_path = io::hub_file(model, "config.json", rev, hub);
   const nlohmann::json config = io::detail::read_json_file(config_path, "model config");
   const detail::ConfigReader reader(config, config_path);
-  return {std::string(model), rev, family_of_model_type(reader.require<std::string>("model_type"), config_path.string())};
+  const ModelFamily family = family_of_model_type(reader.require<std::string>("model_type"), config_path.string());
+  return {std::string(model), rev, family};
 }
 
 nn::LinearPolicy family_linear_policy(ModelFamily family, Quantization format,
@@ -184,8 +185,8 @@ std::size_t weight_memory(ModelFamily family, const fs::path& config_json, const
                           const fs::path& source, const nn::LinearPolicy& policy, at::ScalarType dtype) {
   std::size_t bytes = 0;
   for (const auto& [name, tensor] : model_tensors(family, config_json, tensors, source)) {
-    bytes += at::isFloatingType(tensor.scalar_type()) ? static_cast<std::size_t>(tensor.numel()) * c10::elementSize(dtype)
-                                                      : tensor.nbytes();
+    const bool floating = at::isFloatingType(tensor.scalar_type());
+    bytes += floating ? static_cast<std::size_t>(tensor.numel()) * c10::elementSize(dtype) : tensor.nbytes();
   }
   for (const LinearLayerPlan& layer : plan_linear_layers(family, config_json, tensors, source, policy)) {
     if (layer.format == Quantization::none) continue;
@@ -215,7 +216,8 @@ QuantizeCheckpointReport quantize_checkpoint(std::string_view model, Quantizatio
   prepare_output_directory(outdir);
 
   const nn::LinearPolicy policy = family_linear_policy(source.family, format, options.keep_dense);
-  const std::vector<LinearLayerPlan> layers = plan_linear_layers(source.family, config_json, tensors, checkpoint, policy);
+  const std::vector<LinearLayerPlan> layers =
+      plan_linear_layers(source.family, config_json, tensors, checkpoint, policy);
   const std::map<std::string, std::string> stored = stored_names(source.family, tensors);
 
   QuantizeCheckpointReport report;

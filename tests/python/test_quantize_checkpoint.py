@@ -265,7 +265,8 @@ def test_models_weight_memory_follows_the_policy(tiny_smolvlm_checkpoint, tmp_pa
     result = run_cli("quantize", "SmolVLM-256M-Instruct", "--to", "int8", str(out),
                      env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
     assert result.returncode == 0, result.stderr
-    assert quantized_prefixes(load_file(str(out / "model.safetensors")), ".SCB") == {n[:-len("weight")] for n in quantized}
+    written = load_file(str(out / "model.safetensors"))
+    assert quantized_prefixes(written, ".SCB") == {name[:-len("weight")] for name in quantized}
     assert (out / "tokenizer.json").read_bytes() == (tiny_smolvlm_checkpoint / "tokenizer.json").read_bytes()
 
 
