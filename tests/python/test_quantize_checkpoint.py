@@ -17,6 +17,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 import imagetotext
+from conftest import needs_codecs
 from test_cli import fake_cached_checkpoint, run_cli
 
 bnb = pytest.importorskip("bitsandbytes")
@@ -287,4 +288,16 @@ def test_cuda_pre_quantized_captions_as_quantize_at_load(tiny_smolvlm_checkpoint
     at_load = imagetotext.load_model(source, device="cuda", quantization=fmt, max_new_tokens=12)
     pre = imagetotext.load_model(tmp_path / "out", device="cuda", max_new_tokens=12)
     assert pre.caption(image) == at_load.caption(image)
+    imagetotext.clear_cache()
+
+
+@needs_codecs
+def test_the_cli_captions_with_a_pre_quantized_checkpoint(tiny_smolvlm_checkpoint, smolvlm_nf4, tmp_path):
+    path = tmp_path / "meme.png"
+    picture(5).save(path)
+    result = run_cli("caption", "--model", str(smolvlm_nf4), "--device", "cpu", "--max-new-tokens", "6", "--json",
+                     str(path))
+    assert result.returncode == 0, result.stderr
+    expected = imagetotext.load_model(tiny_smolvlm_checkpoint, device="cpu", quantization="nf4", max_new_tokens=6)
+    assert json.loads(result.stdout) == {"path": str(path), "caption": expected.extract(str(path))}
     imagetotext.clear_cache()
