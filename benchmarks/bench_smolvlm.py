@@ -8,6 +8,11 @@ image is a square one (17 tiles, 1127 prompt tokens), as in the anchor "transfor
 full 64 tokens.
 
     python benchmarks/bench_smolvlm.py --out benchmarks/results/smolvlm-h100-DATE.md [--models 256M 500M]
+        [--profile benchmarks/results/smolvlm-profile-h100-DATE.txt]
+
+--profile records one 64-token caption of the first model (ours bf16, then transformers bf16) with the PyTorch
+profiler: the time of each stage (our stages are record_function scopes: smolvlm.image_features, .prefill,
+.decode) and the kernels that take the most GPU time, so the next bottleneck is visible.
 """
 
 from __future__ import annotations
@@ -113,7 +118,34 @@ def measure(load, first_token, caption):
             "caption_s": total, "weights_mib": weights / 2**20, "peak_mib": peak / 2**20}
 
 
-def run(size: str, rows: list[str]):
+def profile(path: Path, input_ids, pixel_values, cuda_inputs, out: Path):
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    sections = [f"# One {NEW_TOKENS}-token caption, {torch.cuda.get_device_name()}: python {' '.join(__import__('sys').argv)}"]
+    ours = _C.SmolVLM(str(path), device="cuda")
+    reference = transformers.Idefics3ForConditionalGeneration.from_pretrained(
+        path, dtype=torch.bfloat16, attn_implementation="eager").to("cuda").eval()
+    runs = {"imagetotext bf16": lambda: ours.generate(input_ids, pixel_values, max_new_tokens=NEW_TOKENS),
+            "transformers bf16": lambda: reference.generate(**cuda_inputs, max_new_tokens=NEW_TOKENS,
+                                                            min_new_tokens=NEW_TOKENS, do_sample=False)}
+    for name, fn in runs.items():
+        with torch.no_grad():
+            fn()  # warm-up (our first call records the decode step's CUDA graph)
+            torch.cuda.synchronize()
+            with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                fn()
+                torch.cuda.synchronize()
+        events = prof.key_averages()
+        stages = [e for e in events if e.key.startswith("smolvlm.")]
+        sections.append(f"\n## {name}\n\nStages (wall time on the host; GPU time of the kernels they launched):")
+        for e in sorted(stages, key=lambda e: e.key):
+            sections.append(f"  {e.key:28s} host {e.cpu_time_total / 1e3:9.2f} ms   "
+                            f"gpu {getattr(e, 'device_time_total', 0) / 1e3:9.2f} ms   calls {e.count}")
+        sections.append("\nTop GPU time:\n" + events.table(sort_by="device_time_total", row_limit=25))
+    out.write_text("\n".join(sections) + "\n")
+    print("\n".join(sections[:40]))
+
+
+def run(size: str, rows: list[str], profile_out: Path | None = None):
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
         write_checkpoint(path, size)
@@ -144,6 +176,8 @@ def run(size: str, rows: list[str]):
             with torch.no_grad():
                 return model.generate(**cuda_inputs, max_new_tokens=n, min_new_tokens=n, do_sample=False)
 
+        if profile_out is not None:
+            profile(path, input_ids, pixel_values, cuda_inputs, profile_out)
         results = {"transformers bf16 (eager)": measure(hf_load, lambda m: hf_generate(m, 1),
                                                         lambda m: hf_generate(m, NEW_TOKENS))}
         for quantization in ["none", "int8", "llm_int8", "nf4"]:
@@ -162,12 +196,13 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["256M", "500M"], choices=sorted(CONFIGS))
     parser.add_argument("--out", type=Path)
+    parser.add_argument("--profile", type=Path, help="write a profile of one caption of the first model here")
     args = parser.parse_args()
     rows = [f"# SmolVLM on {torch.cuda.get_device_name()} (random weights, 17-tile image, {NEW_TOKENS} new tokens)",
             "", "| model | variant | first token ms | ms/token | 64-token caption s | weights MiB | peak MiB |",
             "|---|---|---|---|---|---|---|"]
-    for size in args.models:
-        run(size, rows)
+    for i, size in enumerate(args.models):
+        run(size, rows, args.profile if i == 0 else None)
     text = "\n".join(rows) + "\n"
     print(text)
     if args.out:

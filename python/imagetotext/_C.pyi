@@ -140,21 +140,100 @@ class Tokenizer:
     """A byte-level BPE tokenizer read from a tokenizer.json; encodes and decodes exactly as the tokenizers library does."""
     def __repr__(self) -> str:
         ...
+    @property
+    def bos_token(self) -> str | None:
+        """The config's bos_token (None when it names none; from_file: None)."""
+
+    @property
+    def bos_token_id(self) -> int | None:
+        """The id of bos_token, or None."""
+
+    @property
+    def clean_up_tokenization_spaces(self) -> bool:
+        """The config's flag; decode applies the clean-up only with clean_up_tokenization_spaces_for_bpe_even_though_it_will_corrupt_output too, as transformers does."""
+
+    @property
+    def cls_token(self) -> str | None:
+        """The config's cls_token (None when it names none; from_file: None)."""
+
+    @property
+    def cls_token_id(self) -> int | None:
+        """The id of cls_token, or None."""
+
     def decode(self, ids: collections.abc.Sequence[typing.SupportsInt], skip_special_tokens: bool = False) -> str:
         """The text of ids; unknown ids are skipped, and invalid UTF-8 becomes U+FFFD."""
     def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
         """The token ids of text. Added tokens in the text are always matched; add_special_tokens adds the post-processor's tokens (e.g. BART's <s> and </s>)."""
+    @property
+    def eos_token(self) -> str | None:
+        """The config's eos_token (None when it names none; from_file: None)."""
+
+    @property
+    def eos_token_id(self) -> int | None:
+        """The id of eos_token, or None."""
+
+    @property
+    def extra_special_tokens(self) -> list[str]:
+        """additional_special_tokens / extra_special_tokens of the tokenizer config."""
+
     @staticmethod
     def from_file(path: os.PathLike | str | bytes) -> Tokenizer:
         """Read a tokenizer.json. Raises CheckpointError naming the file (and the field) when it is missing, invalid, or uses a component this library does not implement."""
+    @staticmethod
+    def from_pretrained(name_or_path: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, token: str | None = None, offline: bool | None = None) -> Tokenizer:
+        """Read a model's tokenizer as transformers' AutoTokenizer does: tokenizer.json with tokenizer_config.json and special_tokens_map.json where present, from a local directory or a hub repository (cached, downloaded when missing). Raises CheckpointError naming the file and the field."""
     def id_to_token(self, id: typing.SupportsInt) -> str | None:
         """The token of an id, or None."""
+    @property
+    def mask_token(self) -> str | None:
+        """The config's mask_token (None when it names none; from_file: None)."""
+
+    @property
+    def mask_token_id(self) -> int | None:
+        """The id of mask_token, or None."""
+
+    @property
+    def model_max_length(self) -> int:
+        """The longest input the model takes (transformers' int(1e30) when unlimited); encode never truncates."""
+
+    @property
+    def pad_token(self) -> str | None:
+        """The config's pad_token (None when it names none; from_file: None)."""
+
+    @property
+    def pad_token_id(self) -> int | None:
+        """The id of pad_token, or None."""
+
     @property
     def path(self) -> pathlib.Path:
         """The tokenizer.json it was read from."""
 
+    @property
+    def sep_token(self) -> str | None:
+        """The config's sep_token (None when it names none; from_file: None)."""
+
+    @property
+    def sep_token_id(self) -> int | None:
+        """The id of sep_token, or None."""
+
+    @property
+    def special_tokens_map(self) -> dict:
+        """The named special tokens (bos_token, ..., and a model's own such as image_token), as transformers' special_tokens_map."""
+
     def token_to_id(self, token: str) -> int | None:
         """The id of a token, or None."""
+    @property
+    def tokenizer_class(self) -> str:
+        """transformers' tokenizer class for it (from tokenizer_config.json; TokenizersBackend by default)."""
+
+    @property
+    def unk_token(self) -> str | None:
+        """The config's unk_token (None when it names none; from_file: None)."""
+
+    @property
+    def unk_token_id(self) -> int | None:
+        """The id of unk_token, or None."""
+
     @property
     def vocab_size(self) -> int:
         """How many distinct tokens, added tokens included."""

@@ -1,14 +1,19 @@
 #include "imagetotext/models/smolvlm.hpp"
 
 #include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
+
+#include <mutex>
 
 #include "imagetotext/core/device.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/io/hub.hpp"
 #include "imagetotext/io/safetensors.hpp"
+#include "imagetotext/nn/cuda_graph.hpp"
 #include "imagetotext/text/generation_config.hpp"
 
 namespace imagetotext {
@@ -31,13 +36,16 @@ SmolVLM SmolVLM::load(const nn::Weights& weights, const SmolVLMConfig& config, c
                                       weights.source().string(), v.image_size, v.patch_size));
   }
   const nn::Weights model = weights["model"];
-  return SmolVLM(config, weights.placement(), VisionTransformer::load(model["vision_model"], v, policy),
-                 Connector::load(model["connector"], config, policy),
-                 TextModel::load(model["text_model"], weights, config, policy));
+  SmolVLM network(config, weights.placement(), VisionTransformer::load(model["vision_model"], v, policy),
+                  Connector::load(model["connector"], config, policy),
+                  TextModel::load(model["text_model"], weights, config, policy));
+  network.decode_graph_ = std::make_shared<DecodeGraph>();
+  return network;
 }
 
 at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values,
                                    const std::optional<at::Tensor>& pixel_attention_mask) const {
+  RECORD_USER_SCOPE("smolvlm.image_features");  // a stage in profiles
   const std::int64_t dims = pixel_values.dim();
   if ((dims != 4 && dims != 5) || pixel_values.size(dims - 3) != config_.vision.num_channels) {
     throw InvalidArgumentError(fmt::format("pixel_values must be [tiles, {0}, H, W] or [batch, images, {0}, H, W], got {1}",
@@ -91,22 +99,112 @@ at::Tensor SmolVLM::prompt_logits(const at::Tensor& input_ids, const at::Tensor&
   return text_.logits(text_.forward(embeddings, cache));
 }
 
+// The decode step recorded over caches of `capacity` positions; its inputs and outputs live in fixed tensors.
+struct SmolVLM::DecodeGraph {
+  std::mutex mutex;  // one request at a time uses the caches
+  std::int64_t capacity = 0;
+  TextCache cache;
+  at::Tensor token;      // [1, 1]: the token the next step reads, overwritten by the token it picks
+  at::Tensor position;   // [1]: where the next step writes its keys and values
+  at::Tensor index;      // [1]: where the next step writes its token in `generated`
+  at::Tensor generated;  // [capacity]: the tokens the steps picked
+  at::Tensor logits;     // [1, vocab]: the last step's logits
+  nn::CudaGraph graph;   // step() recorded (CUDA devices)
+
+  // One decode step: the logits of `token` at `position`, the next token picked from them. Takes the text
+  // model rather than keeping a pointer: copies of a SmolVLM share this recording.
+  void step(const TextModel& text) {
+    logits = text.decode_step(token, position, cache);
+    const at::Tensor next = logits.argmax(-1, /*keepdim=*/true);
+    token.copy_(next);
+    generated.index_copy_(0, index, next.view({1}));
+    position.add_(1);
+    index.add_(1);
+  }
+};
+
 text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at::Tensor& image_features,
-                                           const text::GreedySearchOptions& options) const {
+                                           const text::GreedySearchOptions& options, Decoding decoding) const {
   if (input_ids.dim() != 2 || input_ids.size(0) != 1 || input_ids.size(1) == 0) {
     throw InvalidArgumentError(fmt::format("generate takes one prompt, input_ids [1, length]; got {}", c10::str(input_ids.sizes())));
   }
   const at::Tensor embeddings = embed(input_ids, image_features);
+  if (decoding == Decoding::automatic) {
+    decoding = nn::CudaGraph::supported(placement_.device) && text_.capturable() ? Decoding::graph : Decoding::eager;
+  }
+  if (decoding == Decoding::graph) return generate_graphed(embeddings, options);
   const std::int64_t length = embeddings.size(1);
   TextCache cache = text_.new_cache(1, length + std::max<std::int64_t>(options.max_new_tokens, 0));
-  const at::Tensor hidden = text_.forward(embeddings, cache);
-  const at::Tensor first = text_.logits(hidden.select(1, length - 1));
+  at::Tensor first;
+  {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    first = text_.logits(text_.forward(embeddings, cache).select(1, length - 1));
+  }
+  RECORD_USER_SCOPE("smolvlm.decode");
   at::Tensor token = at::empty({1, 1}, at::TensorOptions().device(placement_.device).dtype(at::kLong));
   auto step = [&](std::int64_t next) {
     token.fill_(next);
     return text_.logits(text_.forward(text_.embed(token), cache).select(1, 0));
   };
   return text::greedy_search(first, step, options);
+}
+
+text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
+                                                   const text::GreedySearchOptions& options) const {
+  const std::int64_t length = embeddings.size(1), max_new = std::max<std::int64_t>(options.max_new_tokens, 0);
+  DecodeGraph& g = *decode_graph_;
+  const std::lock_guard lock(g.mutex);
+  if (g.capacity < length + max_new) {
+    // Capacities in steps of 256 positions, so requests of similar prompts reuse one recording.
+    const std::int64_t capacity = std::min((length + max_new + 255) / 256 * 256, config_.text.max_position_embeddings);
+    if (capacity < length + max_new) {
+      throw InvalidArgumentError(fmt::format("a prompt of {} tokens plus {} new ones is past the model's {} positions",
+                                             length, max_new, config_.text.max_position_embeddings));
+    }
+    g.graph = nn::CudaGraph{};  // free the old recording and caches before the new ones are allocated
+    g.cache.clear();
+    const auto ids = at::TensorOptions().device(placement_.device).dtype(at::kLong);
+    g.cache = text_.new_cache(1, capacity);
+    g.token = at::zeros({1, 1}, ids);
+    g.position = at::zeros({1}, ids);
+    g.index = at::zeros({1}, ids);
+    g.generated = at::zeros({capacity}, ids);
+    if (nn::CudaGraph::supported(placement_.device)) g.graph.capture(placement_.device, [&] { g.step(text_); });
+    g.capacity = capacity;
+  }
+  at::Tensor first_logits;
+  {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    for (nn::KVCache& layer : g.cache) layer.clear();
+    first_logits = text_.logits(text_.forward(embeddings, g.cache).select(1, length - 1)).reshape({-1});
+  }
+  RECORD_USER_SCOPE("smolvlm.decode");
+  const std::int64_t first = first_logits.argmax().item<std::int64_t>();
+  g.token.fill_(first);
+  g.position.fill_(length);
+  g.index.fill_(0);
+  std::vector<at::Tensor> logits{first_logits};
+  std::int64_t steps = 0;
+  auto advance = [&](std::int64_t n) {
+    for (std::int64_t i = 0; i < n; ++i) {
+      if (g.graph.captured()) {
+        g.graph.replay();
+      } else {
+        g.step(text_);
+      }
+      if (options.keep_logits) logits.push_back(g.logits.reshape({-1}).clone());
+    }
+    const at::Tensor picked = g.generated.narrow(0, steps, n).cpu();
+    steps += n;
+    const std::int64_t* data = picked.data_ptr<std::int64_t>();
+    return std::vector<std::int64_t>(data, data + n);
+  };
+  text::GreedySearchResult result = text::greedy_search_ahead(first, advance, options);
+  if (options.keep_logits) {
+    logits.resize(result.tokens.size());
+    result.logits = std::move(logits);
+  }
+  return result;
 }
 
 }  // namespace smolvlm

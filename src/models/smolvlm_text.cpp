@@ -1,9 +1,11 @@
 #include "imagetotext/models/smolvlm_text.hpp"
 
-#include <ATen/ops/silu.h>
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
+
+#include <cmath>
 
 namespace imagetotext::smolvlm {
 
@@ -66,7 +68,7 @@ TextCache TextModel::new_cache(std::int64_t batch, std::int64_t capacity) const 
 }
 
 at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache,
-                                const at::Tensor& cos, const at::Tensor& sin) const {
+                                const at::Tensor& cos, const at::Tensor& sin, const DeviceStep* step) const {
   const std::int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim;
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
@@ -74,25 +76,57 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
   const at::Tensor q = nn::apply_rotary(split_heads(layer.q_proj(x), config_.num_attention_heads), cos, sin);
   const at::Tensor k = nn::apply_rotary(split_heads(layer.k_proj(x), config_.num_key_value_heads), cos, sin);
   const at::Tensor v = split_heads(layer.v_proj(x), config_.num_key_value_heads);
-  const auto [keys, values] = cache.append(k, v);
-  // One new token attends to everything before it; a block of tokens attends causally.
-  const at::Tensor out = nn::scaled_dot_product_attention(q, keys, values, std::nullopt, /*causal=*/length > 1);
+  at::Tensor out;
+  if (step) {
+    const auto [keys, values] = cache.write_at(k, v, step->position);
+    out = ops::decode_attention(q, keys, values, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+  } else {
+    const auto [keys, values] = cache.append(k, v);
+    // One new token attends to everything before it; a block of tokens attends causally.
+    out = nn::scaled_dot_product_attention(q, keys, values, std::nullopt, /*causal=*/length > 1);
+  }
   return layer.o_proj(out.transpose(1, 2).reshape({batch, length, config_.num_attention_heads * head_dim}));
 }
 
-at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache) const {
+at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
+                                     const DeviceStep* step) const {
   if (cache.size() != layers_.size()) {
     throw InvalidArgumentError(fmt::format("the cache has {} layers, the model {}", cache.size(), layers_.size()));
   }
-  const auto [cos, sin] = rotary_.at_positions(cache.front().length(), embeddings.size(1));
-  at::Tensor h = embeddings;
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
-    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin);
+    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step);
     const at::Tensor x = layer.post_attention_layernorm(h);
-    h = h + layer.down_proj(at::silu(layer.gate_proj(x)) * layer.up_proj(x));
+    h = h + layer.down_proj(ops::silu_mul(layer.gate_proj(x), layer.up_proj(x)));
   }
   return norm_(h);
+}
+
+at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache) const {
+  if (cache.empty()) throw InvalidArgumentError("the cache has no layers");
+  const auto [cos, sin] = rotary_.at_positions(cache.front().length(), embeddings.size(1));
+  return layers_forward(embeddings, cache, cos, sin, nullptr);
+}
+
+at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache) const {
+  if (cache.empty()) throw InvalidArgumentError("the cache has no layers");
+  if (cache.front().capacity() > rotary_.max_positions()) {
+    throw InvalidArgumentError(fmt::format("a cache of {} positions is past the model's {} positions",
+                                           cache.front().capacity(), rotary_.max_positions()));
+  }
+  const auto [cos, sin] = rotary_.at_positions(position);
+  const DeviceStep step{position};
+  return logits(layers_forward(embed(token), cache, cos, sin, &step).select(1, 0));
+}
+
+bool TextModel::capturable() const {
+  auto synchronizes = [](const nn::Linear& linear) { return linear.layer().format() == Quantization::llm_int8; };
+  for (const DecoderLayer& l : layers_) {
+    for (const nn::Linear* linear : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
+      if (synchronizes(*linear)) return false;
+    }
+  }
+  return !synchronizes(*lm_head_);
 }
 
 }  // namespace imagetotext::smolvlm

@@ -1,7 +1,9 @@
 #include "imagetotext/nn/attention.hpp"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/ones.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <fmt/format.h>
 
@@ -13,8 +15,10 @@ namespace imagetotext::nn {
 
 KVCache::KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
                  const at::TensorOptions& options)
-    : keys_(at::empty({batch, kv_heads, capacity, head_dim}, options)),
-      values_(at::empty({batch, kv_heads, capacity, head_dim}, options)) {}
+    // Zeros, not uninitialised memory: a fixed-shape step reads the whole buffer with the unfilled part masked,
+    // and a NaN there would survive the mask (0 * NaN).
+    : keys_(at::zeros({batch, kv_heads, capacity, head_dim}, options)),
+      values_(at::zeros({batch, kv_heads, capacity, head_dim}, options)) {}
 
 std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const at::Tensor& value) {
   const std::int64_t added = key.size(2);
@@ -26,6 +30,24 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const a
   values_.narrow(2, length_, added).copy_(value);
   length_ += added;
   return {keys_.narrow(2, 0, length_), values_.narrow(2, 0, length_)};
+}
+
+std::pair<at::Tensor, at::Tensor> KVCache::write_at(const at::Tensor& key, const at::Tensor& value,
+                                                   const at::Tensor& position) {
+  keys_.index_copy_(2, position, key);
+  values_.index_copy_(2, position, value);
+  return {keys_, values_};
+}
+
+void KVCache::set_length(std::int64_t length) {
+  if (length < 0 || length > capacity()) {
+    throw InvalidArgumentError(fmt::format("key/value cache holds {} positions, not {}", capacity(), length));
+  }
+  length_ = length;
+}
+
+at::Tensor decode_mask(const at::Tensor& position, std::int64_t capacity) {
+  return at::arange(capacity, position.options()).le(position).view({1, 1, 1, capacity});
 }
 
 void KVCache::reorder(const at::Tensor& order) {

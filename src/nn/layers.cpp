@@ -1,8 +1,9 @@
 #include "imagetotext/nn/layers.hpp"
 
+#include "../ops/layer_ops.hpp"
+
 #include <ATen/ops/embedding.h>
 #include <ATen/ops/layer_norm.h>
-#include <ATen/ops/rsqrt.h>
 
 namespace imagetotext::nn {
 
@@ -19,11 +20,7 @@ RMSNorm RMSNorm::load(const Weights& weights, std::string_view name, std::int64_
   return RMSNorm{weights[name].get("weight", {size}), eps};
 }
 
-at::Tensor RMSNorm::operator()(const at::Tensor& x) const {
-  const at::Tensor x32 = x.to(at::kFloat);
-  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
-  return weight * normed.to(x.scalar_type());
-}
+at::Tensor RMSNorm::operator()(const at::Tensor& x) const { return ops::rms_norm(x, weight, eps); }
 
 Embedding Embedding::load(const Weights& weights, std::string_view name, std::int64_t num_embeddings,
                           std::int64_t dim) {

@@ -2,10 +2,12 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
+#include <ATen/ops/index_select.h>
 #include <ATen/ops/pow.h>
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
 
 namespace imagetotext::nn {
 
@@ -30,10 +32,12 @@ std::pair<at::Tensor, at::Tensor> RotaryEmbedding::at_positions(std::int64_t sta
   return {cos_.narrow(0, start, length), sin_.narrow(0, start, length)};
 }
 
+std::pair<at::Tensor, at::Tensor> RotaryEmbedding::at_positions(const at::Tensor& positions) const {
+  return {cos_.index_select(0, positions), sin_.index_select(0, positions)};
+}
+
 at::Tensor apply_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  const std::int64_t half = x.size(-1) / 2;
-  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
-  return x * cos + rotated * sin;
+  return ops::rotary(x, cos, sin);
 }
 
 }  // namespace imagetotext::nn

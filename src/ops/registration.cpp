@@ -28,4 +28,9 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias) -> Tensor");
   // LLM.int8 core: float16 half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])), int32 accumulation.
   m.def("int8_scaled_mm(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias) -> Tensor");
+  // Fused layer ops (src/ops/layer_ops.hpp): one CUDA kernel each; on the CPU the ATen composition.
+  m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
+  m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale) -> Tensor");
 }

@@ -2,6 +2,7 @@
 // prompt logits, greedy decoding), so tests can hold each against transformers; caption() is the service path.
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
+#include <fmt/format.h>
 #include <torch/extension.h>
 
 #include "bindings.hpp"
@@ -104,20 +105,31 @@ void bind_smolvlm(py::module_& m) {
       .def(
           "generate",
           [](const Model& model, const at::Tensor& input_ids, const at::Tensor& pixel_values,
-             const std::optional<at::Tensor>& mask, std::int64_t max_new_tokens, bool keep_logits) {
+             const std::optional<at::Tensor>& mask, std::int64_t max_new_tokens, bool keep_logits,
+             const std::optional<std::vector<std::int64_t>>& eos_token_ids, const std::string& decoding) {
+            using Decoding = smolvlm::SmolVLM::Decoding;
+            const Decoding mode = decoding == "auto"    ? Decoding::automatic
+                                  : decoding == "eager" ? Decoding::eager
+                                  : decoding == "graph"
+                                      ? Decoding::graph
+                                      : throw InvalidArgumentError(fmt::format(
+                                            "decoding '{}' is not one of 'auto', 'eager', 'graph'", decoding));
             c10::InferenceMode inference;
             text::GreedySearchOptions options;
             options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
-            options.eos_token_ids = model.eos_token_ids;
+            options.eos_token_ids = eos_token_ids.value_or(model.eos_token_ids);
             options.keep_logits = keep_logits;
             text::GreedySearchResult result =
-                model.network.generate(input_ids, model.network.image_features(pixel_values, mask), options);
+                model.network.generate(input_ids, model.network.image_features(pixel_values, mask), options, mode);
             at::Tensor logits = keep_logits && !result.logits.empty() ? at::stack(result.logits) : at::Tensor();
             return std::make_pair(result.tokens, logits);
           },
           py::arg("input_ids"), py::arg("pixel_values"), py::arg("pixel_attention_mask") = py::none(),
-          py::arg("max_new_tokens") = 0, py::arg("keep_logits") = false, py::call_guard<py::gil_scoped_release>(),
-          "Greedy decoding: (generated tokens, [steps, vocab] logits or None).")
+          py::arg("max_new_tokens") = 0, py::arg("keep_logits") = false, py::arg("eos_token_ids") = py::none(),
+          py::arg("decoding") = "auto", py::call_guard<py::gil_scoped_release>(),
+          "Greedy decoding: (generated tokens, [steps, vocab] logits or None). eos_token_ids defaults to the model's; "
+          "decoding is 'auto' (a replayed CUDA graph on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded "
+          "on CUDA, run as they are on a CPU).")
       .def(
           "caption",
           [](Model& model, const at::Tensor& pixels, std::int64_t max_new_tokens) {

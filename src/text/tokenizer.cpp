@@ -4,12 +4,14 @@
 
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <limits>
 
 #include "added_vocabulary.hpp"
 #include "bpe.hpp"
 #include "imagetotext/core/error.hpp"
 #include "pre_tokenizer.hpp"
+#include "tokenizer_config.hpp"
 #include "tokenizer_json.hpp"
 #include "unicode.hpp"
 
@@ -136,6 +138,7 @@ struct TokenizerData {
   std::vector<PreTokenizerStep> pre_tokenizer;
   SpecialTokenFrame special_frame;
   bool byte_level_decoder;
+  TokenizerConfig config;
 };
 
 }  // namespace detail
@@ -147,7 +150,60 @@ Tokenizer Tokenizer::from_file(const fs::path& path) {
   return Tokenizer(std::make_shared<const detail::TokenizerData>(root_of(root, path)));
 }
 
+namespace {
+
+// config.json's model_type, which decides the class for a few model types (see from_pretrained).
+std::optional<std::string> model_type_of(const std::optional<fs::path>& model_config) {
+  if (!model_config) return std::nullopt;
+  const json config = read_json_file(*model_config);
+  const auto found = config.is_object() ? config.find("model_type") : config.end();
+  if (found == config.end() || !found->is_string()) return std::nullopt;
+  return found->get<std::string>();
+}
+
+}  // namespace
+
+Tokenizer Tokenizer::from_pretrained(std::string_view repo, std::string_view revision, const io::HubOptions& hub) {
+  const fs::path path = io::hub_file(repo, "tokenizer.json", revision, hub);
+  const PretrainedTokenizerConfig pretrained = read_pretrained_tokenizer_config(
+      io::optional_hub_file(repo, "tokenizer_config.json", revision, hub),
+      io::optional_hub_file(repo, "special_tokens_map.json", revision, hub),
+      model_type_of(io::optional_hub_file(repo, "config.json", revision, hub)));
+  json document = read_json_file(path);
+  apply_pretrained_config(document, pretrained);
+  auto data = std::make_shared<detail::TokenizerData>(root_of(document, path));
+  data->config = pretrained.config;
+  if (pretrained.backend == TokenizerBackend::kRoberta) {
+    // RobertaTokenizer sets its post-processor from its cls and sep tokens, whatever tokenizer.json holds.
+    const auto id_of = [&](std::string_view name) {
+      const auto named = std::find_if(pretrained.named_tokens.begin(), pretrained.named_tokens.end(),
+                                      [&](const auto& entry) { return entry.first == name; });
+      std::optional<std::uint32_t> id;
+      if (named != pretrained.named_tokens.end()) {
+        id = data->added.token_to_id(named->second.content);
+        if (!id) id = data->model.token_to_id(named->second.content);
+      }
+      if (!id) {
+        throw CheckpointError(fmt::format("{}: a {} needs a {}, and the tokenizer config sets it to none",
+                                          path.string(), pretrained.config.tokenizer_class, name));
+      }
+      return static_cast<std::int64_t>(*id);
+    };
+    data->special_frame = {{id_of("cls_token")}, {id_of("sep_token")}};
+  }
+  return Tokenizer(std::move(data));
+}
+
 const fs::path& Tokenizer::path() const noexcept { return data_->path; }
+
+const TokenizerConfig& Tokenizer::config() const noexcept { return data_->config; }
+
+std::optional<std::string> Tokenizer::special_token(std::string_view name) const {
+  for (const NamedSpecialToken& token : data_->config.special_tokens) {
+    if (token.name == name) return token.content;
+  }
+  return std::nullopt;
+}
 
 std::vector<std::int64_t> Tokenizer::encode(std::string_view text, bool add_special_tokens) const {
   if (!is_valid_utf8(text)) throw InvalidArgumentError("the text to encode is not valid UTF-8");
@@ -168,6 +224,16 @@ std::vector<std::int64_t> Tokenizer::encode(std::string_view text, bool add_spec
 }
 
 std::string Tokenizer::decode(std::span<const std::int64_t> ids, bool skip_special_tokens) const {
+  std::string text = decode_tokens(ids, skip_special_tokens);
+  // transformers 5 applies its clean-up to a BPE model's text only when told twice.
+  const TokenizerConfig& config = data_->config;
+  if (config.clean_up_tokenization_spaces && config.clean_up_tokenization_spaces_for_bpe) {
+    return clean_up_tokenization(std::move(text));
+  }
+  return text;
+}
+
+std::string Tokenizer::decode_tokens(std::span<const std::int64_t> ids, bool skip_special_tokens) const {
   std::vector<std::string> tokens;
   tokens.reserve(ids.size());
   for (const std::int64_t id : ids) {

@@ -369,3 +369,15 @@ def test_we_wait_for_huggingface_hubs_lock(hub, tmp_path):
         assert not [path for path in hub.requests if path[1].startswith("/cdn/")]
     thread.join(timeout=30)
     assert result["path"].read_bytes() == WEIGHTS
+
+
+def test_endpoint_and_token_come_from_the_environment(hub, tmp_path, monkeypatch):
+    """HF_ENDPOINT and HF_TOKEN, as huggingface_hub reads them, when no argument is given."""
+    hub.mode = "private"
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.setenv("HF_TOKEN", hub.token)
+    path = hf_hub_download(REPO, "config.json", cache_dir=tmp_path, timeout=2)
+    assert path.read_bytes() == CONFIG
+    monkeypatch.setenv("HF_TOKEN", "hf_wrong")
+    with pytest.raises(imagetotext.CheckpointError, match="401"):
+        hf_hub_download(REPO, "model.safetensors", cache_dir=tmp_path / "other", timeout=2)

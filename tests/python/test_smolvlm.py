@@ -184,6 +184,49 @@ def test_greedy_decoding_matches_transformers(tiny):
         assert rel_err(logits[step], expected_logits[0]) < 1e-4, f"step {step}"
 
 
+def test_fixed_shape_decoding_matches_transformers(tiny):
+    """The decode steps a CUDA graph records (a cache of fixed capacity written at a position held on the device,
+    attention masked past it, the token picked by argmax on the device), run without a graph on the CPU."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = sample_inputs(processor)
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    expected_tokens = expected.sequences[0, inputs["input_ids"].shape[1]:].tolist()
+    tokens, logits = ours.generate(inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"],
+                                   max_new_tokens=STEPS, keep_logits=True, decoding="graph")
+    assert tokens == expected_tokens
+    assert logits.shape[0] == STEPS
+    for step, expected_logits in enumerate(expected.logits):
+        assert rel_err(logits[step], expected_logits[0]) < 1e-4, f"step {step}"
+
+
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+@pytest.mark.parametrize("stop_at", [0, 1, 3, 4, 5, 9])
+def test_decoding_stops_at_the_first_end_token(tiny, decoding, stop_at):
+    """Any token can end decoding; the fixed-shape path runs steps ahead of the host and must drop them."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = sample_inputs(processor)
+    with torch.no_grad():
+        free = model.generate(**inputs, max_new_tokens=12, do_sample=False)[0, inputs["input_ids"].shape[1]:].tolist()
+    end = free[stop_at]
+    expected = free[:free.index(end) + 1]
+    tokens, logits = ours.generate(inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"],
+                                   max_new_tokens=12, keep_logits=True, eos_token_ids=[end], decoding=decoding)
+    assert tokens == expected
+    assert logits.shape[0] == len(expected)
+
+
+def test_unknown_decoding_mode_is_an_error(tiny):
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = sample_inputs(processor)
+    with pytest.raises(ValueError, match="decoding 'fast'"):
+        ours.generate(inputs["input_ids"], inputs["pixel_values"], decoding="fast")
+
+
 # ---- quantized variants ---------------------------------------------------------------------------------------
 
 def quantized_reference(model, replace):
@@ -509,6 +552,23 @@ def test_cuda_bf16_matches_transformers(tiny):
     expected_tokens = generated[0, inputs["input_ids"].shape[1]:].tolist()
     same = next((i for i, (a, b) in enumerate(zip(tokens, expected_tokens)) if a != b), len(tokens))
     print(f"bf16 CUDA: {same} of {STEPS} greedy tokens identical to transformers bf16")
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graph_decoding_matches_eager(tiny, dtype):
+    """The replayed CUDA graph gives the eager steps' tokens; a longer prompt than the recording's capacity
+    records again, and a shorter one reuses the recording."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cuda", dtype=dtype)
+    for height, width, new in [(40, 70, STEPS), (90, 40, STEPS), (40, 70, 300), (40, 70, STEPS)]:
+        inputs = sample_inputs(processor, height=height, width=width)
+        args = (inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"])
+        eager, eager_logits = ours.generate(*args, max_new_tokens=new, keep_logits=True, decoding="eager")
+        graph, graph_logits = ours.generate(*args, max_new_tokens=new, keep_logits=True)
+        assert graph == eager, (height, width, new)
+        bound = 1e-5 if dtype == "float32" else 2e-2
+        assert rel_err(graph_logits.cpu(), eager_logits.cpu()) < bound
 
 
 def cuda_bnb(linear, kind):

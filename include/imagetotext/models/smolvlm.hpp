@@ -11,6 +11,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
+#include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
@@ -51,10 +52,16 @@ class SmolVLM {
   // Logits [batch, length, vocab] of every prompt position (tests; decoding only needs the last).
   at::Tensor prompt_logits(const at::Tensor& input_ids, const at::Tensor& image_features) const;
 
-  // Greedy decoding after the prompt input_ids [1, length]; the cache is allocated here once, at the
-  // prompt's length plus max_new_tokens.
+  // How decode steps run. eager: a cache allocated per request at the prompt's length plus max_new_tokens,
+  // each step launched from the host. graph: fixed-shape steps over caches of a fixed capacity (kept for
+  // later requests that fit), recorded once in a CUDA graph and replayed, the tokens picked on the device; on
+  // a CPU the same steps run without a graph. automatic: graph on CUDA when every layer allows it, else eager.
+  enum class Decoding { automatic, eager, graph };
+
+  // Greedy decoding after the prompt input_ids [1, length].
   text::GreedySearchResult generate(const at::Tensor& input_ids, const at::Tensor& image_features,
-                                    const text::GreedySearchOptions& options) const;
+                                    const text::GreedySearchOptions& options,
+                                    Decoding decoding = Decoding::automatic) const;
 
   const SmolVLMConfig& config() const noexcept { return config_; }
   const VisionTransformer& vision() const noexcept { return vision_; }
@@ -67,11 +74,16 @@ class SmolVLM {
       : config_(std::move(config)), placement_(placement), vision_(std::move(vision)), connector_(std::move(connector)),
         text_(std::move(text)) {}
 
+  struct DecodeGraph;
+  text::GreedySearchResult generate_graphed(const at::Tensor& embeddings, const text::GreedySearchOptions& options) const;
+
   SmolVLMConfig config_;
   nn::Placement placement_;
   VisionTransformer vision_;
   Connector connector_;
   TextModel text_;
+  // The recorded decode step (CUDA only); shared by copies of this model, which share its weights too.
+  std::shared_ptr<DecodeGraph> decode_graph_;
 };
 
 }  // namespace imagetotext::smolvlm

@@ -47,14 +47,31 @@ class TextModel {
   // in `cache` (appending their keys and values) and returns the final-normed hidden states.
   at::Tensor forward(const at::Tensor& embeddings, TextCache& cache) const;
 
+  // One decode step with fixed shapes: `token` [batch, 1] (int64) at `position` (int64 [1], on the device),
+  // its keys and values written there, attention over the whole cache masked past `position`. Returns logits
+  // [batch, vocab]. Nothing reads back to the host and no shape depends on the position, so a CUDA graph can
+  // record it once and replay it every step. The caches' length() is left as it was.
+  at::Tensor decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache) const;
+
+  // Whether decode_step can be recorded in a CUDA graph: no layer reads back to the host (LLM.int8 layers
+  // pick their outlier columns there).
+  bool capturable() const;
+
   // lm_head on hidden states: [..., hidden] -> [..., vocab].
   at::Tensor logits(const at::Tensor& hidden) const { return (*lm_head_)(hidden); }
 
   const SmolVLMTextConfig& config() const noexcept { return config_; }
 
  private:
+  // Where a pass writes its keys and values: after those in the cache (`step` null), or at a position held
+  // on the device, attending to positions 0 .. position.
+  struct DeviceStep {
+    at::Tensor position;
+  };
+  at::Tensor layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
+                            const DeviceStep* step) const;
   at::Tensor attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache, const at::Tensor& cos,
-                       const at::Tensor& sin) const;
+                       const at::Tensor& sin, const DeviceStep* step) const;
 
   SmolVLMTextConfig config_;
   nn::Embedding embed_tokens_;

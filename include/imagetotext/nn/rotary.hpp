@@ -22,6 +22,11 @@ class RotaryEmbedding {
   // Throws InvalidArgumentError past max_positions.
   std::pair<at::Tensor, at::Tensor> at_positions(std::int64_t start, std::int64_t length) const;
 
+  // cos and sin [length, head_dim] at the positions in `positions` (int64 [length] on the tables' device):
+  // a gather, so a decode step whose position lives on the device keeps fixed shapes. Positions past the
+  // tables are the caller's to exclude.
+  std::pair<at::Tensor, at::Tensor> at_positions(const at::Tensor& positions) const;
+
   std::int64_t max_positions() const noexcept { return cos_.defined() ? cos_.size(0) : 0; }
 
  private:

@@ -48,4 +48,28 @@ GreedySearchResult greedy_search(at::Tensor logits, Step&& step, const GreedySea
   return result;
 }
 
+// Greedy decoding whose steps pick their own tokens on the device (argmax inside a replayed CUDA graph), so
+// the host waits only between runs of steps: `advance(n)` runs n more steps, each on the token the one before
+// chose, and returns the n tokens chosen. Up to `lookahead - 1` steps past an end token are computed and
+// dropped; the result is the one greedy_search gives.
+template <class Advance>
+GreedySearchResult greedy_search_ahead(std::int64_t first_token, Advance&& advance, const GreedySearchOptions& options,
+                                       std::int64_t lookahead = 4) {
+  GreedySearchResult result;
+  const auto& eos = options.eos_token_ids;
+  auto accept = [&](std::int64_t token) {
+    result.tokens.push_back(token);
+    result.stopped_on_eos = std::find(eos.begin(), eos.end(), token) != eos.end();
+    return !result.stopped_on_eos && static_cast<std::int64_t>(result.tokens.size()) < options.max_new_tokens;
+  };
+  if (options.max_new_tokens <= 0 || !accept(first_token)) return result;
+  for (bool more = true; more;) {
+    const std::int64_t left = options.max_new_tokens - static_cast<std::int64_t>(result.tokens.size());
+    for (const std::int64_t token : advance(std::min(std::max<std::int64_t>(lookahead, 1), left))) {
+      if (!(more = accept(token))) break;
+    }
+  }
+  return result;
+}
+
 }  // namespace imagetotext::text

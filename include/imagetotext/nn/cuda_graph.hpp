@@ -1,0 +1,33 @@
+// A CUDA graph over one fixed-shape step (a decode step): the kernels `body` launches are recorded once and
+// replayed with one launch, which removes the per-kernel launch cost that bounds decoding small models.
+// `body` must read its inputs from, and leave its outputs in, tensors whose storage outlives the graph (the
+// caller copies new inputs into them between replays) and must not synchronize with the host.
+#pragma once
+
+#include <c10/core/Device.h>
+
+#include <functional>
+#include <memory>
+
+namespace imagetotext::nn {
+
+class CudaGraph {
+ public:
+  // Whether graphs can be captured on `device` (a CUDA device in a build with CUDA).
+  static bool supported(c10::Device device);
+
+  // Runs `body` once eagerly on a side stream (so lazy initialisation, e.g. cuBLAS workspaces, happens outside
+  // the capture), then records it. Allocations made while recording stay reserved for the graph's lifetime.
+  // Throws DeviceError when recording fails.
+  void capture(c10::Device device, const std::function<void()>& body);
+
+  // Launches the recorded kernels on the current stream.
+  void replay();
+
+  bool captured() const noexcept { return static_cast<bool>(graph_); }
+
+ private:
+  std::shared_ptr<void> graph_;  // at::cuda::CUDAGraph, kept opaque so this header needs no CUDA headers
+};
+
+}  // namespace imagetotext::nn

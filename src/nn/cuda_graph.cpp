@@ -1,0 +1,71 @@
+#include "imagetotext/nn/cuda_graph.hpp"
+
+#include <fmt/format.h>
+
+#include "imagetotext/core/error.hpp"
+
+#if IMAGETOTEXT_WITH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
+#include <ATen/cuda/CUDAGraph.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#endif
+
+namespace imagetotext::nn {
+
+#if IMAGETOTEXT_WITH_CUDA
+
+bool CudaGraph::supported(c10::Device device) { return device.is_cuda(); }
+
+void CudaGraph::capture(c10::Device device, const std::function<void()>& body) {
+  if (!supported(device)) throw DeviceError(fmt::format("CUDA graphs need a CUDA device, not {}", device.str()));
+  const c10::cuda::CUDAGuard device_guard(device);
+  const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(device.index());
+  // Capture must not run on the legacy default stream; the side stream first waits for the caller's work.
+  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
+  at::cuda::CUDAEvent ready;
+  ready.record(caller);
+  ready.block(side);
+  auto graph = std::make_shared<at::cuda::CUDAGraph>();
+  try {
+    const c10::cuda::CUDAStreamGuard stream_guard(side);
+    body();
+    // Thread-local mode: another thread's work on the device (another model) does not break this recording.
+    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    try {
+      body();
+    } catch (...) {
+      try {
+        graph->capture_end();
+      } catch (...) {  // the recording is already invalid; the body's error is the one to report
+      }
+      throw;
+    }
+    graph->capture_end();
+  } catch (const std::exception& error) {
+    throw DeviceError(fmt::format("recording a CUDA graph on {} failed: {}", device.str(), error.what()));
+  }
+  at::cuda::CUDAEvent done;
+  done.record(side);
+  done.block(caller);
+  graph_ = std::move(graph);
+}
+
+void CudaGraph::replay() {
+  if (!graph_) throw InvalidArgumentError("replay of a CUDA graph that was never recorded");
+  static_cast<at::cuda::CUDAGraph*>(graph_.get())->replay();
+}
+
+#else
+
+bool CudaGraph::supported(c10::Device) { return false; }
+
+void CudaGraph::capture(c10::Device device, const std::function<void()>&) {
+  throw DeviceError(fmt::format("CUDA graphs need a CUDA build of imagetotext; this one has none ({})", device.str()));
+}
+
+void CudaGraph::replay() { throw InvalidArgumentError("replay of a CUDA graph that was never recorded"); }
+
+#endif
+
+}  // namespace imagetotext::nn

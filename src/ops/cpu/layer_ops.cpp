@@ -1,0 +1,57 @@
+// The CPU side of the fused layer ops: the ATen compositions the layers were written with (the oracle tests
+// hold them to transformers), so routing the layers through these ops changes no CPU result.
+#include <ATen/ops/cat.h>
+#include <ATen/ops/rsqrt.h>
+#include <ATen/ops/scaled_dot_product_attention.h>
+#include <ATen/ops/silu.h>
+#include <torch/library.h>
+
+#include <algorithm>
+
+#include "../layer_ops.hpp"
+
+namespace imagetotext::ops {
+namespace {
+
+at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double eps) {
+  detail::check_rms_norm(x, weight);
+  const at::Tensor x32 = x.to(at::kFloat);
+  const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
+  return weight * normed.to(x.scalar_type());
+}
+
+at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  detail::check_rotary(x, cos, sin);
+  const int64_t half = x.size(-1) / 2;
+  const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
+  return x * cos + rotated * sin;
+}
+
+at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
+  detail::check_silu_mul(gate, up);
+  return at::silu(gate) * up;
+}
+
+at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                                const at::Tensor& position, double scale) {
+  detail::check_decode_attention(query, keys, values, position);
+  const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
+  // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
+  const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;
+  TORCH_CHECK_VALUE(filled > 0, "decode_attention: position must not be negative");
+  // The heads sharing a key/value head become that head's queries: the cache is read as it is.
+  const at::Tensor grouped = query.reshape({batch, kv_heads, heads / kv_heads, head_dim});
+  return at::scaled_dot_product_attention(grouped, keys.narrow(2, 0, filled), values.narrow(2, 0, filled),
+                                          std::nullopt, 0.0, false, scale)
+      .reshape({batch, heads, 1, head_dim});
+}
+
+}  // namespace
+}  // namespace imagetotext::ops
+
+TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
+  m.impl("rms_norm", &imagetotext::ops::rms_norm_cpu);
+  m.impl("rotary", &imagetotext::ops::rotary_cpu);
+  m.impl("silu_mul", &imagetotext::ops::silu_mul_cpu);
+  m.impl("decode_attention", &imagetotext::ops::decode_attention_cpu);
+}

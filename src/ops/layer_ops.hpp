@@ -1,0 +1,36 @@
+// Fused layer ops for the decoders' per-token work (torch.ops.imagetotext.*): on CUDA one kernel each where
+// ATen launches several (a decode step is bound by how many kernels it runs); on the CPU the ATen composition
+// the layers used before, so CPU results are unchanged.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+namespace imagetotext::ops {
+
+// weight * (x * rsqrt(mean(x^2, -1) + eps)), the statistics in float32 and the normed value cast to x's dtype
+// before the weight multiplies it (transformers' LlamaRMSNorm). x [..., n], weight [n].
+at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
+
+// x * cos + rotate_half(x) * sin for x [batch, heads, length, head_dim] (any strides) and cos, sin
+// [length, head_dim]; each product and the sum rounded to x's dtype as ATen's elementwise ops round them.
+at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// silu(gate) * up, silu rounded to the dtype before the product (as at::silu(gate) * up).
+at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
+
+// Attention of one new token per sequence: query [batch, heads, 1, head_dim] over keys, values
+// [batch, kv_heads, capacity, head_dim] at positions 0 .. position (int64 [1] on the device; the rest of the
+// buffers is ignored), heads / kv_heads queries per key/value head. Returns [batch, heads, 1, head_dim].
+at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& position, double scale);
+
+namespace detail {
+// Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
+void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
+void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
+void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                            const at::Tensor& position);
+}  // namespace detail
+
+}  // namespace imagetotext::ops

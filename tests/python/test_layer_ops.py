@@ -1,0 +1,125 @@
+"""The fused layer ops (torch.ops.imagetotext.rms_norm, rotary, silu_mul, decode_attention) against the modules
+they replace: transformers' LlamaRMSNorm and apply_rotary_pos_emb, F.silu, and F.scaled_dot_product_attention
+over the filled part of the cache with the key/value heads repeated (transformers' repeat_kv). On the CPU the
+ops are the ATen compositions the layers used (bit-identical); on CUDA one kernel each, within float32
+summation-order rounding (fp32) or one bf16 step of the largest value (bf16)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import imagetotext  # noqa: F401  (registers torch.ops.imagetotext)
+
+transformers = pytest.importorskip("transformers")
+from transformers.models.llama.modeling_llama import LlamaRMSNorm, apply_rotary_pos_emb  # noqa: E402
+
+ops = torch.ops.imagetotext
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
+
+
+def needs(device):
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+
+
+def close(ours, expected, dtype, device):
+    if device == "cpu":
+        torch.testing.assert_close(ours, expected, rtol=0, atol=0)
+        return
+    scale = expected.abs().max().item() or 1.0
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert (ours.float() - expected.float()).abs().max().item() <= bound * scale
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 960), (3, 64), (1, 5, 33), (2, 2560), (1, 3000)])
+def test_rms_norm_matches_llama(device, dtype, shape):
+    needs(device)
+    torch.manual_seed(0)
+    module = LlamaRMSNorm(shape[-1], eps=1e-5)
+    with torch.no_grad():
+        module.weight.normal_()
+    module = module.to(device, dtype)
+    x = (torch.randn(shape) * 3).to(device, dtype)
+    with torch.no_grad():
+        expected = module(x)
+    close(ops.rms_norm(x, module.weight.detach(), 1e-5), expected, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, heads, length, dim", [(1, 9, 1, 64), (2, 3, 17, 64), (1, 5, 4, 128), (1, 2, 3, 6)])
+def test_rotary_matches_transformers(device, dtype, batch, heads, length, dim):
+    needs(device)
+    torch.manual_seed(1)
+    # As the model makes it: [batch, length, heads, dim] viewed as [batch, heads, length, dim] (not contiguous).
+    x = torch.randn(batch, length, heads, dim).to(device, dtype).transpose(1, 2)
+    angles = torch.rand(length, dim // 2) * 50
+    angles = torch.cat([angles, angles], -1)
+    cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+    expected, _ = apply_rotary_pos_emb(x, x, cos[None], sin[None])
+    close(ops.rotary(x, cos, sin), expected, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_matches_torch(device, dtype):
+    needs(device)
+    torch.manual_seed(2)
+    gate, up = (torch.randn(3, 1, 1536) * 4).to(device, dtype), torch.randn(3, 1, 1536).to(device, dtype)
+    close(ops.silu_mul(gate, up), F.silu(gate) * up, dtype, device)
+
+
+def reference_attention(query, keys, values, position):
+    group = query.shape[1] // keys.shape[1]
+    k = keys[:, :, :position + 1].repeat_interleave(group, dim=1).float()
+    v = values[:, :, :position + 1].repeat_interleave(group, dim=1).float()
+    return F.scaled_dot_product_attention(query.float(), k, v)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim",
+                         [(1, 9, 3, 64), (1, 15, 5, 64), (3, 4, 4, 32), (1, 8, 2, 128), (2, 4, 2, 16), (1, 2, 1, 80)])
+@pytest.mark.parametrize("position", [0, 63, 64, 200, 319])
+def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, dim, position):
+    needs(device)
+    torch.manual_seed(3)
+    capacity = 320
+    query = torch.randn(batch, heads, 1, dim).to(device, dtype)
+    keys = (torch.randn(batch, kv_heads, capacity, dim) * 2).to(device, dtype)
+    values = torch.randn(batch, kv_heads, capacity, dim).to(device, dtype)
+    # Whatever lies past the position must not matter, even NaN written by an earlier, longer request.
+    keys[:, :, position + 1:] = float("nan")
+    values[:, :, position + 1:] = float("nan")
+    expected = reference_attention(query, keys, values, position)
+    where = torch.tensor([position], device=device)
+    ours = ops.decode_attention(query, keys, values, where, dim ** -0.5)
+    assert ours.shape == query.shape and ours.dtype == dtype
+    scale = expected.abs().max().item()
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert (ours.float() - expected).abs().max().item() <= bound * scale
+
+
+def test_bad_arguments_name_the_problem():
+    x = torch.randn(2, 8)
+    with pytest.raises(ValueError, match="rms_norm: weight must be"):
+        ops.rms_norm(x, torch.ones(7), 1e-5)
+    with pytest.raises(ValueError, match="share one floating dtype"):
+        ops.rms_norm(x, torch.ones(8, dtype=torch.float64), 1e-5)
+    with pytest.raises(ValueError, match="rotary: x must be"):
+        ops.rotary(x, x, x)
+    with pytest.raises(ValueError, match="rotary: cos and sin must be"):
+        ops.rotary(torch.randn(1, 2, 3, 4), torch.randn(3, 2), torch.randn(3, 2))
+    with pytest.raises(ValueError, match="silu_mul"):
+        ops.silu_mul(x, torch.randn(2, 9))
+    q, kv = torch.randn(1, 6, 1, 8), torch.randn(1, 4, 10, 8)
+    with pytest.raises(ValueError, match="kv_heads dividing"):
+        ops.decode_attention(q, kv, kv, torch.tensor([3]), 1.0)
+    with pytest.raises(ValueError, match="position must be one int64"):
+        ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3.0]), 1.0)
+    with pytest.raises(ValueError, match="query must be"):
+        ops.decode_attention(torch.randn(1, 6, 2, 8), kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0)
