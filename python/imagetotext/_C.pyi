@@ -120,8 +120,8 @@ class SmolVLM:
     @property
     def eos_token_ids(self) -> list[int]:
         ...
-    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False) -> tuple[list[int], torch.Tensor]:
-        """Greedy decoding: (generated tokens, [steps, vocab] logits or None)."""
+    def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None, decoding: str = 'auto') -> tuple[list[int], torch.Tensor]:
+        """Greedy decoding: (generated tokens, [steps, vocab] logits or None). eos_token_ids defaults to the model's; decoding is 'auto' (a replayed CUDA graph on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded on CUDA, run as they are on a CPU)."""
     def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         ...
     @property
