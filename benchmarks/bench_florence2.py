@@ -74,12 +74,15 @@ def main(sizes):
                                    no_repeat_ngram_size=3, early_stopping=True)
 
             measure(f"transformers {size} bf16", hf_load, lambda m: hf_generate(m, 1), lambda m: hf_generate(m, TOKENS))
-            for label, kwargs in [("bf16", {}), ("nf4 (vision dense)", {"quantization": "nf4"}),
-                                  ("nf4 (everything)", {"quantization": "nf4", "quantize_vision": True})]:
-                def ours_generate(model, tokens):
+            # decoding "auto" replays the decoder + beam search step as one CUDA graph; "eager" launches each step.
+            for label, kwargs, decoding in [("bf16 eager", {}, "eager"), ("bf16", {}, "auto"),
+                                            ("nf4 (vision dense)", {"quantization": "nf4"}, "auto"),
+                                            ("nf4 (everything)", {"quantization": "nf4", "quantize_vision": True},
+                                             "auto")]:
+                def ours_generate(model, tokens, decoding=decoding):
                     encoded = model.encode(pixel_values, input_ids[:, 577:])
                     model.generate(encoded, max_new_tokens=tokens, num_beams=BEAMS, no_repeat_ngram_size=3,
-                                   forced_bos_token_id=0, early_stopping=True, eos_token_ids=[])
+                                   forced_bos_token_id=0, early_stopping=True, eos_token_ids=[], decoding=decoding)
 
                 measure(f"imagetotext {size} {label}",
                         lambda: _C.Florence2Model.load(directory, device="cuda", dtype="bfloat16", **kwargs),

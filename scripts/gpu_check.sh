@@ -5,8 +5,8 @@
 #   - runs every CTest test (the gpu label included) and the pytest suite (gpu-marked tests included),
 #   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset, or test files),
 #   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
-#   - with GPU_CHECK_BENCH=1, runs benchmarks/bench_quant_gemm.py into $OUT/quant_gemm_h100.md
-#     (GPU_CHECK_BENCH_ARGS adds its arguments), and benchmarks/bench_florence2.py into $OUT/florence2_h100.md,
+#   - GPU_CHECK_BENCH=1 runs the benchmarks into $OUT: bench_quant_gemm.py (GPU_CHECK_BENCH_ARGS adds its
+#     arguments), bench_florence2.py and bench_smolvlm.py (with its profile); or name some: "smolvlm florence2",
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -71,13 +71,25 @@ fi
 echo "== pytest (gpu-marked tests included)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
    -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-}) || status=1
-if [ "${GPU_CHECK_BENCH:-0}" = 1 ]; then
-  echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
-  PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_quant_gemm.py \
-    --out "$out/quant_gemm_h100.md" ${GPU_CHECK_BENCH_ARGS:-} || status=1
-  echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
-  PYTHONPATH="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 benchmarks/bench_florence2.py \
-    | tee "$out/florence2_h100.md" || status=1
-fi
+# GPU_CHECK_BENCH: 1 (all) or a list of quant, florence2, smolvlm.
+bench=${GPU_CHECK_BENCH:-0}
+[ "$bench" = 1 ] && bench="quant florence2 smolvlm"
+site="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+for name in $([ "$bench" = 0 ] || echo "$bench"); do
+  case $name in
+    quant)
+      echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
+      PYTHONPATH="$site" python3 benchmarks/bench_quant_gemm.py --out "$out/quant_gemm_h100.md" ${GPU_CHECK_BENCH_ARGS:-} \
+        || status=1 ;;
+    florence2)
+      echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
+      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py | tee "$out/florence2_h100.md" || status=1 ;;
+    smolvlm)
+      echo "== benchmark: SmolVLM 256M/500M, ours next to transformers bf16, and a profile (benchmarks/bench_smolvlm.py)"
+      PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --out "$out/smolvlm_h100.md" \
+        --profile "$out/smolvlm_profile_h100.txt" || status=1 ;;
+    *) echo "unknown benchmark '$name'"; status=1 ;;
+  esac
+done
 echo "== gpu_check finished with status $status"
 exit $status

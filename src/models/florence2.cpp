@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <array>
+#include <mutex>
 #include <utility>
 
 #include "florence2_language.hpp"
@@ -15,6 +16,7 @@
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/core/pixel_ops.hpp"
 #include "imagetotext/io/hub.hpp"
+#include "imagetotext/nn/cuda_graph.hpp"
 
 namespace imagetotext {
 
@@ -240,6 +242,7 @@ Florence2Model Florence2Model::load(const Florence2Config& config, io::TensorMap
   if (weights.contains("final_logits_bias")) bias = weights.get("final_logits_bias", {1, config.text.vocab_size})[0];
   model.language_ = std::make_unique<florence2::LanguageModel>(weights["model"]["language_model"], shared, bias,
                                                                config.text, options.policy);
+  model.decode_graph_ = std::make_shared<DecodeGraph>();
   return model;
 }
 
@@ -269,18 +272,85 @@ at::Tensor Florence2Model::decoder_logits(const at::Tensor& encoder_output, cons
   return language_->decode(decoder_ids.to(placement_.device, at::kLong), state);
 }
 
-text::SearchResult Florence2Model::generate(const at::Tensor& encoder_output, const text::SearchSettings& settings) const {
+text::SearchResult Florence2Model::generate(const at::Tensor& encoder_output, const text::SearchSettings& settings,
+                                            Decoding decoding) const {
   if (encoder_output.dim() != 3 || encoder_output.size(0) != 1) {
     throw InvalidArgumentError("Florence-2 generates for one image at a time (encoder output [1, length, d_model])");
   }
+  if (decoding == Decoding::automatic) {
+    decoding = nn::CudaGraph::supported(placement_.device) && language_->capturable() ? Decoding::graph : Decoding::eager;
+  }
+  if (decoding == Decoding::graph) return generate_graphed(encoder_output, settings);
+  const std::vector<std::int64_t> prompt{config_.text.decoder_start_token_id};
+  text::DeviceSearch::validate(prompt, settings, config_.text.vocab_size, language_->max_decoder_positions());
+  text::DeviceSearch search(settings, 1, config_.text.vocab_size, settings.max_length, placement_.device);
+  search.start(prompt, settings.max_length);
   florence2::DecoderState state = language_->start_decoding(encoder_output, settings.num_beams, settings.max_length);
-  const text::DecoderSteps steps{
-      [&](const at::Tensor& tokens) {
-        return language_->decode(tokens.to(placement_.device), state).select(1, -1);
+  return text::run_search(search, [&] {
+    search.step(language_->decode(search.tokens(), state).select(1, -1));
+    if (search.num_beams() > 1) language_->reorder(state, search.parents());
+  });
+}
+
+// The decoder step and the search step over fixed-shape state; their inputs and outputs live in fixed tensors.
+struct Florence2Model::DecodeGraph {
+  std::mutex mutex;  // one request at a time uses the state
+  std::int64_t capacity = 0;
+  std::int64_t encoder_capacity = 0;
+  florence2::DecoderState state;
+  std::optional<text::DeviceSearch> search;
+  nn::CudaGraph graph;  // step() recorded (CUDA devices)
+
+  // Takes the language model rather than keeping a pointer: moves of a Florence2Model keep this recording.
+  void step(const florence2::LanguageModel& language) {
+    search->step(language.decode_step(search->tokens(), search->position(), state));
+    if (search->num_beams() > 1) language.reorder(state, search->parents());
+  }
+};
+
+text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_output,
+                                                    const text::SearchSettings& settings) const {
+  const std::vector<std::int64_t> prompt{config_.text.decoder_start_token_id};
+  const std::int64_t max_positions = language_->max_decoder_positions(), vocab = config_.text.vocab_size;
+  text::DeviceSearch::validate(prompt, settings, vocab, max_positions);
+  // Capacities in steps, so later requests of similar lengths (and prompts) reuse one recording.
+  const std::int64_t capacity = std::min((settings.max_length + 255) / 256 * 256, max_positions);
+  const std::int64_t encoder_capacity = (encoder_output.size(1) + 63) / 64 * 64;
+  DecodeGraph& g = *decode_graph_;
+  const std::lock_guard lock(g.mutex);
+  const bool reuse = g.search && g.search->serves(settings, 1) && encoder_output.size(1) <= g.encoder_capacity;
+  if (reuse) {
+    language_->restart_decoding(g.state, encoder_output);
+  } else {
+    // Free the old recording and state before the new ones are allocated.
+    g.graph = nn::CudaGraph{};
+    g.search.reset();
+    g.state = {};
+    g.capacity = capacity;
+    g.encoder_capacity = encoder_capacity;
+    g.state = language_->start_decoding(encoder_output, settings.num_beams, g.capacity, g.encoder_capacity);
+    g.search.emplace(settings, 1, vocab, g.capacity, placement_.device);
+    g.search->start(prompt, settings.max_length);
+    if (nn::CudaGraph::supported(placement_.device)) {
+      try {
+        g.graph.capture(placement_.device, [&] { g.step(*language_); });
+      } catch (...) {
+        g.search.reset();  // no half-made recording for the next request to reuse
+        throw;
+      }
+    }
+  }
+  g.search->start(prompt, settings.max_length);
+  return text::run_search(
+      *g.search,
+      [&] {
+        if (g.graph.captured()) {
+          g.graph.replay();
+        } else {
+          g.step(*language_);
+        }
       },
-      [&](const at::Tensor& order) { language_->reorder(state, order); },
-  };
-  return text::generate({config_.text.decoder_start_token_id}, settings, steps);
+      /*lookahead=*/4);
 }
 
 text::SearchSettings Florence2Model::service_settings(std::int64_t max_new_tokens) const {

@@ -3,11 +3,13 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/gelu.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
 #include <cmath>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/layer_ops.hpp"
 
 namespace imagetotext::florence2 {
 
@@ -62,15 +64,23 @@ DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig
       fc2(nn::Linear::load(weights, "fc2", policy, config.decoder_ffn_dim, config.d_model)),
       final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
 
-at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache,
-                                    const std::pair<at::Tensor, at::Tensor>& cross) const {
-  const auto [keys, values] =
-      cache.append(self_attn.split_heads(self_attn.k_proj(x)), self_attn.split_heads(self_attn.v_proj(x)));
-  const at::Tensor own = nn::scaled_dot_product_attention(self_attn.split_heads(self_attn.q_proj(x)), keys, values,
-                                                          std::nullopt, /*causal=*/x.size(1) > 1);
+at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross,
+                                    const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const {
+  const at::Tensor key = self_attn.split_heads(self_attn.k_proj(x)), value = self_attn.split_heads(self_attn.v_proj(x));
+  const at::Tensor query = self_attn.split_heads(self_attn.q_proj(x));
+  at::Tensor own;
+  if (step) {
+    const auto [keys, values] = cache.write_at(key, value, step->position);
+    // One kernel over positions 0 .. position of the fixed-capacity cache (the rest is never read).
+    own = ops::decode_attention(query, keys, values, step->position,
+                                1.0 / std::sqrt(static_cast<double>(query.size(3))));
+  } else {
+    const auto [keys, values] = cache.append(key, value);
+    own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/x.size(1) > 1);
+  }
   at::Tensor h = self_attn_layer_norm(x + self_attn.out_proj(self_attn.merge_heads(own)));
-  const at::Tensor image_and_prompt =
-      nn::scaled_dot_product_attention(encoder_attn.split_heads(encoder_attn.q_proj(h)), cross.first, cross.second);
+  const at::Tensor image_and_prompt = nn::scaled_dot_product_attention(
+      encoder_attn.split_heads(encoder_attn.q_proj(h)), cross.first, cross.second, encoder_mask);
   h = encoder_attn_layer_norm(h + encoder_attn.out_proj(encoder_attn.merge_heads(image_and_prompt)));
   return final_layer_norm(h + fc2(at::gelu(fc1(h))));
 }
@@ -104,12 +114,18 @@ at::Tensor LanguageModel::encode(const at::Tensor& inputs_embeds) const {
 }
 
 DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std::int64_t sequences,
-                                           std::int64_t capacity) const {
+                                           std::int64_t capacity, std::int64_t encoder_capacity) const {
   if (capacity + kPositionOffset > decoder_positions_.size(0)) capacity = decoder_positions_.size(0) - kPositionOffset;
   DecoderState state;
   const std::int64_t heads = config_.decoder_attention_heads, head_dim = config_.d_model / heads;
+  const bool fixed_shape = encoder_capacity > 0;
   for (const DecoderLayer& layer : decoder_layers_) {
     state.self_attention.emplace_back(sequences, heads, capacity, head_dim, encoder_output.options());
+    if (fixed_shape) {
+      const auto buffer = [&] { return at::zeros({sequences, heads, encoder_capacity, head_dim}, encoder_output.options()); };
+      state.cross_attention.emplace_back(buffer(), buffer());
+      continue;
+    }
     const Attention& cross = layer.encoder_attn;
     // Every sequence attends to the same encoder output: computed once, laid out per sequence once.
     const auto per_sequence = [&](const at::Tensor& t) {
@@ -118,23 +134,75 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
     state.cross_attention.emplace_back(per_sequence(cross.split_heads(cross.k_proj(encoder_output))),
                                        per_sequence(cross.split_heads(cross.v_proj(encoder_output))));
   }
+  if (fixed_shape) {
+    state.encoder_mask = at::zeros({1, 1, 1, encoder_capacity}, encoder_output.options().dtype(at::kBool));
+    restart_decoding(state, encoder_output);
+  }
   return state;
+}
+
+void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& encoder_output) const {
+  const std::int64_t length = encoder_output.size(1), encoder_capacity = state.encoder_mask.size(3);
+  if (length > encoder_capacity) {
+    throw InvalidArgumentError(fmt::format("an encoder output of {} positions is past this decoder state's {}", length,
+                                           encoder_capacity));
+  }
+  for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
+    const Attention& cross = decoder_layers_[i].encoder_attn;
+    auto& [keys, values] = state.cross_attention[i];
+    keys.narrow(2, 0, length).copy_(cross.split_heads(cross.k_proj(encoder_output)).expand_as(keys.narrow(2, 0, length)));
+    values.narrow(2, 0, length).copy_(cross.split_heads(cross.v_proj(encoder_output)).expand_as(values.narrow(2, 0, length)));
+  }
+  state.encoder_mask.copy_(at::arange(encoder_capacity, state.encoder_mask.options().dtype(at::kLong))
+                               .lt(length)
+                               .view({1, 1, 1, encoder_capacity}));
 }
 
 at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) const {
   at::Tensor h = embed(ids) + positions(decoder_positions_, state.length(), ids.size(1), "decoder output");
   h = decoder_layernorm_embedding_(h);
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i]);
+    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i], std::nullopt, nullptr);
   }
   at::Tensor logits = at::linear(h, shared_.weight);
   if (lm_head_bias_) logits = logits + *lm_head_bias_;
   return logits.to(at::kFloat);
 }
 
+at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const {
+  if (!state.fixed_shape()) throw InvalidArgumentError("decode_step needs a fixed-shape decoder state");
+  const DeviceStep step{position};
+  at::Tensor h = embed(ids) + decoder_positions_.index_select(0, position + kPositionOffset);
+  h = decoder_layernorm_embedding_(h);
+  for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
+    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i], state.encoder_mask, &step);
+  }
+  at::Tensor logits = at::linear(h.select(1, 0), shared_.weight);
+  if (lm_head_bias_) logits = logits + *lm_head_bias_;
+  return logits.to(at::kFloat);
+}
+
 void LanguageModel::reorder(DecoderState& state, const at::Tensor& order) const {
   const at::Tensor on_device = order.to(state.self_attention.front().keys().device());
-  for (nn::KVCache& cache : state.self_attention) cache.reorder(on_device);
+  for (nn::KVCache& cache : state.self_attention) {
+    if (state.fixed_shape()) {
+      cache.reorder_all(on_device);
+    } else {
+      cache.reorder(on_device);
+    }
+  }
+}
+
+bool LanguageModel::capturable() const {
+  auto synchronizes = [](const nn::Linear& linear) { return linear.layer().format() == Quantization::llm_int8; };
+  for (const DecoderLayer& l : decoder_layers_) {
+    for (const nn::Linear* linear : {&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.out_proj,
+                                     &l.encoder_attn.q_proj, &l.encoder_attn.k_proj, &l.encoder_attn.v_proj,
+                                     &l.encoder_attn.out_proj, &l.fc1, &l.fc2}) {
+      if (synchronizes(*linear)) return false;
+    }
+  }
+  return true;
 }
 
 }  // namespace imagetotext::florence2

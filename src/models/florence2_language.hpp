@@ -41,11 +41,20 @@ struct EncoderLayer {
 };
 
 // Per request: a self-attention cache per layer (all beams) and the cross-attention keys/values, which
-// depend only on the encoder output and so are computed once.
+// depend only on the encoder output and so are computed once. A fixed-shape state (for steps a CUDA graph
+// replays) holds the encoder side in buffers of a fixed encoder capacity, `encoder_mask` marking the filled
+// part, so one recording serves prompts of different lengths.
 struct DecoderState {
   std::vector<nn::KVCache> self_attention;
   std::vector<std::pair<at::Tensor, at::Tensor>> cross_attention;
+  at::Tensor encoder_mask;  // fixed-shape states: [1, 1, 1, encoder capacity] bool
   std::int64_t length() const { return self_attention.empty() ? 0 : self_attention.front().length(); }
+  bool fixed_shape() const { return encoder_mask.defined(); }
+};
+
+// Where a fixed-shape decode step writes its keys and values and attends up to (int64 [1] on the device).
+struct DeviceStep {
+  at::Tensor position;
 };
 
 struct DecoderLayer {
@@ -57,7 +66,10 @@ struct DecoderLayer {
   nn::Linear fc2;
   nn::LayerNorm final_layer_norm;
   DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy);
-  at::Tensor operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross) const;
+  // `step` null: x's keys and values appended to the cache, causal attention over its filled part; else a
+  // fixed-shape step at step->position over the whole cache.
+  at::Tensor operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross,
+                        const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const;
 };
 
 class LanguageModel {
@@ -73,10 +85,25 @@ class LanguageModel {
   at::Tensor encode(const at::Tensor& inputs_embeds) const;
 
   // Caches for `sequences` decoder sequences of up to `capacity` tokens over `encoder_output` [1, L, D].
-  DecoderState start_decoding(const at::Tensor& encoder_output, std::int64_t sequences, std::int64_t capacity) const;
+  // encoder_capacity > 0: a fixed-shape state whose encoder side holds up to that many positions.
+  DecoderState start_decoding(const at::Tensor& encoder_output, std::int64_t sequences, std::int64_t capacity,
+                              std::int64_t encoder_capacity = 0) const;
+  // A fixed-shape state's encoder side refilled, in place, for a new encoder output (recorded steps keep
+  // reading the same buffers). Throws InvalidArgumentError past its encoder capacity.
+  void restart_decoding(DecoderState& state, const at::Tensor& encoder_output) const;
   // Appends `ids` [n, l] to every sequence and returns logits [n, l, vocab] in float32.
   at::Tensor decode(const at::Tensor& ids, DecoderState& state) const;
+  // One fixed-shape step of a fixed-shape state: `ids` [n, 1] at `position` (int64 [1] on the device), keys and
+  // values written there, attention over the whole caches masked past it. Returns logits [n, vocab] in
+  // float32. Nothing reads back to the host and no shape depends on the position: a CUDA graph can record it.
+  at::Tensor decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const;
+  // Sequence i continues sequence order[i] (int64 [n]; on the device for fixed-shape states).
   void reorder(DecoderState& state, const at::Tensor& order) const;
+  // Whether decode_step can be recorded in a CUDA graph: no decoder layer reads back to the host (LLM.int8
+  // layers pick their outlier columns there).
+  bool capturable() const;
+  // The most decoder positions (the learned position table's).
+  std::int64_t max_decoder_positions() const { return config_.max_position_embeddings; }
 
   const Florence2TextConfig& config() const noexcept { return config_; }
 

@@ -1,5 +1,6 @@
 #include "imagetotext/models/smolvlm.hpp"
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/record_function.h>
@@ -76,7 +77,19 @@ at::Tensor SmolVLM::image_features(const at::Tensor& pixel_values,
     const at::Tensor patches = mask->unfold(1, p, p).unfold(2, p, p).sum({-1, -2}).gt(0);
     if (!patches.all().item<bool>()) patch_mask = patches;
   }
-  return connector_(vision_(pixels, patch_mask));
+  // Tiles are independent, so a few at a time give the same features while bounding the activations' memory
+  // (all 17 tiles of a square image at once need ~400 MB beyond the 256M model's weights).
+  constexpr std::int64_t kTilesPerPass = 4;
+  const std::int64_t tiles = pixels.size(0);
+  if (tiles <= kTilesPerPass) return connector_(vision_(pixels, patch_mask));
+  std::vector<at::Tensor> features;
+  for (std::int64_t start = 0; start < tiles; start += kTilesPerPass) {
+    const std::int64_t count = std::min(kTilesPerPass, tiles - start);
+    const std::optional<at::Tensor> mask_part =
+        patch_mask ? std::optional<at::Tensor>(patch_mask->narrow(0, start, count)) : std::nullopt;
+    features.push_back(connector_(vision_(pixels.narrow(0, start, count), mask_part)));
+  }
+  return at::cat(features);
 }
 
 at::Tensor SmolVLM::embed(const at::Tensor& input_ids, const at::Tensor& image_features) const {

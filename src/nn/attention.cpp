@@ -59,6 +59,11 @@ void KVCache::reorder(const at::Tensor& order) {
   values.copy_(values.index_select(0, order));
 }
 
+void KVCache::reorder_all(const at::Tensor& order) {
+  keys_.copy_(keys_.index_select(0, order));
+  values_.copy_(values_.index_select(0, order));
+}
+
 at::Tensor scaled_dot_product_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                         const std::optional<at::Tensor>& mask, bool causal,
                                         std::optional<double> scale) {

@@ -13,6 +13,13 @@
 
 namespace imagetotext::nn {
 
+Decoding parse_decoding(std::string_view name) {
+  if (name == "auto") return Decoding::automatic;
+  if (name == "eager") return Decoding::eager;
+  if (name == "graph") return Decoding::graph;
+  throw InvalidArgumentError(fmt::format("decoding '{}' is not one of 'auto', 'eager', 'graph'", name));
+}
+
 #if IMAGETOTEXT_WITH_CUDA
 
 bool CudaGraph::supported(c10::Device device) { return device.is_cuda(); }

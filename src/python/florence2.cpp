@@ -141,7 +141,8 @@ void bind_florence2(py::module_& m) {
           [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens, int64_t num_beams,
              int64_t no_repeat_ngram_size, std::optional<int64_t> forced_bos_token_id,
              std::optional<int64_t> forced_eos_token_id, const py::object& early_stopping, double length_penalty,
-             std::optional<std::vector<int64_t>> eos_token_ids) {
+             std::optional<std::vector<int64_t>> eos_token_ids, const std::string& decoding) {
+            const nn::Decoding mode = nn::parse_decoding(decoding);
             text::SearchSettings s;
             s.num_beams = num_beams;
             s.max_length = 1 + max_new_tokens;
@@ -153,24 +154,27 @@ void bind_florence2(py::module_& m) {
             s.early_stopping = parse_early_stopping(early_stopping);
             s.length_penalty = length_penalty;
             py::gil_scoped_release release;
-            const text::SearchResult result = model.generate(encoder_output, s);
+            const text::SearchResult result = model.generate(encoder_output, s, mode);
             return std::make_pair(result.sequence, result.score);
           },
           py::arg("encoder_output"), py::arg("max_new_tokens"), py::arg("num_beams") = 1,
           py::arg("no_repeat_ngram_size") = 0, py::arg("forced_bos_token_id") = py::none(),
           py::arg("forced_eos_token_id") = py::none(), py::arg("early_stopping") = false, py::arg("length_penalty") = 1.0,
-          py::arg("eos_token_ids") = py::none(),
+          py::arg("eos_token_ids") = py::none(), py::arg("decoding") = "auto",
           "Generate from an encoder output; returns (token ids with the decoder start token, beam score). "
-          "eos_token_ids=[] generates exactly max_new_tokens (benchmarks).")
+          "eos_token_ids=[] generates exactly max_new_tokens (benchmarks). decoding: 'auto' (a replayed CUDA graph "
+          "on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded on CUDA, run as they are on a CPU).")
       .def(
           "generate_as_service",
-          [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens) {
+          [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens,
+             const std::string& decoding) {
+            const nn::Decoding mode = nn::parse_decoding(decoding);
             const text::SearchSettings s = model.service_settings(max_new_tokens);
             py::gil_scoped_release release;
-            const text::SearchResult result = model.generate(encoder_output, s);
+            const text::SearchResult result = model.generate(encoder_output, s, mode);
             return std::make_pair(result.sequence, result.score);
           },
-          py::arg("encoder_output"), py::arg("max_new_tokens") = 0,
+          py::arg("encoder_output"), py::arg("max_new_tokens") = 0, py::arg("decoding") = "auto",
           "Generate with the service's settings (3 beams, no repeated 3-grams, forced BOS/EOS, early stopping).");
 }
 

@@ -8,6 +8,7 @@
 #include "bindings.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/models/smolvlm.hpp"
+#include "imagetotext/nn/cuda_graph.hpp"
 
 namespace py = pybind11;
 
@@ -107,13 +108,7 @@ void bind_smolvlm(py::module_& m) {
           [](const Model& model, const at::Tensor& input_ids, const at::Tensor& pixel_values,
              const std::optional<at::Tensor>& mask, std::int64_t max_new_tokens, bool keep_logits,
              const std::optional<std::vector<std::int64_t>>& eos_token_ids, const std::string& decoding) {
-            using Decoding = smolvlm::SmolVLM::Decoding;
-            const Decoding mode = decoding == "auto"    ? Decoding::automatic
-                                  : decoding == "eager" ? Decoding::eager
-                                  : decoding == "graph"
-                                      ? Decoding::graph
-                                      : throw InvalidArgumentError(fmt::format(
-                                            "decoding '{}' is not one of 'auto', 'eager', 'graph'", decoding));
+            const nn::Decoding mode = nn::parse_decoding(decoding);
             c10::InferenceMode inference;
             text::GreedySearchOptions options;
             options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;

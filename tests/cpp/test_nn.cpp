@@ -142,6 +142,21 @@ TEST_CASE("KVCache: append in place, views of the filled part, beam reorder, cap
   CHECK_THROWS_AS(cache.append(at::randn({3, 2, 3, 4}), at::randn({3, 2, 3, 4})), imagetotext::InvalidArgumentError);
 }
 
+TEST_CASE("KVCache: starts as zeros; fixed-shape writes at a device position; reorder_all moves every position", "[nn]") {
+  nn::KVCache cache(3, 2, 5, 4, at::TensorOptions().dtype(at::kFloat));
+  CHECK(at::equal(cache.keys(), at::zeros({3, 2, 5, 4})));  // masked positions are read: no garbage there
+  const at::Tensor k = at::randn({3, 2, 1, 4}), v = at::randn({3, 2, 1, 4});
+  const auto [keys, values] = cache.write_at(k, v, at::tensor(std::vector<int64_t>{3}));
+  CHECK(keys.size(2) == 5);
+  CHECK(at::equal(keys.narrow(2, 3, 1), k));
+  CHECK(at::equal(values.narrow(2, 3, 1), v));
+  const at::Tensor before = cache.keys().clone();
+  const at::Tensor order = at::tensor(std::vector<int64_t>{1, 0, 0});
+  cache.reorder_all(order);
+  CHECK(at::equal(cache.keys(), before.index_select(0, order)));
+  CHECK(cache.keys().data_ptr() == keys.data_ptr());  // the same storage: a recorded graph keeps reading it
+}
+
 TEST_CASE("scaled_dot_product_attention: causal with a cache offset, GQA, boolean masks", "[nn]") {
   const at::Tensor q = at::randn({2, 4, 3, 8});
   const at::Tensor k = at::randn({2, 2, 5, 8}), v = at::randn({2, 2, 5, 8});

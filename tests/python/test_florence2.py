@@ -39,8 +39,8 @@ PROMPT = [0, 47, 21, 11, 46, 99, 16, 23, 11, 5, 27, 4, 2]  # "<s> ... </s>", as 
 RELATIVE_BOUND = 1e-4  # max |ours - transformers| / max |transformers|, fp32 on the CPU
 
 
-def random_model(seed: int = 0):
-    config = transformers.Florence2Config(vision_config=VISION, text_config=TEXT, image_token_id=IMAGE_TOKEN)
+def random_model(seed: int = 0, text=TEXT):
+    config = transformers.Florence2Config(vision_config=VISION, text_config=text, image_token_id=IMAGE_TOKEN)
     torch.manual_seed(seed)
     model = transformers.Florence2ForConditionalGeneration(config).eval()
     with torch.no_grad():
@@ -270,9 +270,20 @@ def test_both_layouts_load_the_same_model(checkpoints, inputs):
 # Generation
 # --------------------------------------------------------------------------------------------------------
 
+_generated = {}
+
+
 def transformers_generate(model, inputs, **settings):
     """generate() with exactly `settings`: the model's own generation_config (forced EOS 2 from BartConfig)
-    would otherwise fill in whatever is left unset."""
+    would otherwise fill in whatever is left unset. Remembered per model, inputs and settings (the tests ask for
+    the same generation under both layouts and both decoding modes)."""
+    key = (id(model), id(inputs[0]), tuple(inputs[1][0].tolist()), repr(sorted(settings.items())))
+    if key not in _generated:
+        _generated[key] = _transformers_generate(model, inputs, **settings)
+    return _generated[key]
+
+
+def _transformers_generate(model, inputs, **settings):
     pixel_values, input_ids = inputs
     settings = {"eos_token_id": 2, **settings}
     config = transformers.GenerationConfig(decoder_start_token_id=2, bos_token_id=0, pad_token_id=1,
@@ -306,16 +317,27 @@ SERVICE = dict(num_beams=3, max_new_tokens=20, no_repeat_ngram_size=3, forced_bo
     dict(SERVICE, eos_token_id=16, early_stopping=False),
     dict(SERVICE, eos_token_id=16, early_stopping="never", length_penalty=0.5),
     dict(GREEDY, eos_token_id=16, forced_bos_token_id=0, no_repeat_ngram_size=3),
+    # max_length decides: no EOS at all, or one or two new tokens (forced BOS and forced EOS at once).
+    dict(SERVICE, eos_token_id=None, forced_eos_token_id=None, max_new_tokens=9),
+    dict(GREEDY, eos_token_id=None, max_new_tokens=7),
+    dict(SERVICE, max_new_tokens=1),
+    dict(SERVICE, max_new_tokens=2),
+    dict(GREEDY, no_repeat_ngram_size=3, forced_bos_token_id=0, forced_eos_token_id=2, max_new_tokens=2),
+    # EOS at the first step (the forced BOS is an end token), and two end tokens (more beams kept per step).
+    dict(SERVICE, eos_token_id=0),
+    dict(SERVICE, eos_token_id=[16, 2], no_repeat_ngram_size=1),
 ], ids=["greedy", "greedy-processors", "service", "heuristic-stop", "never-stop", "two-beams", "eos-enough",
-        "eos-heuristic", "eos-never", "greedy-eos"])
-def test_generation_matches_transformers(checkpoints, ours, inputs, settings):
+        "eos-heuristic", "eos-never", "greedy-eos", "no-eos", "greedy-no-eos", "one-token", "two-tokens",
+        "greedy-two-tokens", "eos-first", "two-eos-unigrams"])
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_generation_matches_transformers(checkpoints, ours, inputs, settings, decoding):
+    """Both ways of running the device-resident search: eager (caches sized per request, the done flag read every
+    step) and graph (the fixed-shape steps a CUDA graph records, run without one on the CPU, the done flag read
+    every 4 steps, so up to 3 steps run past the end and must not change the result)."""
     model, _ = checkpoints
     expected, expected_score = transformers_generate(model, inputs, **settings)
     encoded = ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:])
-    kwargs = dict(settings)
-    kwargs.setdefault("early_stopping", False)
-    kwargs["eos_token_ids"] = [kwargs.pop("eos_token_id", 2)]
-    tokens, score = ours.generate(encoded, **kwargs)
+    tokens, score = ours.generate(encoded, **our_settings(settings), decoding=decoding)
     assert tokens == expected
     if settings["num_beams"] > 1:
         assert score == pytest.approx(expected_score, abs=1e-4)
@@ -323,13 +345,93 @@ def test_generation_matches_transformers(checkpoints, ours, inputs, settings):
         assert len(tokens) == 1 + 32  # 32 greedy steps compared (no EOS before the limit on this model)
 
 
+def our_settings(settings):
+    """transformers' generate() settings as Florence2Model.generate takes them."""
+    kwargs = dict(settings)
+    kwargs.setdefault("early_stopping", False)
+    eos = kwargs.pop("eos_token_id", 2)
+    kwargs["eos_token_ids"] = [] if eos is None else eos if isinstance(eos, list) else [eos]
+    return kwargs
+
+
+@pytest.mark.parametrize("settings", [dict(SERVICE, max_new_tokens=24),
+                                      dict(GREEDY, no_repeat_ngram_size=1, max_new_tokens=24)], ids=["service", "greedy"])
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_late_eos_matches_transformers(checkpoints, ours, inputs, settings, decoding):
+    """An end token first reached late: the one the free-running search (no EOS) writes at step 12, unseen before."""
+    model, _ = checkpoints
+    free, _ = transformers_generate(model, inputs, **dict(settings, eos_token_id=None, forced_eos_token_id=None))
+    late = next(t for i, t in enumerate(free) if i >= 12 and t not in free[:i])
+    expected, expected_score = transformers_generate(model, inputs, **dict(settings, eos_token_id=late))
+    if settings["num_beams"] == 1:
+        assert len(expected) > 12  # (beams may meet the token earlier on another path)
+    encoded = ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:])
+    tokens, score = ours.generate(encoded, **our_settings(dict(settings, eos_token_id=late)), decoding=decoding)
+    assert tokens == expected
+    assert score == pytest.approx(expected_score, abs=1e-4)
+
+
+def test_fixed_shape_state_serves_requests_of_other_lengths(checkpoints, inputs):
+    """One model, alternating requests: prompts shorter and longer than the one the fixed-shape state was set up
+    for (the encoder side refilled and masked in place), then other settings (a new state), each as transformers."""
+    model, dirs = checkpoints
+    ours = _C.Florence2Model.load(dirs["native"])
+    prompts = [PROMPT, PROMPT[:4] + [2], PROMPT + PROMPT[1:-1] * 2 + [2], PROMPT]
+    for prompt, settings in zip(prompts + prompts[:2], [SERVICE] * 4 + [dict(SERVICE, num_beams=2), GREEDY]):
+        pixel_values = inputs[0]
+        input_ids = torch.tensor([[IMAGE_TOKEN] * IMAGE_TOKENS + prompt])
+        expected, expected_score = transformers_generate(model, (pixel_values, input_ids), **settings)
+        tokens, score = ours.generate(ours.encode(pixel_values, torch.tensor([prompt])), **our_settings(settings),
+                                      decoding="graph")
+        assert tokens == expected, (len(prompt), settings)
+        assert score == pytest.approx(expected_score, abs=1e-4)
+
+
 def test_service_settings_are_the_original_configs(checkpoints, ours, inputs):
     """generate_as_service = the remote code's text_config generation fields + the service's num_beams=3."""
     model, _ = checkpoints
     expected, expected_score = transformers_generate(model, inputs, **dict(SERVICE, max_new_tokens=30))
     encoded = ours.encode(inputs[0], inputs[1][:, IMAGE_TOKENS:])
-    tokens, score = ours.generate_as_service(encoded, max_new_tokens=30)
-    assert tokens == expected and score == pytest.approx(expected_score, abs=1e-4)
+    for decoding in ["eager", "graph"]:
+        tokens, score = ours.generate_as_service(encoded, max_new_tokens=30, decoding=decoding)
+        assert tokens == expected and score == pytest.approx(expected_score, abs=1e-4), decoding
+
+
+@pytest.fixture(scope="module")
+def long_positions_checkpoint(tmp_path_factory):
+    """The tiny model with a position table of 320: room for encoder outputs and captions past the first
+    recording's capacities (64 encoder positions, 256 decoder positions)."""
+    model = random_model(seed=1, text=dict(TEXT, max_position_embeddings=320))
+    directory = tmp_path_factory.mktemp("florence2-long")
+    model.save_pretrained(directory)
+    return directory
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dtype):
+    """On CUDA, decoding="auto" replays the decoder step and the search step as one CUDA graph: the eager steps'
+    sequence and score. Requests in turn reuse the recording (a shorter prompt, a shorter caption) or record
+    again (an encoder output past its capacity, a caption past its capacity, other settings)."""
+    ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype=dtype)
+    pixel_values = inputs[0].cuda()
+    long_prompt = PROMPT[:-1] + PROMPT[1:-1] * 6 + [2]  # 10 image + 79 prompt tokens: past 64 encoder positions
+    requests = [
+        (PROMPT, SERVICE),                                  # records
+        (PROMPT[:4] + [2], SERVICE),                        # reuses: a shorter encoder output, masked
+        (long_prompt, SERVICE),                             # records: 89 encoder positions
+        (PROMPT, dict(SERVICE, max_new_tokens=300, eos_token_id=None, forced_eos_token_id=None)),  # records: 301
+        (PROMPT, dict(SERVICE, max_new_tokens=5)),          # reuses
+        (PROMPT, GREEDY),                                   # records: other settings
+        (PROMPT, dict(SERVICE, eos_token_id=16, early_stopping="never", length_penalty=0.5)),
+    ]
+    for prompt, settings in requests:
+        encoded = ours.encode(pixel_values, torch.tensor([prompt]))
+        eager, eager_score = ours.generate(encoded, **our_settings(settings), decoding="eager")
+        graph, graph_score = ours.generate(encoded, **our_settings(settings))
+        assert graph == eager, (len(prompt), settings)
+        bound = 1e-5 if dtype == "float32" else 2e-2
+        assert graph_score == pytest.approx(eager_score, rel=bound, abs=bound)
 
 
 # --------------------------------------------------------------------------------------------------------

@@ -6,7 +6,8 @@
 //   projector    2-D positions + temporal row 0, [mean token ; 576 tokens], Linear, LayerNorm -> 577 tokens
 //   encoder      BART encoder over [577 image tokens ; prompt embeddings]
 //   decoder      BART decoder (self- and cross-attention caches allocated once per request), tied lm_head
-//   generation   beam search as transformers runs it (text/beam_search.hpp); "<s>"/"</s>" stripped
+//   generation   beam search as transformers runs it, on the device, the decoder step and the search step
+//                replayed as one CUDA graph (text/beam_search.hpp); "<s>"/"</s>" stripped
 //
 // Checkpoints in both layouts load (models/florence2_config.hpp): the original remote-code names are mapped
 // onto the native ones by florence2_native_name, the one table of that mapping (docs/florence2.md).
@@ -25,6 +26,7 @@
 #include "imagetotext/image_to_text.hpp"
 #include "imagetotext/io/safetensors.hpp"
 #include "imagetotext/models/florence2_config.hpp"
+#include "imagetotext/nn/cuda_graph.hpp"
 #include "imagetotext/nn/linear.hpp"
 #include "imagetotext/nn/weights.hpp"
 #include "imagetotext/text/beam_search.hpp"
@@ -95,8 +97,15 @@ class Florence2Model {
   // Logits [1, l, vocab] (float32) of decoder_ids [1, l] over an encoder output: one full teacher-forced pass.
   at::Tensor decoder_logits(const at::Tensor& encoder_output, const at::Tensor& decoder_ids) const;
   // Generation from an encoder output with `settings` (beams and greedy); the decoder prompt is
-  // [decoder_start_token_id].
-  text::SearchResult generate(const at::Tensor& encoder_output, const text::SearchSettings& settings) const;
+  // [decoder_start_token_id]. The search runs on the model's device (text/beam_search.hpp). eager: caches sized
+  // per request, each step launched from the host and the done flag read after each. graph: the decoder step and
+  // the search step over caches of a fixed capacity (positions rounded up to 256, encoder positions to 64),
+  // recorded once in a CUDA graph per (beams, capacities, settings up to max_length) and replayed, the done
+  // flag read every 4 steps; on a CPU the same steps run without a graph. automatic: graph on CUDA unless a
+  // decoder layer is LLM.int8 (it reads back to the host), else eager.
+  using Decoding = nn::Decoding;
+  text::SearchResult generate(const at::Tensor& encoder_output, const text::SearchSettings& settings,
+                              Decoding decoding = Decoding::automatic) const;
 
   // The service's generation: 3 beams, no repeated 3-grams, forced BOS/EOS, early stopping, up to
   // `max_new_tokens` (0: 4096, as the service) within the decoder's position table.
@@ -112,6 +121,10 @@ class Florence2Model {
   std::unique_ptr<florence2::VisionTower> vision_;
   std::unique_ptr<florence2::Projector> projector_;
   std::unique_ptr<florence2::LanguageModel> language_;
+  struct DecodeGraph;
+  text::SearchResult generate_graphed(const at::Tensor& encoder_output, const text::SearchSettings& settings) const;
+  // The recorded decode step (fixed-shape decoding); shared by every user of this model.
+  std::shared_ptr<DecodeGraph> decode_graph_;
 };
 
 // The model family model_selector builds: load() finds the checkpoint (registry hub id, a directory, or

@@ -22,6 +22,7 @@
 #include "imagetotext/models/smolvlm_processor.hpp"
 #include "imagetotext/models/smolvlm_text.hpp"
 #include "imagetotext/models/smolvlm_vision.hpp"
+#include "imagetotext/nn/cuda_graph.hpp"
 #include "imagetotext/nn/linear.hpp"
 #include "imagetotext/nn/weights.hpp"
 #include "imagetotext/text/greedy_search.hpp"
@@ -56,7 +57,7 @@ class SmolVLM {
   // each step launched from the host. graph: fixed-shape steps over caches of a fixed capacity (kept for
   // later requests that fit), recorded once in a CUDA graph and replayed, the tokens picked on the device; on
   // a CPU the same steps run without a graph. automatic: graph on CUDA when every layer allows it, else eager.
-  enum class Decoding { automatic, eager, graph };
+  using Decoding = nn::Decoding;
 
   // Greedy decoding after the prompt input_ids [1, length].
   text::GreedySearchResult generate(const at::Tensor& input_ids, const at::Tensor& image_features,

@@ -32,6 +32,8 @@ class KVCache {
 
   // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device).
   void reorder(const at::Tensor& order);
+  // The same over every position (fixed shapes: the host does not know how many are filled).
+  void reorder_all(const at::Tensor& order);
 
   void clear() noexcept { length_ = 0; }
   std::int64_t length() const noexcept { return length_; }

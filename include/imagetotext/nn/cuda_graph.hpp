@@ -8,8 +8,18 @@
 
 #include <functional>
 #include <memory>
+#include <string_view>
 
 namespace imagetotext::nn {
+
+// How a model runs its decode steps. eager: each step launched from the host, caches sized per request.
+// graph: fixed-shape steps over caches of a fixed capacity (kept for later requests that fit), recorded once in
+// a CUDA graph and replayed; on a CPU the same steps run without a graph. automatic: graph on CUDA when every
+// layer allows it, else eager.
+enum class Decoding { automatic, eager, graph };
+
+// "auto", "eager" or "graph"; InvalidArgumentError naming anything else.
+Decoding parse_decoding(std::string_view name);
 
 class CudaGraph {
  public:

@@ -1,18 +1,21 @@
 // Decoding as transformers' generate() runs it (transformers 5.17, generation/utils.py), for any model that
-// can produce next-token logits for a set of running sequences: beam search (num_beams > 1) and greedy
-// search (num_beams == 1), with the logits processors these models' generation configs turn on —
-// no-repeat n-grams, forced BOS at the first step, forced EOS at the last — and the stopping rules
-// (EOS, max_length, early_stopping, length_penalty). Batch size 1: one request, `num_beams` sequences.
+// produces next-token logits for a set of running sequences: beam search (num_beams > 1) and greedy search
+// (num_beams == 1), with the logits processors these models' generation configs turn on — no-repeat n-grams,
+// forced BOS at the first step, forced EOS at the last — and the stopping rules (EOS, max_length,
+// early_stopping, length_penalty). Batch size 1: one request, `num_beams` sequences.
 //
-// The search keeps its bookkeeping on the CPU in float32 (a few beams × the vocabulary per step); the
-// model computes logits wherever it lives. The beam search is a tensor-for-tensor port of transformers'
-// vectorized one, so ties break the same way (torch.topk on the same scores).
+// The whole search lives on the model's device in tensors of fixed shapes: the running and finished
+// sequences, their scores, the current length and the stop flags are device tensors, and a step reads nothing
+// back to the host. So a model can record its decoder step and the search step together in one CUDA graph and
+// replay it; the host only reads done() now and then. The beam step is a tensor-for-tensor port of
+// transformers' vectorized _beam_search (float32 scores, torch.topk on the same scores, so ties break the
+// same way). Once the search is done, further steps leave the result unchanged, so a host that checks done()
+// only every few steps may run a few too many.
 #pragma once
 
 #include <ATen/core/Tensor.h>
 
 #include <cstdint>
-#include <functional>
 #include <optional>
 #include <vector>
 
@@ -31,19 +34,12 @@ struct SearchSettings {
   double length_penalty = 1.0;
   EarlyStopping early_stopping = EarlyStopping::heuristic;
 
+  bool operator==(const SearchSettings&) const = default;
+
   // The settings generate() derives from a generation config for a decoder prompt of `prompt_length`
   // tokens: max_new_tokens (the argument, else the config's) wins over max_length, as in transformers.
   static SearchSettings from(const GenerationConfig& config, std::int64_t prompt_length,
                              std::optional<std::int64_t> max_new_tokens = std::nullopt);
-};
-
-// What the search needs from a model. `next_logits(tokens)` runs the decoder on the tokens the running
-// sequences appended since the last call ([n, new] int64 on the CPU; the whole prompt at the first call)
-// and returns the logits of each sequence's last position [n, vocab]. `reorder(order)` makes sequence i
-// continue sequence order[i] (int64 [n] on the CPU): the model reorders its caches. n is num_beams.
-struct DecoderSteps {
-  std::function<at::Tensor(const at::Tensor& tokens)> next_logits;
-  std::function<void(const at::Tensor& order)> reorder;
 };
 
 struct SearchResult {
@@ -51,13 +47,101 @@ struct SearchResult {
   double score = 0.0;                  // beam search: sum of log-probabilities / length^length_penalty
 };
 
-// Runs the search generate() would run for `settings` (beam search when num_beams > 1, else greedy).
-// Throws InvalidArgumentError for an empty prompt, num_beams < 1 or a prompt already at max_length.
-SearchResult generate(const std::vector<std::int64_t>& prompt, const SearchSettings& settings,
-                      const DecoderSteps& steps);
+// One request's search state on a device, for sequences of up to `capacity` tokens. A model drives it:
+//
+//   search.start(prompt, max_length);                 // (the model runs prompt[0 : -1] through its decoder)
+//   repeat: logits = decoder(search.tokens() at search.position());  // [num_beams, vocab]
+//           search.step(logits);
+//           reorder the decoder's caches by search.parents() (beam search only);
+//   until search.done();  search.result();
+//
+// Every tensor the step reads or writes keeps its storage from construction on, so a recorded step replays
+// on new requests after start().
+class DeviceSearch {
+ public:
+  // Throws InvalidArgumentError for an empty prompt, num_beams < 1, a prompt already at max_length, a
+  // max_length past `capacity` or a forced token outside the vocabulary.
+  static void validate(const std::vector<std::int64_t>& prompt, const SearchSettings& settings, std::int64_t vocab,
+                       std::int64_t capacity);
 
-// The logits processors, applied in transformers' order to scores [n, vocab] (float32, CPU) for running
-// sequences `sequences` [n, cur_len] (int64, CPU). Exposed for tests.
-void apply_logits_processors(const at::Tensor& sequences, at::Tensor& scores, const SearchSettings& settings);
+  // `settings.max_length` is only the first request's: start() takes each request's.
+  DeviceSearch(const SearchSettings& settings, std::int64_t prompt_length, std::int64_t vocab, std::int64_t capacity,
+               c10::Device device);
+
+  // Whether steps recorded for this search serve a request with `settings` and a prompt of `prompt_length`
+  // tokens: the same settings up to max_length, which may be any that fits the capacity.
+  bool serves(const SearchSettings& settings, std::int64_t prompt_length) const;
+
+  // Resets the state in place for a request.
+  void start(const std::vector<std::int64_t>& prompt, std::int64_t max_length);
+
+  // One step on `logits` [num_beams, vocab] of each running sequence's last token: processors, scores, the
+  // next tokens, the finished beams, the stop flags. Fixed shapes, no read-back to the host.
+  void step(const at::Tensor& logits);
+
+  // The next decoder input: the running sequences' last tokens [num_beams, 1] and their position (int64 [1]).
+  const at::Tensor& tokens() const noexcept { return tokens_; }
+  const at::Tensor& position() const noexcept { return position_; }
+  // After a beam step: which sequence each running sequence continues (int64 [num_beams]); the model
+  // reorders its caches by it.
+  const at::Tensor& parents() const noexcept { return parents_; }
+  std::int64_t num_beams() const noexcept { return settings_.num_beams; }
+  // The most steps a request can take (max_length - prompt length): the model's loop stops there at the latest.
+  std::int64_t max_steps() const noexcept { return max_length_ - prompt_length_; }
+
+  // Reads the done flag back (synchronizes with the device).
+  bool done() const;
+  // Reads the best sequence and its score back.
+  SearchResult result() const;
+
+ private:
+  at::Tensor process(at::Tensor scores) const;  // the logits processors, in transformers' order
+  at::Tensor hits_stopping_criteria(const at::Tensor& last_tokens) const;
+  void greedy_step(const at::Tensor& logits);
+  void beam_step(const at::Tensor& logits);
+
+  SearchSettings settings_;
+  std::int64_t prompt_length_;
+  std::int64_t vocab_;
+  std::int64_t capacity_;
+  std::int64_t beams_to_keep_;
+  std::int64_t max_length_;  // this request's (the host's copy: max_steps)
+
+  // Constants of the settings.
+  at::Tensor eos_;                // [n_eos] int64
+  at::Tensor forced_bos_row_;     // [vocab] float32: -inf but 0 at the forced token
+  at::Tensor forced_eos_row_;
+  at::Tensor ngram_starts_;       // [capacity - n + 1] int64: 0, 1, ...
+  at::Tensor ngram_offsets_;      // [n - 1] int64: 0, 1, ...
+  at::Tensor length_penalties_;   // [capacity + 1] float32: k^length_penalty, rounded from double as Python does
+  at::Tensor top_num_beam_mask_;  // [beams_to_keep] bool
+  // Per request.
+  at::Tensor max_length_on_device_;  // [1] int64
+  at::Tensor cur_len_;               // [1] int64
+  at::Tensor position_;              // [1] int64: cur_len - 1
+  at::Tensor tokens_;                // [n, 1] int64
+  at::Tensor parents_;               // [n] int64
+  at::Tensor running_sequences_;     // [n, capacity] int64
+  at::Tensor running_scores_;        // [n] float32
+  at::Tensor sequences_;             // [n, capacity] int64: the finished hypotheses
+  at::Tensor scores_;                // [n] float32
+  at::Tensor lengths_;               // [n] int64
+  at::Tensor finished_;              // [n] bool
+  at::Tensor heuristic_unsatisfied_;  // [1] bool
+  at::Tensor done_;                   // [1] bool
+};
+
+// Runs `step()` (one decoder step and search.step) until the search is done, reading the done flag back
+// every `lookahead` steps (1: every step); the steps run past the end are no-ops on the result.
+template <class Step>
+SearchResult run_search(DeviceSearch& search, Step&& step, std::int64_t lookahead = 1) {
+  lookahead = lookahead < 1 ? 1 : lookahead;
+  // Every step lengthens the sequences until max_length, where the search is done.
+  for (std::int64_t steps = 0; steps < search.max_steps(); steps += lookahead) {
+    for (std::int64_t i = 0; i < lookahead; ++i) step();
+    if (search.done()) return search.result();
+  }
+  return search.result();
+}
 
 }  // namespace imagetotext::text
