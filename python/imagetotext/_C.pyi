@@ -300,6 +300,9 @@ def gemm_4bit(A: torch.Tensor, packed: torch.Tensor, absmax: torch.Tensor, code:
 def hub_file(repo_id: str, filename: str, revision: str = 'main', cache_dir: os.PathLike | str | bytes | None = None, endpoint: str | None = None, token: str | None = None, offline: bool | None = None, timeout: typing.SupportsFloat = 10.0, progress: collections.abc.Callable[[str, typing.SupportsInt, typing.SupportsInt], None] | None = None, optional: bool = False) -> pathlib.Path | None:
     """The local path of a hub file, downloaded into the cache when missing (see imagetotext.hub); with optional=True, None when the repository does not have the file."""
 
+def linear_layers(model: str, quantization: str, keep_dense: collections.abc.Sequence[str] | None = None, revision: str = '', cache_dir: os.PathLike | str | bytes | None = None, offline: bool | None = None) -> list:
+    """The Linear layers the model builds from its checkpoint with that quantization: (name, format, out_features, in_features) in load order, decided by the family's own policy."""
+
 def llm_int8_matmul(A: torch.Tensor, CB: torch.Tensor, SCB: torch.Tensor, bias: torch.Tensor | None = None, threshold: typing.SupportsFloat = 6.0) -> torch.Tensor:
     """bitsandbytes' LLM.int8 forward: A [..., K] with the int8 weight CB [N, K], SCB [N] -> A's dtype [..., N]."""
 
@@ -312,7 +315,7 @@ def load_florence2_config(path: os.PathLike | str | bytes) -> dict:
 def load_generation_config(path: os.PathLike | str | bytes) -> dict:
     """Read generation_config.json (defaults when the file is absent)."""
 
-def load_model(checkpoint: str, revision: str = 'main', device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, max_new_tokens: typing.SupportsInt = 0, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None) -> Captioner:
+def load_model(checkpoint: str, revision: str = 'main', device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, max_new_tokens: typing.SupportsInt = 0, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None, keep_dense: collections.abc.Sequence[str] | None = None) -> Captioner:
     """A model for a checkpoint directory or hub id (see imagetotext.load_model)."""
 
 def load_moondream_config(path: os.PathLike | str | bytes) -> dict:
@@ -332,7 +335,7 @@ max_image_pixels: int
 def model_registry() -> list:
     """The registry table: one dict per model with name, family, repo_id, revision and quantization."""
 
-def model_selector(model_name: str, device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, checkpoint: str = '', max_new_tokens: typing.SupportsInt = 0, test_delay: typing.SupportsFloat | None = None, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None) -> Captioner:
+def model_selector(model_name: str, device: str = 'auto', dtype: str = 'auto', quantization: str | None = None, checkpoint: str = '', max_new_tokens: typing.SupportsInt = 0, test_delay: typing.SupportsFloat | None = None, max_image_pixels: typing.SupportsInt = 89478485, cache_dir: os.PathLike | str | bytes | None = None, progress: object = None, keep_dense: collections.abc.Sequence[str] | None = None) -> Captioner:
     """Build the model registered under model_name (see imagetotext.model_selector)."""
 
 def probe_image(data: bytes, name: str = '<bytes>') -> tuple:
@@ -340,6 +343,9 @@ def probe_image(data: bytes, name: str = '<bytes>') -> tuple:
 
 def quantize_4bit(A: torch.Tensor, blocksize: typing.SupportsInt, quant_type: str, compress_statistics: bool) -> tuple:
     """Blockwise 4-bit quantization with optional double quantization: (packed, dict of QuantState fields)."""
+
+def quantize_checkpoint(model: str, to: str, outdir: os.PathLike | str | bytes, keep_dense: collections.abc.Sequence[str] | None = None, revision: str = '', cache_dir: os.PathLike | str | bytes | None = None, offline: bool | None = None, on_layer: collections.abc.Callable[[typing.SupportsInt, typing.SupportsInt, str], None] = None) -> dict:
+    """Write a pre-quantized checkpoint (see imagetotext.quantize_checkpoint); returns a report dict."""
 
 def save_safetensors(tensors: collections.abc.Mapping[str, torch.Tensor], path: os.PathLike | str | bytes, metadata: collections.abc.Mapping[str, str] = {}) -> None:
     """Write tensors as safetensors with the layout the safetensors library writes, through path + '.incomplete' renamed when complete."""
@@ -352,3 +358,6 @@ def smolvlm_clean_caption(decoded: str, question: str = 'Can you describe this i
 
 def unload(name: str) -> int:
     """Free the cached weights of every variant of `name`; returns how many were loaded."""
+
+def weight_memory(model: str, quantization: str, keep_dense: collections.abc.Sequence[str] | None = None, dtype: str = 'bfloat16', revision: str = '', cache_dir: os.PathLike | str | bytes | None = None, offline: bool | None = None) -> int:
+    """Bytes of the model's weights once loaded with that quantization, floating tensors in dtype: every tensor it reads, Linear layers in their quantized layout."""

@@ -62,6 +62,7 @@ def model_selector(
     max_image_pixels: int = max_image_pixels,
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    keep_dense: list[str] | None = None,
 ) -> Captioner:
     """Return the model registered under ``model_name``.
 
@@ -81,6 +82,10 @@ def model_selector(
         max_image_pixels: images with more pixels are refused before decoding.
         cache_dir: the Hugging Face cache to use instead of the environment's.
         progress: ``progress(filename, received_bytes, total_bytes)``, called while weights download.
+        keep_dense: Linear layers a quantized variant keeps dense, as transformers' ``llm_int8_skip_modules``
+            (an entry matches a layer's full name, a dotted suffix or a dotted prefix, e.g. ``"lm_head"`` or
+            ``"model.vision_tower"``); ``None`` keeps the family's default (SmolVLM: ``["lm_head"]``;
+            Florence-2: ``["model.vision_tower", "model.multi_modal_projector"]``).
 
     Raises:
         UnknownModelError: (a ``ValueError``) for a name that is not registered; lists the valid names.
@@ -88,7 +93,7 @@ def model_selector(
         InvalidArgumentError: (a ``ValueError``) for an unknown device, dtype or quantization.
     """
     return _C.model_selector(model_name, device, dtype, quantization, _fspath_or_empty(checkpoint), max_new_tokens,
-                             test_delay, max_image_pixels, _fspath_or_none(cache_dir), progress)
+                             test_delay, max_image_pixels, _fspath_or_none(cache_dir), progress, keep_dense)
 
 
 def load_model(
@@ -102,19 +107,82 @@ def load_model(
     max_image_pixels: int = max_image_pixels,
     cache_dir: str | os.PathLike | None = None,
     progress: Callable[[str, int, int], None] | None = None,
+    keep_dense: list[str] | None = None,
 ) -> Captioner:
     """A model for any checkpoint: a local directory or a Hugging Face hub id.
 
     The family comes from ``config.json``'s ``model_type`` (``idefics3``/``smolvlm``: SmolVLM, ``florence2``:
-    Florence-2, ``moondream1``: moondream2). ``quantization`` is applied at load time (``None``: as stored,
-    dense or pre-quantized). Caption with ``model.caption(image_or_path, max_new_tokens=...)``.
+    Florence-2, ``moondream1``: moondream2). ``quantization`` is applied at load time; ``None`` loads the
+    checkpoint as stored: a pre-quantized one (:func:`quantize_checkpoint`, or transformers + bitsandbytes)
+    takes its format and skipped modules from ``config.json``'s ``quantization_config``, and its quantized
+    layers load without re-quantizing. ``keep_dense`` as in :func:`model_selector`. Caption with
+    ``model.caption(image_or_path, max_new_tokens=...)``.
 
     Raises:
         CheckpointError: (a ``RuntimeError``) for a missing or unreadable ``config.json`` or an unsupported
             ``model_type``, naming the checkpoint.
     """
     return _C.load_model(os.fspath(checkpoint), revision, device, dtype, quantization, max_new_tokens,
-                         max_image_pixels, _fspath_or_none(cache_dir), progress)
+                         max_image_pixels, _fspath_or_none(cache_dir), progress, keep_dense)
+
+
+def quantize_checkpoint(
+    model: str | os.PathLike,
+    to: str,
+    outdir: str | os.PathLike,
+    *,
+    keep_dense: list[str] | None = None,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    on_layer: Callable[[int, int, str], None] | None = None,
+) -> dict[str, object]:
+    """Write a pre-quantized checkpoint that :func:`load_model` (and transformers + bitsandbytes) load without
+    quantizing: exactly the Linear layers the model's own policy quantizes (the same code that loads it; SmolVLM
+    keeps ``lm_head`` dense, Florence-2 its vision tower and projector), in bitsandbytes' state-dict layout
+    (NF4/FP4: ``weight``, ``weight.absmax``, ``weight.quant_map``, ``weight.nested_absmax``,
+    ``weight.nested_quant_map``, ``weight.quant_state.bitsandbytes__nf4``; INT8: ``weight`` + ``SCB`` +
+    ``weight_format``); every other tensor as stored. ``config.json`` gains transformers' ``quantization_config``;
+    tokenizer, processor and generation files are copied.
+
+    Args:
+        model: a registry name (its hub checkpoint), a checkpoint directory or a hub id.
+        to: ``"nf4"``, ``"fp4"`` or ``"int8"`` (``"llm_int8"`` writes the same INT8 layout).
+        outdir: a new or empty directory.
+        keep_dense: layers to keep dense instead of the family's default (see :func:`model_selector`).
+        revision: the hub revision (default: the registry's, or ``"main"``).
+        cache_dir: the Hugging Face cache to use instead of the environment's.
+        on_layer: ``on_layer(done, total, layer_name)`` after each layer is quantized (a progress bar).
+
+    Returns:
+        ``{"quantized_layers", "dense_layers", "bytes_before", "bytes_after", "files"}``.
+
+    Raises:
+        InvalidArgumentError: (a ``ValueError``) for a bad ``to``, an ``outdir`` that is not an empty directory,
+            or a checkpoint that is already quantized.
+        UnknownModelError: (a ``ValueError``) for an unknown model name.
+        CheckpointError: (a ``RuntimeError``) when ``outdir`` cannot be written or the source cannot be read.
+    """
+    return _C.quantize_checkpoint(os.fspath(model), to, os.fspath(outdir), keep_dense, revision or "",
+                                  _fspath_or_none(cache_dir), None, on_layer)
+
+
+def weight_memory(
+    model: str | os.PathLike,
+    quantization: str = "none",
+    *,
+    keep_dense: list[str] | None = None,
+    dtype: str = "bfloat16",
+    revision: str | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    offline: bool | None = None,
+) -> int:
+    """Bytes of a model's weights once loaded with ``quantization``: every tensor the model reads, floating
+    ones in ``dtype`` (bfloat16 is what CUDA loads), Linear layers in the quantized layout of the layers the
+    family's policy quantizes. Computed from the checkpoint's tensor shapes (the model is built on the meta
+    device; nothing is read or converted). ``model``: a registry name, directory or hub id (fetched if missing,
+    unless ``offline``)."""
+    return _C.weight_memory(os.fspath(model), quantization, keep_dense, dtype, revision or "",
+                            _fspath_or_none(cache_dir), offline)
 
 
 def unload(name: str) -> int:
@@ -174,7 +242,9 @@ __all__ = [
     "model_selector",
     "probe_image",
     "quant",
+    "quantize_checkpoint",
     "safetensors",
     "set_log_level",
     "unload",
+    "weight_memory",
 ]

@@ -5,6 +5,7 @@
     imagetotext models                                            every model, with its weight memory
     imagetotext download MODEL                                    fetch into the Hugging Face cache
     imagetotext validate --base MODEL --quantized MODEL IMAGE...  captions side by side, match rate
+    imagetotext quantize MODEL --to nf4|int8 OUTDIR               write a pre-quantized checkpoint
 
 Exit status: 0 when everything worked, 1 when some images failed (each reported, the rest still captioned),
 2 for a usage error or a model that cannot be loaded (a message on stderr, never a traceback).
@@ -17,8 +18,6 @@ import difflib
 import glob
 import json
 import os
-import re
-import struct
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -123,17 +122,29 @@ class DownloadBars:
 # ---------------------------------------------------------------------------------------------------------
 
 
+def _print(*args, **kwargs) -> None:
+    """print() that first clears the progress bars on the terminal and redraws them after, so a caption line
+    never lands in the middle of a bar."""
+    try:
+        from tqdm import tqdm
+    except ImportError:
+        print(*args, **kwargs)
+        return
+    with tqdm.external_write_mode(file=sys.stderr):
+        print(*args, **kwargs)
+
+
 def _report(args: argparse.Namespace, path: str, caption: str | None = None, error: BaseException | str | None = None):
     if error is not None:
         text = str(error)
         if args.json:
-            print(json.dumps({"path": path, "error": text}), flush=True)
+            _print(json.dumps({"path": path, "error": text}), flush=True)
         else:
-            print(f"{path}\terror: {text}", file=sys.stderr, flush=True)
+            _print(f"{path}\terror: {text}", file=sys.stderr, flush=True)
     elif args.json:
-        print(json.dumps({"path": path, "caption": caption}), flush=True)
+        _print(json.dumps({"path": path, "caption": caption}), flush=True)
     else:
-        print(f"{path}\t{caption}", flush=True)
+        _print(f"{path}\t{caption}", flush=True)
 
 
 def _caption(args: argparse.Namespace) -> int:
@@ -180,53 +191,6 @@ def _caption(args: argparse.Namespace) -> int:
 # models
 # ---------------------------------------------------------------------------------------------------------
 
-_DTYPE_BYTES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-
-
-def _safetensors_shapes(path: Path) -> dict[str, tuple[str, list[int]]]:
-    """Tensor name -> (dtype, shape), read from a .safetensors header (or every shard of an index)."""
-    if path.name.endswith(".index.json"):
-        shards = sorted(set(json.loads(path.read_text())["weight_map"].values()))
-        shapes = {}
-        for shard in shards:
-            shapes.update(_safetensors_shapes(path.parent / shard))
-        return shapes
-    with open(path, "rb") as file:
-        (length,) = struct.unpack("<Q", file.read(8))
-        header = json.loads(file.read(length))
-    header.pop("__metadata__", None)
-    return {name: (entry["dtype"], entry["shape"]) for name, entry in header.items()}
-
-
-def _product(shape: list[int]) -> int:
-    count = 1
-    for size in shape:
-        count *= size
-    return count
-
-
-def weight_bytes(shapes: dict[str, tuple[str, list[int]]], quantization: str, dense_bytes: int = 2) -> int:
-    """Bytes of a checkpoint's weights once loaded: floating tensors at ``dense_bytes`` each (bf16 on CUDA), and
-    for a quantized variant every 2-D ``.weight`` outside embeddings, heads and norms in the bitsandbytes
-    layout: INT8 one byte per weight plus a float32 scale per row; NF4/FP4 half a byte per weight plus, with
-    double quantization, one byte per 64-weight block and a float32 per 256 blocks."""
-    total = 0
-    for name, (dtype, shape) in shapes.items():
-        count = _product(shape)
-        quantizable = (len(shape) == 2 and name.endswith(".weight")
-                       and not re.search(r"embed|lm_head|norm|position|patch", name))
-        if quantization in ("int8", "llm_int8") and quantizable:
-            total += count + 4 * shape[0]
-        elif quantization in ("nf4", "fp4") and quantizable:
-            blocks = -(-count // 64)
-            total += -(-count // 2) + blocks + 4 * -(-blocks // 256)
-        elif dtype in ("F32", "F16", "BF16", "F64"):
-            total += count * dense_bytes
-        else:
-            total += count * _DTYPE_BYTES.get(dtype, 1)
-    return total
-
-
 def _cached_checkpoint(repo_id: str, revision: str) -> Path | None:
     for filename in ("model.safetensors", "model.safetensors.index.json"):
         path = imagetotext.hub.try_to_load_from_cache(repo_id, filename, revision)
@@ -247,9 +211,10 @@ def _models(args: argparse.Namespace) -> int:
             size, memory = 0, "0"
         elif (checkpoint := _cached_checkpoint(row["repo_id"], row["revision"])) is not None:
             try:
-                size = weight_bytes(_safetensors_shapes(checkpoint), row["quantization"])
+                # The model built on the meta device from the cached checkpoint with the variant's own policy.
+                size = imagetotext.weight_memory(row["name"], row["quantization"], offline=True)
                 memory = _format_bytes(size)
-            except (OSError, ValueError, KeyError, struct.error) as error:
+            except (imagetotext.ImageToTextError, OSError) as error:
                 memory = f"unreadable checkpoint ({error})"
         rows.append({**row, "weight_bytes": size, "weights": memory})
     if args.json:
@@ -259,8 +224,8 @@ def _models(args: argparse.Namespace) -> int:
     widths = [max(len(h), *(len(str(row[h])) for row in rows)) for h in header]
     for values in [header, *[tuple(str(row[h]) for h in header) for row in rows]]:
         print("  ".join(v.ljust(w) for v, w in zip(values, widths)).rstrip())
-    print("\nweights: memory of the loaded weights (bf16, or the quantized layout), from the cached checkpoint's "
-          "tensor shapes;\n'imagetotext download NAME' fetches a checkpoint.")
+    print("\nweights: memory of the loaded weights on CUDA (bf16; the layers the variant quantizes in the "
+          "bitsandbytes layout),\ncomputed from the cached checkpoint; 'imagetotext download NAME' fetches one.")
     return 0
 
 
@@ -287,6 +252,43 @@ def _download(args: argparse.Namespace) -> int:
         bars.close()
     for path in files:
         print(path)
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------------------
+# quantize
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _quantize(args: argparse.Namespace) -> int:
+    if not os.path.isdir(args.model):
+        row = next((r for r in imagetotext.model_registry() if r["name"] == args.model), None)
+        offline = os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+        if not offline and (row is not None and row["family"] != "test" or row is None and "/" in args.model):
+            # Fetch (or find) the checkpoint first, with download bars; quantizing then reads the cache.
+            repo_id = row["repo_id"] if row else args.model
+            revision = args.revision or (row["revision"] if row else "main")
+            downloads = DownloadBars(enabled=not args.no_progress)
+            try:
+                imagetotext._C.download_checkpoint(repo_id, revision, None, downloads)
+            finally:
+                downloads.close()
+    bars = []
+
+    def on_layer(done: int, total: int, name: str) -> None:
+        if not bars:
+            bars.append(_tqdm(total=total, unit="layer", desc=f"quantizing to {args.to}",
+                              disable=True if args.no_progress else None))
+        bars[0].update(done - bars[0].n)
+
+    try:
+        report = imagetotext.quantize_checkpoint(args.model, args.to, args.outdir, keep_dense=args.keep_dense,
+                                                 revision=args.revision, on_layer=on_layer)
+    finally:
+        for bar in bars:
+            bar.close()
+    print(f"{args.outdir}: {report['quantized_layers']} linear layers in {args.to}, {report['dense_layers']} kept "
+          f"dense; tensors {_format_bytes(report['bytes_before'])} -> {_format_bytes(report['bytes_after'])}")
     return 0
 
 
@@ -408,6 +410,16 @@ def build_parser() -> argparse.ArgumentParser:
     validate.add_argument("--json", action="store_true", help="a JSON report")
     _model_arguments(validate)
     validate.set_defaults(run=_validate)
+
+    quantize = commands.add_parser("quantize", help="write a pre-quantized checkpoint (bitsandbytes layout)")
+    quantize.add_argument("model", metavar="MODEL",
+                          help="a name from 'imagetotext models', a checkpoint folder or a hub id")
+    quantize.add_argument("--to", required=True, choices=["nf4", "int8"], help="the weight format to write")
+    quantize.add_argument("outdir", metavar="OUTDIR", help="a new or empty folder for the quantized checkpoint")
+    quantize.add_argument("--keep-dense", action="append", default=None, metavar="MODULE",
+                          help="keep this module's linear layers dense (repeatable; default: the model's policy)")
+    quantize.add_argument("--revision", default=None, help="branch, tag or commit (default: the registry's)")
+    quantize.set_defaults(run=_quantize)
     return parser
 
 

@@ -5,6 +5,7 @@
 #include "config_reader.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/checkpoint_tools.hpp"
 
 namespace imagetotext {
 
@@ -25,6 +26,14 @@ std::unique_ptr<Captioner> load_model(std::string_view checkpoint, ModelOptions 
   const auto model_type = reader.require<std::string>("model_type");
   const ModelFamily family = family_of_model_type(model_type, config_path.string());
 
+  // A pre-quantized checkpoint (`imagetotext quantize`, transformers + bitsandbytes) says so in config.json: its
+  // format and skipped modules become the defaults, so the model reports them and dense layers stay as stored.
+  if (!options.quantization) {
+    if (const auto declared = declared_quantization(config_path)) {
+      options.quantization = declared->format;
+      if (!options.keep_dense) options.keep_dense = declared->keep_dense;
+    }
+  }
   options.checkpoint = std::string(checkpoint);
   const ModelSpec spec{checkpoint, family, checkpoint, revision, options.quantization.value_or(Quantization::none)};
   return make_captioner(spec, options);  // copies the spec's strings

@@ -23,10 +23,10 @@ template class ImageToText<SmolVLMFamily>;
 
 namespace smolvlm {
 
-nn::LinearPolicy linear_policy(Quantization format) {
+nn::LinearPolicy linear_policy(Quantization format, const std::optional<std::vector<std::string>>& keep_dense) {
   nn::LinearPolicy policy;
   policy.format = format;
-  policy.keep_dense = {"lm_head"};  // bitsandbytes' default: the output head stays dense
+  policy.keep_dense = keep_dense.value_or(std::vector<std::string>{"lm_head"});  // bitsandbytes' default
   return policy;
 }
 
@@ -232,7 +232,7 @@ SmolVLMFamily::Model load_smolvlm(std::string_view repo, std::string_view revisi
   const std::filesystem::path checkpoint_path = io::hub_checkpoint(repo, revision, hub);
   io::Checkpoint checkpoint = io::load_safetensors(checkpoint_path);
   const nn::Weights weights(std::move(checkpoint.tensors), checkpoint_path, placement);
-  smolvlm::SmolVLM network = smolvlm::SmolVLM::load(weights, config, smolvlm::linear_policy(quantization));
+  smolvlm::SmolVLM network = smolvlm::SmolVLM::load(weights, config, smolvlm::linear_policy(quantization, options.keep_dense));
 
   const std::filesystem::path tokenizer_path = io::hub_file(repo, "tokenizer.json", revision, hub);
   text::Tokenizer tokenizer = text::Tokenizer::from_file(tokenizer_path);

@@ -69,6 +69,7 @@ Linear Linear::load(const Weights& weights, std::string_view name, const LinearP
                                       weights.source().string(), module, loaded->out_features, loaded->in_features,
                                       out_features, in_features));
   }
+  if (policy.on_load) policy.on_load(module, *loaded);
   return Linear(std::move(*loaded));
 }
 

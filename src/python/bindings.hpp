@@ -6,6 +6,7 @@
 
 namespace imagetotext::python {
 
+void bind_checkpoint_tools(pybind11::module_& m);  // checkpoint_tools.cpp: quantize_checkpoint, weight_memory
 void bind_configs(pybind11::module_& m);      // configs.cpp
 void bind_florence2(pybind11::module_& m);    // florence2.cpp: the Florence-2 model's pieces, for tests
 void bind_hub(pybind11::module_& m);          // hub.cpp

@@ -10,6 +10,7 @@
 #include "bindings.hpp"
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/image_to_text.hpp"
+#include "imagetotext/models/checkpoint_tools.hpp"
 
 namespace py = pybind11;
 
@@ -33,8 +34,10 @@ std::function<void(const io::HubDownloadProgress&)> native_progress(py::object c
 ModelOptions make_options(const std::string& device, const std::string& dtype,
                           const std::optional<std::string>& quantization, const std::string& checkpoint,
                           int64_t max_new_tokens, std::optional<double> test_delay, int64_t max_pixels,
-                          const std::optional<std::filesystem::path>& cache_dir, const py::object& progress) {
+                          const std::optional<std::filesystem::path>& cache_dir, const py::object& progress,
+                          std::optional<std::vector<std::string>> keep_dense = std::nullopt) {
   ModelOptions options;
+  options.keep_dense = std::move(keep_dense);
   options.device = device;
   options.dtype = dtype;
   if (quantization) options.quantization = parse_quantization(*quantization);
@@ -80,16 +83,10 @@ ImageArgument image_argument(const py::handle& image) {
                              py::str(py::type::of(image).attr("__name__")).cast<std::string>());
 }
 
-// The files a model's processor, tokenizer and generation may read, fetched when the repository has them.
-constexpr const char* kOptionalModelFiles[] = {
-    "generation_config.json", "preprocessor_config.json", "processor_config.json", "tokenizer.json",
-    "tokenizer_config.json",  "special_tokens_map.json",  "added_tokens.json",     "chat_template.json",
-    "chat_template.jinja",    "vocab.json",               "merges.txt"};
-
 std::vector<std::filesystem::path> download_checkpoint(const std::string& repo, const std::string& revision,
                                                        const io::HubOptions& options) {
   std::vector<std::filesystem::path> files{io::hub_file(repo, "config.json", revision, options)};
-  for (const char* name : kOptionalModelFiles) {
+  for (const std::string_view name : kModelSideFiles) {
     if (auto path = io::optional_hub_file(repo, name, revision, options)) files.push_back(*path);
   }
   files.push_back(io::hub_checkpoint(repo, revision, options));
@@ -182,30 +179,32 @@ void bind_models(py::module_& m) {
       [](const std::string& name, const std::string& device, const std::string& dtype,
          std::optional<std::string> quantization, const std::string& checkpoint, int64_t max_new_tokens,
          std::optional<double> test_delay, int64_t max_pixels, std::optional<std::filesystem::path> cache_dir,
-         py::object progress) {
+         py::object progress, std::optional<std::vector<std::string>> keep_dense) {
         return model_selector(name, make_options(device, dtype, quantization, checkpoint, max_new_tokens, test_delay,
-                                                 max_pixels, cache_dir, progress));
+                                                 max_pixels, cache_dir, progress, std::move(keep_dense)));
       },
       py::arg("model_name"), py::arg("device") = "auto", py::arg("dtype") = "auto",
       py::arg("quantization") = py::none(), py::arg("checkpoint") = "", py::arg("max_new_tokens") = 0,
       py::arg("test_delay") = py::none(), py::arg("max_image_pixels") = io::kDefaultMaxImagePixels,
-      py::arg("cache_dir") = py::none(), py::arg("progress") = py::none(),
+      py::arg("cache_dir") = py::none(), py::arg("progress") = py::none(), py::arg("keep_dense") = py::none(),
       "Build the model registered under model_name (see imagetotext.model_selector).");
 
   m.def(
       "load_model",
       [](const std::string& checkpoint, const std::string& revision, const std::string& device,
          const std::string& dtype, std::optional<std::string> quantization, int64_t max_new_tokens, int64_t max_pixels,
-         std::optional<std::filesystem::path> cache_dir, py::object progress) {
-        ModelOptions options =
-            make_options(device, dtype, quantization, "", max_new_tokens, std::nullopt, max_pixels, cache_dir, progress);
+         std::optional<std::filesystem::path> cache_dir, py::object progress,
+         std::optional<std::vector<std::string>> keep_dense) {
+        ModelOptions options = make_options(device, dtype, quantization, "", max_new_tokens, std::nullopt, max_pixels,
+                                            cache_dir, progress, std::move(keep_dense));
         py::gil_scoped_release release;  // reads (maybe downloads) config.json
         return load_model(checkpoint, std::move(options), revision);
       },
       py::arg("checkpoint"), py::arg("revision") = "main", py::arg("device") = "auto", py::arg("dtype") = "auto",
       py::arg("quantization") = py::none(), py::arg("max_new_tokens") = 0,
       py::arg("max_image_pixels") = io::kDefaultMaxImagePixels, py::arg("cache_dir") = py::none(),
-      py::arg("progress") = py::none(), "A model for a checkpoint directory or hub id (see imagetotext.load_model).");
+      py::arg("progress") = py::none(), py::arg("keep_dense") = py::none(),
+      "A model for a checkpoint directory or hub id (see imagetotext.load_model).");
 
   m.def(
       "download_checkpoint",

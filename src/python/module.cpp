@@ -111,6 +111,7 @@ PYBIND11_MODULE(_C, m) {
   python::bind_tokenizer(m);
   python::bind_smolvlm(m);
   python::bind_florence2(m);  // after bind_tokenizer: its signatures name imagetotext.Tokenizer
+  python::bind_checkpoint_tools(m);
 
   m.def(
       "set_log_level", [](const std::string& level) { set_log_level(parse_log_level(level)); }, py::arg("level"),

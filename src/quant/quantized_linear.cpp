@@ -295,4 +295,17 @@ size_t QuantizedLinear::weight_bytes() const {
   return bytes;
 }
 
+size_t QuantizedLinear::weight_bytes_for(Quantization format, int64_t out_features, int64_t in_features,
+                                     at::ScalarType dense_dtype, const QuantizeOptions& options) {
+  const auto n = static_cast<size_t>(out_features * in_features);
+  if (format == Quantization::none) return n * c10::elementSize(dense_dtype);
+  if (is_int8(format)) return n + sizeof(float) * static_cast<size_t>(out_features);  // CB + SCB
+  const auto blocks = static_cast<size_t>(block_count(static_cast<int64_t>(n), options.blocksize));
+  size_t bytes = static_cast<size_t>(packed_4bit_bytes(static_cast<int64_t>(n))) + 16 * sizeof(float);  // + code
+  if (!options.compress_statistics) return bytes + blocks * sizeof(float);
+  // uint8 absmax codes, float32 absmax per nested block, the 256-entry dynamic map and the offset.
+  const auto nested_blocks = static_cast<size_t>(block_count(static_cast<int64_t>(blocks), kNestedBlocksize));
+  return bytes + blocks + nested_blocks * sizeof(float) + kDynamicMapSize * sizeof(float) + sizeof(float);
+}
+
 }  // namespace imagetotext::quant

@@ -4,6 +4,8 @@
 
 #include <cmath>
 #include <limits>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "catch.hpp"
@@ -67,6 +69,35 @@ TEST_CASE("Linear: keep_dense matching, quantize on load, pre-quantized layers",
   CHECK(nn::Linear::load(saved8, "fc", nn::LinearPolicy{}).layer().format() == Quantization::int8);
   CHECK(nn::Linear::load(saved8, "fc", nn::LinearPolicy{Quantization::llm_int8}).layer().format() ==
         Quantization::llm_int8);
+}
+
+TEST_CASE("Linear: on_load reports each layer as loaded; weight_bytes without a layer matches a built one", "[nn]") {
+  const nn::Weights weights = make_weights({{"model.fc1.weight", at::randn({96, 80})},
+                                            {"model.head.weight", at::randn({7, 80})}});
+  nn::LinearPolicy policy;
+  policy.format = Quantization::nf4;
+  policy.keep_dense = {"head"};
+  std::vector<std::string> seen;
+  policy.on_load = [&](const std::string& module, const imagetotext::quant::QuantizedLinear& layer) {
+    seen.push_back(module + ":" + std::string(imagetotext::quantization_name(layer.format())));
+  };
+  const nn::Linear fc1 = nn::Linear::load(weights["model"], "fc1", policy);
+  const nn::Linear head = nn::Linear::load(weights["model"], "head", policy);
+  REQUIRE(seen.size() == 2);
+  CHECK(seen[0] == "model.fc1:nf4");
+  CHECK(seen[1] == "model.head:none");
+
+  using imagetotext::quant::QuantizedLinear;
+  for (Quantization format : {Quantization::none, Quantization::int8, Quantization::nf4, Quantization::fp4}) {
+    for (bool nested : {true, false}) {
+      imagetotext::quant::QuantizeOptions options;
+      options.compress_statistics = nested;
+      for (auto [out, in] : {std::pair<int64_t, int64_t>{96, 80}, {7, 33}, {300, 256}}) {
+        const QuantizedLinear built = QuantizedLinear::from_dense(at::randn({out, in}), std::nullopt, format, options);
+        CHECK(QuantizedLinear::weight_bytes_for(format, out, in, at::kFloat, options) == built.weight_bytes());
+      }
+    }
+  }
 }
 
 TEST_CASE("LayerNorm and RMSNorm against their formulas", "[nn]") {

@@ -109,34 +109,7 @@ def fake_cached_checkpoint(hub_cache, repo_id, tensors):
     save_file(tensors, str(snapshot / "model.safetensors"))
 
 
-def test_models_table_computes_weight_memory_from_a_cached_checkpoint(tmp_path):
-    import torch
-
-    fake_cached_checkpoint(tmp_path / "hub", "HuggingFaceTB/SmolVLM-256M-Instruct", {
-        "model.text_model.layers.0.mlp.up_proj.weight": torch.zeros(128, 64),
-        "model.text_model.embed_tokens.weight": torch.zeros(100, 64),
-        "model.text_model.norm.weight": torch.zeros(64),
-    })
-    result = run_cli("models", "--json", env={"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
-    assert result.returncode == 0, result.stderr
-    rows = {row["name"]: row for row in json.loads(result.stdout)}
-    assert list(rows) == imagetotext.available_models
-    # bf16: 2 bytes per weight. INT8 (bitsandbytes row-wise): 1 byte per linear weight + a float32 per row;
-    # embeddings and norms stay bf16.
-    assert rows["SmolVLM-256M-Instruct"]["weight_bytes"] == (128 * 64 + 100 * 64 + 64) * 2
-    assert rows["SmolVLM-256M-Instruct-int8"]["weight_bytes"] == 128 * 64 + 4 * 128 + (100 * 64 + 64) * 2
-    assert rows["Florence-2-base"]["weight_bytes"] is None and rows["Florence-2-base"]["weights"] == "not cached"
-    table = run_cli("models", env={"HF_HUB_CACHE": str(tmp_path / "hub")})
-    assert table.returncode == 0 and "weights" in table.stdout.splitlines()[0]
-
-
-def test_nf4_weight_memory_follows_the_bitsandbytes_layout():
-    from imagetotext.cli import weight_bytes
-
-    shapes = {"layers.0.fc1.weight": ("BF16", [256, 64])}
-    count = 256 * 64
-    # 4 bits per weight, one uint8 absmax per 64-weight block (double quantization), a float32 per 256 blocks.
-    assert weight_bytes(shapes, "nf4") == count // 2 + count // 64 + 4 * -(-(count // 64) // 256)
+# The weight memory column against bitsandbytes and transformers: test_quantize_checkpoint.py.
 
 
 def test_download_fetches_a_checkpoint_folder_and_reports_offline_misses(tmp_path):

@@ -48,7 +48,7 @@ def test_every_public_name_has_a_docstring(module):
 def test_cli_commands_have_help():
     parser = cli.build_parser()
     commands = next(a for a in parser._actions if a.dest == "command")
-    assert set(commands.choices) == {"caption", "models", "download", "validate"}
+    assert set(commands.choices) == {"caption", "models", "download", "validate", "quantize"}
     for name, sub in commands.choices.items():
         assert sub.description or commands._choices_actions, name
         assert all(action.help for action in sub._actions if action.dest != "help"), name

@@ -29,8 +29,10 @@
 
 namespace imagetotext::smolvlm {
 
-// The linear-layer policy of a variant: `format` for every linear layer but lm_head.
-nn::LinearPolicy linear_policy(Quantization format);
+// The linear-layer policy of a variant: `format` for every linear layer but those of `keep_dense` (unset:
+// lm_head, as bitsandbytes keeps the output head dense).
+nn::LinearPolicy linear_policy(Quantization format,
+                               const std::optional<std::vector<std::string>>& keep_dense = std::nullopt);
 
 class SmolVLM {
  public:

@@ -5,6 +5,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <functional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -21,6 +22,10 @@ struct LinearPolicy {
   // Modules kept dense, as transformers' `llm_int8_skip_modules`: an entry matches a layer whose full name
   // equals it, ends with "." + it, or starts with it + "." (so "lm_head" and "model.vision_model" both work).
   std::vector<std::string> keep_dense;
+
+  // Called by Linear::load with each layer's full name and the layer as loaded: how tools learn which
+  // layers a model builds from a checkpoint (models/checkpoint_tools.hpp) without a second list of them.
+  std::function<void(const std::string& module, const quant::QuantizedLinear& layer)> on_load;
 
   // The format the layer named `module` (its full checkpoint name, without ".weight") gets.
   Quantization format_for(std::string_view module) const;

@@ -54,6 +54,9 @@ class QuantizedLinear {
   const std::optional<at::Tensor>& bias() const noexcept { return bias_; }
   // Bytes the weight occupies as stored (packed codes and statistics; not the bias or forward caches).
   size_t weight_bytes() const;
+  // What weight_bytes() is for a layer of `format` and shape without building one (dense: in `dense_dtype`).
+  static size_t weight_bytes_for(Quantization format, int64_t out_features, int64_t in_features,
+                             at::ScalarType dense_dtype, const QuantizeOptions& options = {});
 
   int64_t in_features = 0;
   int64_t out_features = 0;
