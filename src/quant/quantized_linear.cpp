@@ -170,7 +170,8 @@ QuantizedLinear QuantizedLinear::from_state_dict(const StateDict& state, const s
     const QuantType type = quant_type_of(format);
     const std::string json_key = quant_state_key_suffix(type);
     const at::Tensor& json_bytes = reader.get(json_key, at::kByte);
-    const at::Tensor contiguous_bytes = json_bytes.contiguous();
+    // The JSON blob is read on the host, wherever the state dict's tensors were placed.
+    const at::Tensor contiguous_bytes = json_bytes.cpu().contiguous();
     const std::string text(reinterpret_cast<const char*>(contiguous_bytes.data_ptr<uint8_t>()),
                            static_cast<size_t>(contiguous_bytes.numel()));
     nlohmann::json fields;
