@@ -1,6 +1,5 @@
 #include "imagetotext/nn/attention.hpp"
 
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/matmul.h>
 #include <ATen/ops/ones.h>
@@ -40,17 +39,6 @@ std::pair<at::Tensor, at::Tensor> KVCache::write_at(const at::Tensor& key, const
   keys_.index_copy_(2, position, key);
   values_.index_copy_(2, position, value);
   return {keys_, values_};
-}
-
-void KVCache::set_length(std::int64_t length) {
-  if (length < 0 || length > capacity()) {
-    throw InvalidArgumentError(fmt::format("key/value cache holds {} positions, not {}", capacity(), length));
-  }
-  length_ = length;
-}
-
-at::Tensor decode_mask(const at::Tensor& position, std::int64_t capacity) {
-  return at::arange(capacity, position.options()).le(position).view({1, 1, 1, capacity});
 }
 
 void KVCache::reorder(const at::Tensor& order) {

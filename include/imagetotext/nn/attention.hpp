@@ -25,10 +25,9 @@ class KVCache {
 
   // A decode step at a position held on the device (fixed shapes, so a CUDA graph can replay it): writes
   // `key`/`value` [batch, kv_heads, 1, head_dim] at `position` (int64 [1] on the cache's device) and returns the
-  // whole buffers [.., capacity, ..]; attend with decode_mask(position, capacity). length() is not advanced:
-  // the host does not know the position (set_length once the step's results are read back).
+  // whole buffers [.., capacity, ..] (attend to 0 .. position with ops::decode_attention). length() is not
+  // advanced: the host does not know the position.
   std::pair<at::Tensor, at::Tensor> write_at(const at::Tensor& key, const at::Tensor& value, const at::Tensor& position);
-  void set_length(std::int64_t length);
 
   // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device).
   void reorder(const at::Tensor& order);
@@ -47,10 +46,6 @@ class KVCache {
   at::Tensor values_;
   std::int64_t length_ = 0;
 };
-
-// The mask of one query at `position` (int64 [1]) over a cache of `capacity` positions: [1, 1, 1, capacity],
-// true at 0 .. position (boolean, as scaled_dot_product_attention takes it). Fixed shape, computed on the device.
-at::Tensor decode_mask(const at::Tensor& position, std::int64_t capacity);
 
 // softmax(q k^T * scale + mask) v for q [batch, heads, q_len, head_dim] and k, v [batch, kv_heads, k_len,
 // head_dim]; grouped-query attention repeats each key/value head heads / kv_heads times. `mask` is
