@@ -155,11 +155,17 @@ text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at
   }
   RECORD_USER_SCOPE("smolvlm.decode");
   at::Tensor token = at::empty({1, 1}, at::TensorOptions().device(placement_.device).dtype(at::kLong));
-  auto step = [&](std::int64_t next) {
-    token.fill_(next);
-    return text_.logits(text_.forward(text_.embed(token), cache).select(1, 0));
+  auto advance = [&](std::int64_t previous, std::int64_t n, std::vector<at::Tensor>* logits) {
+    std::vector<std::int64_t> picked;
+    for (std::int64_t i = 0; i < n; ++i) {
+      token.fill_(i == 0 ? previous : picked.back());
+      const at::Tensor step_logits = text_.logits(text_.forward(text_.embed(token), cache).select(1, 0)).reshape({-1});
+      if (logits) logits->push_back(step_logits);
+      picked.push_back(step_logits.argmax().item<std::int64_t>());
+    }
+    return picked;
   };
-  return text::greedy_search(first, step, options);
+  return text::greedy_search(first, advance, options);
 }
 
 text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
@@ -192,32 +198,25 @@ text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
     first_logits = text_.logits(text_.forward(embeddings, g.cache).select(1, length - 1)).reshape({-1});
   }
   RECORD_USER_SCOPE("smolvlm.decode");
-  const std::int64_t first = first_logits.argmax().item<std::int64_t>();
-  g.token.fill_(first);
   g.position.fill_(length);
   g.index.fill_(0);
-  std::vector<at::Tensor> logits{first_logits};
   std::int64_t steps = 0;
-  auto advance = [&](std::int64_t n) {
+  auto advance = [&](std::int64_t previous, std::int64_t n, std::vector<at::Tensor>* logits) {
+    if (steps == 0) g.token.fill_(previous);  // later steps read the token the step before picked
     for (std::int64_t i = 0; i < n; ++i) {
       if (g.graph.captured()) {
         g.graph.replay();
       } else {
         g.step(text_);
       }
-      if (options.keep_logits) logits.push_back(g.logits.reshape({-1}).clone());
+      if (logits) logits->push_back(g.logits.reshape({-1}).clone());
     }
     const at::Tensor picked = g.generated.narrow(0, steps, n).cpu();
     steps += n;
     const std::int64_t* data = picked.data_ptr<std::int64_t>();
     return std::vector<std::int64_t>(data, data + n);
   };
-  text::GreedySearchResult result = text::greedy_search_ahead(first, advance, options);
-  if (options.keep_logits) {
-    logits.resize(result.tokens.size());
-    result.logits = std::move(logits);
-  }
-  return result;
+  return text::greedy_search(first_logits, advance, options, /*lookahead=*/4);
 }
 
 }  // namespace smolvlm
