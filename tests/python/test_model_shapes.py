@@ -100,6 +100,18 @@ def test_computed_from_the_config_equals_measured_from_the_checkpoint(family, re
         for dtype in ("bfloat16", "float32"):
             assert config_weight_memory(directory, quantization, dtype=dtype) == \
                 imagetotext.weight_memory(checkpoint, quantization, dtype=dtype), (quantization, dtype)
+    if family == "florence2":
+        # The same model in microsoft/Florence-2-*'s original layout: measured counts every tensor stored, here
+        # final_logits_bias (zeros) and the tied embedding's encoder/decoder copies beside `shared`.
+        with safe_open(str(checkpoint.parent / "original" / "model.safetensors"), "pt") as saved:
+            original = {name: math.prod(saved.get_slice(name).get_shape()) for name in saved.keys()}
+        extra = sum(original.values()) - sum(math.prod(shape) for shape in written.values())
+        assert extra == original["language_model.final_logits_bias"] + \
+            original["language_model.model.encoder.embed_tokens.weight"] + \
+            original["language_model.model.decoder.embed_tokens.weight"]
+        for quantization in ("none", "nf4"):
+            assert imagetotext.weight_memory(checkpoint.parent / "original", quantization) == \
+                config_weight_memory(directory, quantization) + 2 * extra
 
 
 def shipped_from(directory: Path) -> dict:
