@@ -68,9 +68,8 @@ CHECKPOINTS = {
 
 def transformers_tensors(config: transformers.PretrainedConfig) -> dict[str, dict]:
     """name -> {dtype, shape} of the tensors save_pretrained writes for a model of this config."""
-    model_class = transformers.AutoModelForImageTextToText._model_mapping[type(config)]
     with torch.device("meta"):
-        model = model_class(config)
+        model = transformers.AutoModelForImageTextToText.from_config(config)
     state_dict = remove_tied_weights_from_state_dict(model.state_dict(), model)
     return {name: {"dtype": DTYPE_NAMES[t.dtype], "shape": list(t.shape)} for name, t in sorted(state_dict.items())}
 
