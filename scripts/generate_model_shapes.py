@@ -137,8 +137,9 @@ def write(outdir: Path, repo_id: str, revision: str, config: dict, tensors: dict
     directory = outdir / repo_id.replace("/", "--")
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
-    (directory / "tensors.json").write_text(json.dumps(
-        {"repo_id": repo_id, "revision": revision, "built_by": built_by, "tensors": tensors}, indent=1) + "\n")
+    header = json.dumps({"repo_id": repo_id, "revision": revision, "built_by": built_by})[:-1]
+    lines = ",\n".join(f"  {json.dumps(name)}: {json.dumps(entry)}" for name, entry in tensors.items())
+    (directory / "tensors.json").write_text(f'{header}, "tensors": {{\n{lines}\n}}}}\n')  # one tensor per line
 
 
 def main(argv: list[str]) -> None:
