@@ -222,7 +222,10 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
   const T* value_rows = values + (sequence * (heads / group) + head / group) * capacity * dim;
 
   float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
-  for (int64_t first = begin + gid; first < end; first += kSplitGroups * kSplitUnroll) {
+  // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
+  // position lies past the chunk's end takes part with a dead position.
+  for (int64_t round = begin; round < end; round += kSplitGroups * kSplitUnroll) {
+    const int64_t first = round + gid;
     float k[kSplitUnroll][E], v[kSplitUnroll][E];
 #pragma unroll
     for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
@@ -234,7 +237,7 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
     }
 #pragma unroll
     for (int u = 0; u < kSplitUnroll; ++u) {
-      const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group
+      const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group, not the warp
       float dot = 0.0f;
 #pragma unroll
       for (int e = 0; e < E; ++e) dot += q[e] * (live ? k[u][e] : 0.0f);
