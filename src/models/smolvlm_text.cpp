@@ -34,13 +34,11 @@ TextModel TextModel::load(const nn::Weights& text_weights, const nn::Weights& he
     const nn::Weights mlp = layer["mlp"];
     text.layers_.push_back(DecoderLayer{
         nn::RMSNorm::load(layer, "input_layernorm", hidden, c.rms_norm_eps),
-        nn::Linear::load(attn, "q_proj", policy, hidden, q_width),
-        nn::Linear::load(attn, "k_proj", policy, hidden, kv_width),
-        nn::Linear::load(attn, "v_proj", policy, hidden, kv_width),
+        nn::FusedLinear::load(attn, {"q_proj", "k_proj", "v_proj"}, policy, hidden, {q_width, kv_width, kv_width}),
         nn::Linear::load(attn, "o_proj", policy, q_width, hidden),
         nn::RMSNorm::load(layer, "post_attention_layernorm", hidden, c.rms_norm_eps),
-        nn::Linear::load(mlp, "gate_proj", policy, hidden, c.intermediate_size),
-        nn::Linear::load(mlp, "up_proj", policy, hidden, c.intermediate_size),
+        nn::FusedLinear::load(mlp, {"gate_proj", "up_proj"}, policy, hidden,
+                              {c.intermediate_size, c.intermediate_size}),
         nn::Linear::load(mlp, "down_proj", policy, c.intermediate_size, hidden),
     });
   }
@@ -73,9 +71,10 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
   };
-  const at::Tensor q = nn::apply_rotary(split_heads(layer.q_proj(x), config_.num_attention_heads), cos, sin);
-  const at::Tensor k = nn::apply_rotary(split_heads(layer.k_proj(x), config_.num_key_value_heads), cos, sin);
-  const at::Tensor v = split_heads(layer.v_proj(x), config_.num_key_value_heads);
+  const std::vector<at::Tensor> qkv = layer.qkv_proj(x);
+  const at::Tensor q = nn::apply_rotary(split_heads(qkv[0], config_.num_attention_heads), cos, sin);
+  const at::Tensor k = nn::apply_rotary(split_heads(qkv[1], config_.num_key_value_heads), cos, sin);
+  const at::Tensor v = split_heads(qkv[2], config_.num_key_value_heads);
   at::Tensor out;
   if (step) {
     const auto [keys, values] = cache.write_at(k, v, step->position);
@@ -97,7 +96,8 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
     const DecoderLayer& layer = layers_[i];
     h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step);
     const at::Tensor x = layer.post_attention_layernorm(h);
-    h = h + layer.down_proj(ops::silu_mul(layer.gate_proj(x), layer.up_proj(x)));
+    const std::vector<at::Tensor> gate_up = layer.gate_up_proj(x);
+    h = h + layer.down_proj(ops::silu_mul(gate_up[0], gate_up[1]));
   }
   return norm_(h);
 }
@@ -120,13 +120,17 @@ at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& pos
 }
 
 bool TextModel::capturable() const {
-  auto synchronizes = [](const nn::Linear& linear) { return linear.layer().format() == Quantization::llm_int8; };
+  auto synchronizes = [](const quant::QuantizedLinear& layer) { return layer.format() == Quantization::llm_int8; };
   for (const DecoderLayer& l : layers_) {
-    for (const nn::Linear* linear : {&l.q_proj, &l.k_proj, &l.v_proj, &l.o_proj, &l.gate_proj, &l.up_proj, &l.down_proj}) {
-      if (synchronizes(*linear)) return false;
+    std::vector<const quant::QuantizedLinear*> layers = l.qkv_proj.layers();
+    for (const quant::QuantizedLinear* layer : l.gate_up_proj.layers()) layers.push_back(layer);
+    layers.push_back(&l.o_proj.layer());
+    layers.push_back(&l.down_proj.layer());
+    for (const quant::QuantizedLinear* layer : layers) {
+      if (synchronizes(*layer)) return false;
     }
   }
-  return !synchronizes(*lm_head_);
+  return !synchronizes(lm_head_->layer());
 }
 
 }  // namespace imagetotext::smolvlm

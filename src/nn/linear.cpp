@@ -73,4 +73,37 @@ Linear Linear::load(const Weights& weights, std::string_view name, const LinearP
   return Linear(std::move(*loaded));
 }
 
+FusedLinear FusedLinear::load(const Weights& weights, const std::vector<std::string_view>& names,
+                              const LinearPolicy& policy, std::int64_t in_features,
+                              const std::vector<std::int64_t>& out_features) {
+  FusedLinear fused;
+  std::vector<const quant::QuantizedLinear*> layers;
+  fused.parts_.reserve(names.size());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    fused.parts_.push_back(Linear::load(weights, names[i], policy, in_features, out_features.at(i)));
+    fused.widths_.push_back(fused.parts_.back().layer().out_features);
+  }
+  for (const Linear& part : fused.parts_) layers.push_back(&part.layer());
+  if (std::optional<quant::QuantizedLinear> stacked = quant::QuantizedLinear::stack_rows(layers)) {
+    fused.stacked_.emplace(Linear(std::move(*stacked)));
+    fused.parts_.clear();  // the stacked copy replaces them: no second copy of the weights stays
+  }
+  return fused;
+}
+
+std::vector<at::Tensor> FusedLinear::operator()(const at::Tensor& x) const {
+  if (stacked_) return (*stacked_)(x).split_with_sizes(widths_, -1);
+  std::vector<at::Tensor> outputs;
+  outputs.reserve(parts_.size());
+  for (const Linear& part : parts_) outputs.push_back(part(x));
+  return outputs;
+}
+
+std::vector<const quant::QuantizedLinear*> FusedLinear::layers() const {
+  if (stacked_) return {&stacked_->layer()};
+  std::vector<const quant::QuantizedLinear*> layers;
+  for (const Linear& part : parts_) layers.push_back(&part.layer());
+  return layers;
+}
+
 }  // namespace imagetotext::nn

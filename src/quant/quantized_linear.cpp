@@ -2,6 +2,7 @@
 // layout (reference section 3; docs/quantization.md, "Checkpoint layout").
 #include "imagetotext/quant/quantized_linear.hpp"
 
+#include <ATen/ops/cat.h>
 #include <ATen/ops/from_blob.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
@@ -231,6 +232,47 @@ QuantizedLinear QuantizedLinear::from_state_dict(const StateDict& state, const s
   }
   layer.prepare_forward();
   return layer;
+}
+
+std::optional<QuantizedLinear> QuantizedLinear::stack_rows(const std::vector<const QuantizedLinear*>& parts) {
+  if (parts.empty()) return std::nullopt;
+  const QuantizedLinear& first = *parts.front();
+  std::vector<at::Tensor> weights, biases, scbs, absmaxes;
+  int64_t out_features = 0;
+  for (const QuantizedLinear* part : parts) {
+    if (part->format_ != first.format_ || part->in_features != first.in_features ||
+        part->bias_.has_value() != first.bias_.has_value() || part->format_ == Quantization::llm_int8) {
+      return std::nullopt;
+    }
+    if (is_4bit(part->format_)) {
+      const QuantState& s = part->state_;
+      if (s.blocksize != first.state_.blocksize || s.quant_type != first.state_.quant_type ||
+          s.dtype != first.state_.dtype || (part->out_features * part->in_features) % s.blocksize != 0) {
+        return std::nullopt;
+      }
+      absmaxes.push_back(part->float_absmax_);
+    }
+    weights.push_back(part->weight_);
+    if (part->bias_) biases.push_back(*part->bias_);
+    if (is_int8(part->format_)) scbs.push_back(part->scb_);
+    out_features += part->out_features;
+  }
+  QuantizedLinear stacked;
+  stacked.format_ = first.format_;
+  stacked.in_features = first.in_features;
+  stacked.out_features = out_features;
+  stacked.threshold_ = first.threshold_;
+  stacked.weight_ = at::cat(weights, 0);  // dense and int8: rows; 4-bit: packed bytes, whole blocks per part
+  if (!biases.empty()) stacked.bias_ = at::cat(biases, 0);
+  if (!scbs.empty()) stacked.scb_ = at::cat(scbs, 0);
+  if (is_4bit(first.format_)) {
+    stacked.state_ = first.state_;
+    stacked.state_.absmax = at::cat(absmaxes, 0);
+    stacked.state_.nested.reset();
+    stacked.state_.shape = {out_features, first.in_features};
+  }
+  stacked.prepare_forward();
+  return stacked;
 }
 
 void QuantizedLinear::prepare_forward() {

@@ -100,6 +100,45 @@ TEST_CASE("Linear: on_load reports each layer as loaded; weight_bytes without a 
   }
 }
 
+TEST_CASE("FusedLinear: stacked rows give what the parts give; LLM.int8 and mixed formats stay apart", "[nn]") {
+  // q/k/v-like parts: 96 + 32 + 32 rows of 64 inputs (4-bit: whole blocks of 64 per part), with biases.
+  const std::vector<std::int64_t> widths{96, 32, 32};
+  imagetotext::io::TensorMap tensors;
+  const std::vector<std::string> names{"q", "k", "v"};
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    tensors[names[i] + ".weight"] = at::randn({widths[i], 64});
+    tensors[names[i] + ".bias"] = at::randn({widths[i]});
+  }
+  const nn::Weights weights = make_weights(tensors);
+  const at::Tensor x = at::randn({3, 5, 64});
+  for (Quantization format : {Quantization::none, Quantization::int8, Quantization::nf4, Quantization::fp4}) {
+    const nn::LinearPolicy policy{format};
+    const nn::FusedLinear fused = nn::FusedLinear::load(weights, {"q", "k", "v"}, policy, 64, widths);
+    REQUIRE(fused.layers().size() == 1);  // stacked
+    const std::vector<at::Tensor> outputs = fused(x);
+    REQUIRE(outputs.size() == 3);
+    for (std::size_t i = 0; i < names.size(); ++i) {
+      const at::Tensor alone = nn::Linear::load(weights, names[i], policy)(x);
+      REQUIRE(outputs[i].sizes() == alone.sizes());
+      if (format == Quantization::none) {
+        CHECK(at::allclose(outputs[i], alone, 1e-5, 1e-5));  // BLAS may block a taller matrix differently
+      } else {
+        CHECK(at::equal(outputs[i], alone));  // each output row is computed alone: bit for bit
+      }
+    }
+  }
+  // LLM.int8 decides outliers per call: its parts run one by one; so do parts in different formats.
+  CHECK(nn::FusedLinear::load(weights, {"q", "k"}, nn::LinearPolicy{Quantization::llm_int8}, 64, {96, 32})
+            .layers()
+            .size() == 2);
+  nn::LinearPolicy mixed{Quantization::nf4, {}, {"k"}};
+  CHECK(nn::FusedLinear::load(weights, {"q", "k"}, mixed, 64, {96, 32}).layers().size() == 2);
+  // A 4-bit part whose weights end inside a block would shift the next part's blocks: kept apart.
+  const nn::Weights odd = make_weights({{"a.weight", at::randn({3, 32})}, {"b.weight", at::randn({4, 32})}});
+  CHECK(nn::FusedLinear::load(odd, {"a", "b"}, nn::LinearPolicy{Quantization::nf4}, 32, {3, 4}).layers().size() == 2);
+  CHECK(nn::FusedLinear::load(odd, {"a", "b"}, nn::LinearPolicy{Quantization::int8}, 32, {3, 4}).layers().size() == 1);
+}
+
 TEST_CASE("LayerNorm and RMSNorm against their formulas", "[nn]") {
   const at::Tensor x = at::randn({3, 16});
   const at::Tensor w = at::rand({16}) + 0.5;

@@ -73,6 +73,23 @@ def test_silu_mul_matches_torch(device, dtype):
     close(ops.silu_mul(gate, up), F.silu(gate) * up, dtype, device)
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_silu_mul_reads_the_halves_of_a_stacked_projection(device, dtype):
+    """gate and up as views into one [..., 2 * width] output (the stacked gate/up projection): no copy needed,
+    same result as on contiguous tensors."""
+    needs(device)
+    torch.manual_seed(5)
+    stacked = torch.randn(2, 3, 2 * 40).to(device, dtype)
+    gate, up = stacked.split([40, 40], dim=-1)
+    assert not gate.is_contiguous()
+    expected = F.silu(gate.contiguous()) * up.contiguous()
+    assert torch.equal(ops.silu_mul(gate, up), expected)
+    # A view whose leading dims do not collapse still works (copied first).
+    strided = torch.randn(4, 6, 40).to(device, dtype)[:, ::2]
+    assert torch.equal(ops.silu_mul(strided, strided), F.silu(strided) * strided)
+
+
 def reference_attention(query, keys, values, position):
     group = query.shape[1] // keys.shape[1]
     k = keys[:, :, :position + 1].repeat_interleave(group, dim=1).float()

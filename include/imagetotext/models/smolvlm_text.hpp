@@ -23,9 +23,11 @@ namespace imagetotext::smolvlm {
 
 struct DecoderLayer {
   nn::RMSNorm input_layernorm;
-  nn::Linear q_proj, k_proj, v_proj, o_proj;
+  nn::FusedLinear qkv_proj;  // q_proj, k_proj, v_proj: one GEMV
+  nn::Linear o_proj;
   nn::RMSNorm post_attention_layernorm;
-  nn::Linear gate_proj, up_proj, down_proj;
+  nn::FusedLinear gate_up_proj;  // gate_proj, up_proj: one GEMV
+  nn::Linear down_proj;
 };
 
 // One request's keys and values: one cache per layer, allocated once at the request's final length.

@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <functional>
+#include <optional>
 #include <string>
 #include <string_view>
 #include <vector>
@@ -44,8 +45,31 @@ class Linear {
   const quant::QuantizedLinear& layer() const noexcept { return layer_; }
 
  private:
+  friend class FusedLinear;
   explicit Linear(quant::QuantizedLinear layer) : layer_(std::move(layer)) {}
   quant::QuantizedLinear layer_;
+};
+
+// Linear layers that read the same input (q/k/v, gate/up) run as one: their rows stacked in one layer
+// (QuantizedLinear::stack_rows), so a decode step launches one GEMV instead of one per layer, and the output
+// is split back into views. Where stacking would not be exact (LLM.int8, formats that differ), the parts
+// run one by one. Each part is loaded as Linear::load loads it (policy, pre-quantized layouts, on_load).
+class FusedLinear {
+ public:
+  static FusedLinear load(const Weights& weights, const std::vector<std::string_view>& names,
+                          const LinearPolicy& policy, std::int64_t in_features,
+                          const std::vector<std::int64_t>& out_features);
+
+  // x [..., in_features] -> one [..., out_features[i]] per part (views of one output when stacked).
+  std::vector<at::Tensor> operator()(const at::Tensor& x) const;
+
+  // The layers that run: the stacked one, or the parts.
+  std::vector<const quant::QuantizedLinear*> layers() const;
+
+ private:
+  std::vector<Linear> parts_;  // empty when stacked
+  std::optional<Linear> stacked_;
+  std::vector<std::int64_t> widths_;
 };
 
 }  // namespace imagetotext::nn

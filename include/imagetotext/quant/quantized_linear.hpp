@@ -11,6 +11,7 @@
 #include <map>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "imagetotext/models/registry.hpp"
 #include "imagetotext/quant/quantize.hpp"
@@ -38,6 +39,14 @@ class QuantizedLinear {
   // that is missing or malformed.
   static QuantizedLinear from_state_dict(const StateDict& state, const std::string& prefix, Quantization format,
                                          double threshold = kDefaultOutlierThreshold);
+
+  // One layer whose rows are the rows of `parts` in order (their outputs side by side), so layers that read
+  // the same input run as one GEMV; forward gives bit for bit what the parts give, for the quantized formats
+  // (each output row is computed alone). nullopt where stacking would not be exact or cannot be expressed:
+  // formats, in_features, 4-bit blocksize/type/dtype or bias presence that differ, LLM.int8 (its outlier
+  // handling runs per call), or a 4-bit part whose weight count is not a whole number of blocks. The result
+  // keeps the 4-bit absmax as float32 (not double-quantized): it is for forward, not for saving.
+  static std::optional<QuantizedLinear> stack_rows(const std::vector<const QuantizedLinear*>& parts);
 
   // x [..., in_features] float32/float16/bfloat16 -> [..., out_features] of x's dtype.
   at::Tensor forward(const at::Tensor& x) const;

@@ -129,25 +129,42 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos_in, const at::
 }
 
 // ---- silu_mul --------------------------------------------------------------------------------------------------
+// gate and up as [rows, width] with their own row strides (the halves of a stacked gate/up projection are
+// such views): no copy to make them contiguous.
 template <typename T>
-__global__ void silu_mul_kernel(const T* __restrict__ gate, const T* __restrict__ up, T* __restrict__ out, int64_t total) {
+__global__ void silu_mul_kernel(const T* __restrict__ gate, int64_t gate_row_stride, const T* __restrict__ up,
+                                int64_t up_row_stride, T* __restrict__ out, int64_t width, int64_t total) {
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const float g = static_cast<float>(gate[i]);
-    out[i] = static_cast<T>(rounded<T>(g / (1.0f + expf(-g))) * static_cast<float>(up[i]));
+    const int64_t row = i / width, column = i % width;
+    const float g = static_cast<float>(gate[row * gate_row_stride + column]);
+    out[i] = static_cast<T>(rounded<T>(g / (1.0f + expf(-g))) * static_cast<float>(up[row * up_row_stride + column]));
   }
+}
+
+// The stride between rows of x seen as [rows, x.size(-1)], or -1 when x is not such a view (last dim not
+// unit-stride, or leading dims that do not collapse into one).
+int64_t row_stride_of(const at::Tensor& x) {
+  if (x.dim() == 0 || x.stride(-1) != 1) return -1;
+  if (x.dim() == 1) return x.size(0);
+  for (int64_t d = 0; d + 2 < x.dim(); ++d) {
+    if (x.size(d) != 1 && x.stride(d) != x.stride(d + 1) * x.size(d + 1)) return -1;
+  }
+  return x.stride(-2);
 }
 
 at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
   detail::check_silu_mul(gate_in, up_in);
   const c10::cuda::CUDAGuard guard(gate_in.device());
-  const at::Tensor gate = gate_in.contiguous(), up = up_in.contiguous();
-  at::Tensor out = at::empty_like(gate);
-  const int64_t total = gate.numel();
+  const at::Tensor gate = row_stride_of(gate_in) < 0 ? gate_in.contiguous() : gate_in;
+  const at::Tensor up = row_stride_of(up_in) < 0 ? up_in.contiguous() : up_in;
+  at::Tensor out = at::empty(gate.sizes(), gate.options());
+  const int64_t total = gate.numel(), width = gate.dim() == 0 ? 1 : gate.size(-1);
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gate.scalar_type(), "silu_mul_cuda", [&] {
     silu_mul_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
-        gate.data_ptr<scalar_t>(), up.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), total);
+        gate.data_ptr<scalar_t>(), row_stride_of(gate), up.data_ptr<scalar_t>(), row_stride_of(up),
+        out.data_ptr<scalar_t>(), width, total);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -279,26 +296,30 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
   }
 }
 
-// out[sequence, head] = the merged partial states of its splits (a split with sum 0 attended nothing).
+// out[sequence, head] = the merged partial states of its splits (a split with sum 0 attended nothing, and its
+// output was never written). One thread per split reads the states at once (kMaxSplits threads), then one
+// thread per dim sums the weighted outputs.
 template <typename T>
-__global__ void decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict__ out, int dim,
-                                              int splits) {
+__global__ void __launch_bounds__(kMaxSplits)
+decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict__ out, int dim, int splits) {
   const int64_t sequence_head = blockIdx.x;
-  const float* first = partials + sequence_head * splits * (dim + 2);
-  float best = -FLT_MAX;
-  for (int s = 0; s < splits; ++s) {
-    if (first[s * (dim + 2) + 1] > 0.0f) best = fmaxf(best, first[s * (dim + 2)]);
-  }
-  float total = 0.0f;
-  for (int s = 0; s < splits; ++s) {
-    const float sum = first[s * (dim + 2) + 1];
-    if (sum > 0.0f) total += sum * expf(first[s * (dim + 2)] - best);
-  }
+  const float* states = partials + sequence_head * splits * (dim + 2);
+  __shared__ float weight[kMaxSplits], warp_best[kMaxSplits / kWarpSize];
+  const int s = threadIdx.x, warp = s / kWarpSize, lane = s % kWarpSize;
+  const float sum = s < splits ? states[s * (dim + 2) + 1] : 0.0f;
+  const float max = sum > 0.0f ? states[s * (dim + 2)] : -FLT_MAX;
+  float best = max;
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, offset));
+  if (lane == 0) warp_best[warp] = best;
+  __syncthreads();
+  best = -FLT_MAX;
+  for (int w = 0; w < kMaxSplits / kWarpSize; ++w) best = fmaxf(best, warp_best[w]);
+  weight[s] = sum > 0.0f ? expf(max - best) : 0.0f;
+  const float total = cta_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // cta_sum synchronizes: weight is visible
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float value = 0.0f;
-    for (int s = 0; s < splits; ++s) {
-      const float* state = first + s * (dim + 2);
-      if (state[1] > 0.0f) value += state[2 + d] * expf(state[0] - best);
+    for (int split = 0; split < splits; ++split) {
+      if (weight[split] != 0.0f) value += states[split * (dim + 2) + 2 + d] * weight[split];
     }
     out[sequence_head * dim + d] = static_cast<T>(value / total);
   }
@@ -339,7 +360,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
     else if (dim <= 64) launch(std::integral_constant<int, 8>{});
     else if (dim <= 128) launch(std::integral_constant<int, 16>{});
     else launch(std::integral_constant<int, 32>{});
-    decode_attention_merge_kernel<scalar_t><<<static_cast<unsigned>(batch * heads), 128, 0, current_stream()>>>(
+    decode_attention_merge_kernel<scalar_t><<<static_cast<unsigned>(batch * heads), kMaxSplits, 0, current_stream()>>>(
         partials.data_ptr<float>(), out.data_ptr<scalar_t>(), static_cast<int>(dim), static_cast<int>(splits));
     C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
