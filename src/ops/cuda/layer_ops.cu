@@ -163,11 +163,13 @@ constexpr int kAttentionUnroll = 4;
 template <typename T, int V>
 __global__ void __launch_bounds__(kAttentionWarps * 32)
 decode_attention_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
-                        const int64_t* __restrict__ position, T* __restrict__ out, int64_t heads, int64_t group,
-                        int64_t capacity, int dim, float scale) {
+                        const int64_t* __restrict__ position, const int64_t* __restrict__ first_position,
+                        T* __restrict__ out, int64_t heads, int64_t group, int64_t capacity, int dim, float scale) {
   const int64_t sequence_head = blockIdx.x, sequence = sequence_head / heads, head = sequence_head % heads;
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
   const int64_t filled = min(*position, capacity - 1) + 1;
+  // A left-padded row starts at its first real position (the positions before it are padding).
+  const int64_t start = first_position ? max(first_position[sequence], int64_t{0}) : 0;
 
   float q[V];
   const T* q_row = query + sequence_head * dim;
@@ -177,7 +179,7 @@ decode_attention_kernel(const T* __restrict__ query, const T* __restrict__ keys,
   }
   const int64_t kv_base = (sequence * (heads / group) + head / group) * capacity * dim;
   float running_max = -FLT_MAX, running_sum = 0.0f, acc[V] = {};
-  for (int64_t first = warp; first < filled; first += kAttentionWarps * kAttentionUnroll) {
+  for (int64_t first = start + warp; first < filled; first += kAttentionWarps * kAttentionUnroll) {
     float k[kAttentionUnroll][V], val[kAttentionUnroll][V];
 #pragma unroll
     for (int u = 0; u < kAttentionUnroll; ++u) {
@@ -222,14 +224,15 @@ decode_attention_kernel(const T* __restrict__ query, const T* __restrict__ keys,
 }
 
 at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& keys_in, const at::Tensor& values_in,
-                                 const at::Tensor& position, double scale) {
-  detail::check_decode_attention(query_in, keys_in, values_in, position);
+                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in) {
+  detail::check_decode_attention(query_in, keys_in, values_in, position, first_in);
   const int64_t dim = query_in.size(3);
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
   const c10::cuda::CUDAGuard guard(query_in.device());
   const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
   const int64_t batch = query.size(0), heads = query.size(1), capacity = keys.size(2);
   const int64_t group = heads / keys.size(1);
+  const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(query.sizes(), query.options());
   if (batch * heads == 0 || capacity == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
@@ -238,7 +241,8 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
       decode_attention_kernel<scalar_t, V><<<static_cast<unsigned>(batch * heads), kAttentionWarps * kWarpSize, 0,
                                              current_stream()>>>(
           query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-          position.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), heads, group, capacity, static_cast<int>(dim),
+          position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
+          out.data_ptr<scalar_t>(), heads, group, capacity, static_cast<int>(dim),
           static_cast<float>(scale));
     };
     switch ((dim + kWarpSize - 1) / kWarpSize) {
