@@ -431,8 +431,9 @@ std::vector<std::string> SmolVLMFamily::caption_batch(Model& model, const std::v
   std::vector<std::string> captions;
   captions.reserve(images.size());
   for (std::size_t start = 0; start < images.size(); start += kMaxBatch) {
+    const auto end = std::min(start + kMaxBatch, images.size());
     const std::vector<io::RgbImage> part(images.begin() + static_cast<std::ptrdiff_t>(start),
-                                         images.begin() + static_cast<std::ptrdiff_t>(std::min(start + kMaxBatch, images.size())));
+                                         images.begin() + static_cast<std::ptrdiff_t>(end));
     for (SmolVLMCaption& caption : smolvlm_caption_batch(model, part)) captions.push_back(std::move(caption.text));
   }
   return captions;

@@ -86,7 +86,9 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
   };
-  auto rotate = [&](const at::Tensor& t) { return padding ? rotary_per_row(t, cos, sin) : nn::apply_rotary(t, cos, sin); };
+  auto rotate = [&](const at::Tensor& t) {
+    return padding ? rotary_per_row(t, cos, sin) : nn::apply_rotary(t, cos, sin);
+  };
   const at::Tensor q = rotate(split_heads(layer.q_proj(x), config_.num_attention_heads));
   const at::Tensor k = rotate(split_heads(layer.k_proj(x), config_.num_key_value_heads));
   const at::Tensor v = split_heads(layer.v_proj(x), config_.num_key_value_heads);
@@ -133,7 +135,8 @@ at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,
     throw InvalidArgumentError(fmt::format("padding must be [{}], got {}", batch, c10::str(padding->sizes())));
   }
   if (start + length > rotary_.max_positions()) {
-    throw InvalidArgumentError(fmt::format("{} positions are past the model's {}", start + length, rotary_.max_positions()));
+    throw InvalidArgumentError(
+        fmt::format("{} positions are past the model's {}", start + length, rotary_.max_positions()));
   }
   const at::Tensor first = padding->to(embeddings.device()).view({batch, 1});
   const at::Tensor query_at = at::arange(start, start + length, first.options());  // cache positions

@@ -33,5 +33,6 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
   // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
-  m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, Tensor? first=None) -> Tensor");
+  m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "
+        "Tensor? first=None) -> Tensor");
 }
