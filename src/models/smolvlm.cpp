@@ -392,7 +392,7 @@ std::vector<SmolVLMCaption> smolvlm_caption_batch(SmolVLMFamily::Model& model, c
     length = std::max(length, inputs.back().input_ids.size(1));
   }
   // Every tile of every image through the vision tower (a few per pass), in the order of the prompts' <image>s.
-  const at::Tensor features = model.network.image_features(at::cat(tiles));
+  const at::Tensor features = model.network.image_features(tiles.size() == 1 ? tiles.front() : at::cat(tiles));
   // The prompts padded on the left to the longest, as transformers' processor pads them for generation.
   const auto batch = static_cast<std::int64_t>(images.size());
   // The padding's embedding never reaches a real token; a pad id outside the vocabulary would not embed at all.
