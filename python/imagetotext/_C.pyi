@@ -133,7 +133,8 @@ class SmolVLM:
         ...
     @property
     def pad_token_id(self) -> int:
-        ...
+        """generation_config's pad_token_id, else the first end token: what a finished row of a batch emits."""
+
     def process(self, pixels: torch.Tensor, question: str = 'Can you describe this image?') -> dict:
         """The processor: uint8 RGB pixels [H, W, 3] -> input_ids, pixel_values [tiles, 3, H, W], prompt, rows, cols."""
     def prompt_logits(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:

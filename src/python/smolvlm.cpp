@@ -158,7 +158,8 @@ void bind_smolvlm(py::module_& m) {
           "Greedy decoding of a left-padded batch (transformers' processor with padding=True, padding_side='left'): "
           "(tokens [batch][steps], each row padded with pad_token_id after its end token; per row [own steps, "
           "vocab] logits with keep_logits).")
-      .def_readonly("pad_token_id", &Model::pad_token_id)
+      .def_readonly("pad_token_id", &Model::pad_token_id,
+                    "generation_config's pad_token_id, else the first end token: what a finished row of a batch emits.")
       .def(
           "caption_batch",
           [](Model& model, const std::vector<at::Tensor>& pixels, std::int64_t max_new_tokens,
