@@ -10,6 +10,16 @@ full 64 tokens.
     python benchmarks/bench_smolvlm.py --out benchmarks/results/smolvlm-h100-DATE.md [--models 256M 500M]
         [--profile benchmarks/results/smolvlm-profile-h100-DATE.txt]
 
+    python benchmarks/bench_smolvlm.py --batch 8 [--distinct] [--models 256M] [--out FILE]
+    python benchmarks/bench_smolvlm.py --batch 4 --distinct --tiny --device cpu     # a quick check, no GPU
+
+--batch N captions N meme-sized images (N copies of one 640x480 image, or with --distinct N different sizes and
+so different tile counts and prompt lengths) and reports images per second: ours in one batched generate
+(caption_batch: our processor, the prompts padded on the left) and one image at a time (caption), next to
+transformers' processor(padding=True, padding_side="left") + batched generate, the same images and
+max_new_tokens (end of utterance never wins, so every row decodes all of them). --tiny swaps the model for a
+tiny random one of the same processor geometry, to check the script on a CPU.
+
 --profile records one 64-token caption of the first model (ours bf16, then transformers bf16) with the PyTorch
 profiler: the time of each stage (our stages are record_function scopes: smolvlm.image_features, .prefill,
 .decode) and the kernels that take the most GPU time, so the next bottleneck is visible.
@@ -47,6 +57,11 @@ CHAT_TEMPLATE = (
     "'text' %}{{line['text']}}{% elif line['type'] == 'image' %}{{ '<image>' }}{% endif %}{% endfor %}"
     "<end_of_utterance>\n{% endfor %}{% if add_generation_prompt %}{{ 'Assistant:' }}{% endif %}")
 NEW_TOKENS = 64
+CHAT = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Can you describe this image?"}]}]
+# A tiny text and vision model with the real processor geometry (512-pixel tiles, 64 tokens each): --tiny.
+TINY = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2)
+TINY_VISION = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,
+               "patch_size": 64, "image_size": 512}
 
 
 def smolvlm_tokenizer() -> Tokenizer:
@@ -70,22 +85,26 @@ def smolvlm_tokenizer() -> Tokenizer:
     return tokenizer
 
 
-def write_checkpoint(path: Path, size: str):
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=smolvlm_tokenizer(), eos_token="<end_of_utterance>")
+def write_checkpoint(path: Path, size: str, tiny: bool = False):
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=smolvlm_tokenizer(), eos_token="<end_of_utterance>",
+                                                pad_token="<|im_end|>")
     processor = Idefics3Processor(
         image_processor=Idefics3ImageProcessorPil(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
                                                   image_mean=[0.5] * 3, image_std=[0.5] * 3),
         tokenizer=fast, image_seq_len=64, chat_template=CHAT_TEMPLATE)
     config = transformers.Idefics3Config(
-        scale_factor=4, image_token_id=49190, tie_word_embeddings=False,
-        vision_config={"hidden_size": 768, "num_attention_heads": 12, "patch_size": 16, "image_size": 512},
-        text_config={"model_type": "llama", "vocab_size": 49280, "head_dim": 64, "max_position_embeddings": 8192,
-                     "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "pad_token_id": 2, **CONFIGS[size]})
+        scale_factor=1 if tiny else 4, image_token_id=49190, tie_word_embeddings=False,
+        vision_config=TINY_VISION if tiny else {"hidden_size": 768, "num_attention_heads": 12, "patch_size": 16,
+                                                "image_size": 512},
+        text_config={"model_type": "llama", "vocab_size": 49280, "head_dim": 16 if tiny else 64,
+                     "max_position_embeddings": 8192, "rms_norm_eps": 1e-5, "rope_theta": 100000.0, "pad_token_id": 2,
+                     **(TINY if tiny else CONFIGS[size])})
     torch.manual_seed(0)
     model = transformers.Idefics3ForConditionalGeneration(config).eval()
     with torch.no_grad():
         model.lm_head.weight[49279] = 0.0
     model.generation_config.eos_token_id = 49279
+    model.generation_config.pad_token_id = 2  # <|im_end|>, as SmolVLM's generation_config
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return processor
@@ -100,6 +119,72 @@ def cuda_time(fn, repeat=5):
         torch.cuda.synchronize()
         times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def wall_time(fn, device, repeat):
+    """Median seconds of fn() (the device synchronized around each run)."""
+    times = []
+    for _ in range(repeat):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+MEME_SIZES = [(480, 640), (500, 500), (360, 640), (640, 360), (600, 800), (300, 400), (720, 720), (640, 480)]
+
+
+def meme_images(count: int, distinct: bool):
+    """uint8 [H, W, 3] images: `count` copies of one 640x480 image, or `count` images of different sizes."""
+    generator = torch.Generator().manual_seed(1)
+    if not distinct:
+        return [torch.randint(0, 256, MEME_SIZES[0] + (3,), dtype=torch.uint8, generator=generator)] * count
+    return [torch.randint(0, 256, MEME_SIZES[i % len(MEME_SIZES)] + (3,), dtype=torch.uint8, generator=generator)
+            for i in range(count)]
+
+
+def run_batch(size: str, batch: int, distinct: bool, device: str, tiny: bool, repeat: int, rows: list[str]):
+    """Images per second for `batch` images: ours batched and one at a time, transformers batched."""
+    from PIL import Image
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp)
+        processor = write_checkpoint(path, size, tiny=tiny)
+        processor.tokenizer.padding_side = "left"  # transformers' advice for batched generation
+        pixels = meme_images(batch, distinct)
+        pil_images = [[Image.fromarray(p.numpy())] for p in pixels]
+        prompt = processor.apply_chat_template(CHAT, add_generation_prompt=True)
+        dtype = torch.bfloat16 if device == "cuda" else torch.float32
+        reference = transformers.Idefics3ForConditionalGeneration.from_pretrained(
+            path, dtype=dtype, attn_implementation="eager").to(device).eval()
+        ours = _C.SmolVLM(str(path), device=device, dtype=str(dtype).removeprefix("torch."))
+
+        def hf_batch():
+            inputs = processor(text=[prompt] * batch, images=pil_images, padding=True, return_tensors="pt").to(device)
+            inputs["pixel_values"] = inputs["pixel_values"].to(dtype)
+            with torch.no_grad():
+                return reference.generate(**inputs, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
+                                          do_sample=False)
+
+        lengths = processor(text=[prompt] * batch, images=pil_images, padding=True)["attention_mask"]
+        lengths = sorted(sum(row) for row in lengths)
+        runs = {"imagetotext caption_batch": lambda: ours.caption_batch(pixels, max_new_tokens=NEW_TOKENS),
+                "imagetotext caption, one at a time": lambda: [ours.caption(p, max_new_tokens=NEW_TOKENS)
+                                                               for p in pixels],
+                "transformers batched generate": hf_batch}
+        results = {}
+        for name, fn in runs.items():
+            fn()  # warm-up (our first batch records its CUDA graph)
+            seconds = wall_time(fn, device, repeat)
+            results[name] = seconds
+            rows.append(f"| {size if not tiny else 'tiny'} | {name} | {batch} | {lengths[0]}-{lengths[-1]} "
+                        f"| {seconds:.3f} | {batch / seconds:.2f} |")
+        tokens = [t for _, t in ours.caption_batch(pixels, max_new_tokens=NEW_TOKENS)]
+        assert all(len(t) == NEW_TOKENS for t in tokens), "every row decodes max_new_tokens"
+        print(json.dumps({k: {"s": v, "images_per_s": batch / v} for k, v in results.items()}, indent=1))
 
 
 def measure(load, first_token, caption):
@@ -197,7 +282,24 @@ def main():
     parser.add_argument("--models", nargs="+", default=["256M", "500M"], choices=sorted(CONFIGS))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--profile", type=Path, help="write a profile of one caption of the first model here")
+    parser.add_argument("--batch", type=int, help="images per second for a batch of this many meme-sized images")
+    parser.add_argument("--distinct", action="store_true", help="--batch: images of different sizes, not copies")
+    parser.add_argument("--tiny", action="store_true", help="--batch: a tiny random model (checks the script)")
+    parser.add_argument("--device", default="cuda", choices=["cuda", "cpu"])
+    parser.add_argument("--repeat", type=int, default=3, help="--batch: timed runs (the median is reported)")
     args = parser.parse_args()
+    if args.batch:
+        device_name = torch.cuda.get_device_name() if args.device == "cuda" else "CPU"
+        rows = [f"# SmolVLM batch captioning on {device_name} (random weights, {NEW_TOKENS} new tokens per image, "
+                f"{'different' if args.distinct else 'identical'} meme-sized images)", "",
+                "| model | run | images | prompt tokens | seconds | images/s |", "|---|---|---|---|---|---|"]
+        for size in args.models[:1] if args.tiny else args.models:
+            run_batch(size, args.batch, args.distinct, args.device, args.tiny, args.repeat, rows)
+        text = "\n".join(rows) + "\n"
+        print(text)
+        if args.out:
+            args.out.write_text(text)
+        return
     rows = [f"# SmolVLM on {torch.cuda.get_device_name()} (random weights, 17-tile image, {NEW_TOKENS} new tokens)",
             "", "| model | variant | first token ms | ms/token | 64-token caption s | weights MiB | peak MiB |",
             "|---|---|---|---|---|---|---|"]

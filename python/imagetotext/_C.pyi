@@ -109,6 +109,8 @@ class SmolVLM:
         """Load a checkpoint from a directory or hub id; quantization: none, int8, llm_int8, nf4 or fp4."""
     def caption(self, pixels: torch.Tensor, max_new_tokens: typing.SupportsInt = 0) -> tuple[str, list[int]]:
         """The service's caption of uint8 RGB pixels [H, W, 3]: (cleaned text, generated tokens)."""
+    def caption_batch(self, pixels: collections.abc.Sequence[torch.Tensor], max_new_tokens: typing.SupportsInt = 0, decoding: str = 'auto') -> list[tuple[str, list[int]]]:
+        """The service's captions of several uint8 RGB images [H, W, 3] from one batched generate: a list of (cleaned text, generated tokens)."""
     def connector(self, vision_hidden: torch.Tensor) -> torch.Tensor:
         ...
     @property
@@ -122,11 +124,17 @@ class SmolVLM:
         ...
     def generate(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None, decoding: str = 'auto') -> tuple[list[int], torch.Tensor]:
         """Greedy decoding: (generated tokens, [steps, vocab] logits or None). eos_token_ids defaults to the model's; decoding is 'auto' (a replayed CUDA graph on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded on CUDA, run as they are on a CPU)."""
+    def generate_batch(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None, max_new_tokens: typing.SupportsInt = 0, keep_logits: bool = False, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None, decoding: str = 'auto') -> tuple[list[list[int]], list[torch.Tensor]]:
+        """Greedy decoding of a left-padded batch (transformers' processor with padding=True, padding_side='left'): (tokens [batch][steps], each row padded with pad_token_id after its end token; per row [own steps, vocab] logits with keep_logits)."""
     def image_features(self, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:
         ...
     @property
     def max_new_tokens(self) -> int:
         ...
+    @property
+    def pad_token_id(self) -> int:
+        """generation_config's pad_token_id, else the first end token: what a finished row of a batch emits."""
+
     def process(self, pixels: torch.Tensor, question: str = 'Can you describe this image?') -> dict:
         """The processor: uint8 RGB pixels [H, W, 3] -> input_ids, pixel_values [tiles, 3, H, W], prompt, rows, cols."""
     def prompt_logits(self, input_ids: torch.Tensor, pixel_values: torch.Tensor, pixel_attention_mask: torch.Tensor | None = None) -> torch.Tensor:

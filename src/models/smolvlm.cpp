@@ -1,7 +1,10 @@
 #include "imagetotext/models/smolvlm.hpp"
 
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/from_blob.h>
+#include <ATen/ops/full.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/record_function.h>
 #include <c10/core/InferenceMode.h>
@@ -20,6 +23,7 @@
 namespace imagetotext {
 
 template class ImageToText<SmolVLMFamily>;
+static_assert(FamilyWithBatch<SmolVLMFamily>, "extract_batch runs SmolVLM batches through caption_batch");
 
 namespace smolvlm {
 
@@ -41,6 +45,7 @@ SmolVLM SmolVLM::load(const nn::Weights& weights, const SmolVLMConfig& config, c
                   Connector::load(model["connector"], config, policy),
                   TextModel::load(model["text_model"], weights, config, policy));
   network.decode_graph_ = std::make_shared<DecodeGraph>();
+  network.batch_decode_graph_ = std::make_shared<DecodeGraph>();
   return network;
 }
 
@@ -112,25 +117,28 @@ at::Tensor SmolVLM::prompt_logits(const at::Tensor& input_ids, const at::Tensor&
   return text_.logits(text_.forward(embeddings, cache));
 }
 
-// The decode step recorded over caches of `capacity` positions; its inputs and outputs live in fixed tensors.
+// The decode step recorded over caches of `capacity` positions for `batch` rows; its inputs and outputs live in
+// fixed tensors.
 struct SmolVLM::DecodeGraph {
   std::mutex mutex;  // one request at a time uses the caches
   std::int64_t capacity = 0;
+  std::int64_t batch = 0;
   TextCache cache;
-  at::Tensor token;      // [1, 1]: the token the next step reads, overwritten by the token it picks
+  at::Tensor token;      // [batch, 1]: the tokens the next step reads, overwritten by the tokens it picks
   at::Tensor position;   // [1]: where the next step writes its keys and values
-  at::Tensor index;      // [1]: where the next step writes its token in `generated`
-  at::Tensor generated;  // [capacity]: the tokens the steps picked
-  at::Tensor logits;     // [1, vocab]: the last step's logits
+  at::Tensor index;      // [1]: where the next step writes its tokens in `generated`
+  at::Tensor generated;  // [capacity, batch]: the tokens the steps picked
+  at::Tensor logits;     // [batch, vocab]: the last step's logits
+  std::optional<at::Tensor> padding;  // [batch]: each row's left padding (batches of prompts of different lengths)
   nn::CudaGraph graph;   // step() recorded (CUDA devices)
 
-  // One decode step: the logits of `token` at `position`, the next token picked from them. Takes the text
+  // One decode step: the logits of `token` at `position`, the next tokens picked from them. Takes the text
   // model rather than keeping a pointer: copies of a SmolVLM share this recording.
   void step(const TextModel& text) {
-    logits = text.decode_step(token, position, cache);
+    logits = text.decode_step(token, position, cache, padding);
     const at::Tensor next = logits.argmax(-1, /*keepdim=*/true);
     token.copy_(next);
-    generated.index_copy_(0, index, next.view({1}));
+    generated.index_copy_(0, index, next.view({1, batch}));
     position.add_(1);
     index.add_(1);
   }
@@ -145,7 +153,9 @@ text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at
   if (decoding == Decoding::automatic) {
     decoding = nn::CudaGraph::supported(placement_.device) && text_.capturable() ? Decoding::graph : Decoding::eager;
   }
-  if (decoding == Decoding::graph) return generate_graphed(embeddings, options);
+  if (decoding == Decoding::graph) {
+    return std::move(generate_graphed(embeddings, std::nullopt, options, *decode_graph_).front());
+  }
   const std::int64_t length = embeddings.size(1);
   TextCache cache = text_.new_cache(1, length + std::max<std::int64_t>(options.max_new_tokens, 0));
   at::Tensor first;
@@ -168,12 +178,72 @@ text::GreedySearchResult SmolVLM::generate(const at::Tensor& input_ids, const at
   return text::greedy_search(first, advance, options);
 }
 
-text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
-                                                   const text::GreedySearchOptions& options) const {
-  const std::int64_t length = embeddings.size(1), max_new = std::max<std::int64_t>(options.max_new_tokens, 0);
-  DecodeGraph& g = *decode_graph_;
+std::vector<text::GreedySearchResult> SmolVLM::generate_batch(const at::Tensor& input_ids,
+                                                              const at::Tensor& attention_mask,
+                                                              const at::Tensor& image_features,
+                                                              const text::GreedySearchOptions& options,
+                                                              Decoding decoding) const {
+  if (input_ids.dim() != 2 || input_ids.size(0) == 0 || input_ids.size(1) == 0 ||
+      attention_mask.sizes() != input_ids.sizes()) {
+    throw InvalidArgumentError(fmt::format("generate_batch takes input_ids [batch, length] and an attention_mask of "
+                                           "the same shape; got {} and {}",
+                                           c10::str(input_ids.sizes()), c10::str(attention_mask.sizes())));
+  }
+  const std::int64_t batch = input_ids.size(0), length = input_ids.size(1);
+  const at::Tensor real = attention_mask.to(at::kCPU).ne(0);
+  const at::Tensor padding = real.logical_not().sum(1);  // int64 [batch]
+  const at::Tensor left_padded = at::arange(length).view({1, length}).ge(padding.view({batch, 1}));
+  if (!real.equal(left_padded) || padding.max().item<std::int64_t>() >= length) {
+    throw InvalidArgumentError("generate_batch: every attention_mask row must be 0 on the left padding and 1 from the "
+                               "row's first token on, with at least one token (padding_side=\"left\")");
+  }
+  if (batch == 1 && padding.item<std::int64_t>() == 0) return {generate(input_ids, image_features, options, decoding)};
+
+  // A finished row is fed pad_token_id; it never reaches another row, but it must embed (Idefics3's default
+  // pad, 128002, lies outside SmolVLM's vocabulary): outside it, the first end token is fed instead.
+  text::GreedySearchOptions run = options;
+  if (run.pad_token_id < 0 || run.pad_token_id >= config_.text.vocab_size) {
+    run.pad_token_id = run.eos_token_ids.empty() ? 0 : run.eos_token_ids.front();
+  }
+  const at::Tensor embeddings = embed(input_ids, image_features);
+  const at::Tensor first = padding.to(placement_.device);
+  if (decoding == Decoding::automatic) {
+    decoding = nn::CudaGraph::supported(placement_.device) && text_.capturable() ? Decoding::graph : Decoding::eager;
+  }
+  if (decoding == Decoding::graph) return generate_graphed(embeddings, first, run, *batch_decode_graph_);
+  TextCache cache = text_.new_cache(batch, length + std::max<std::int64_t>(run.max_new_tokens, 0));
+  at::Tensor first_logits;
+  {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    // Left padding: every row's last prompt token is at the last position.
+    first_logits = text_.logits(text_.forward(embeddings, cache, first).select(1, length - 1));
+  }
+  RECORD_USER_SCOPE("smolvlm.decode");
+  at::Tensor token = at::empty({batch, 1}, at::TensorOptions().device(placement_.device).dtype(at::kLong));
+  auto advance = [&](const std::vector<std::int64_t>& previous, std::int64_t n, std::vector<at::Tensor>* logits) {
+    std::vector<std::int64_t> picked;
+    picked.reserve(static_cast<std::size_t>(n * batch));
+    for (std::int64_t i = 0; i < n; ++i) {
+      const std::int64_t* read = i == 0 ? previous.data() : picked.data() + (i - 1) * batch;
+      token.copy_(at::from_blob(const_cast<std::int64_t*>(read), {batch, 1}, at::kLong));
+      const at::Tensor step_logits = text_.logits(text_.forward(text_.embed(token), cache, first).select(1, 0));
+      if (logits) logits->push_back(step_logits);
+      const at::Tensor next = step_logits.argmax(-1).cpu();
+      picked.insert(picked.end(), next.data_ptr<std::int64_t>(), next.data_ptr<std::int64_t>() + batch);
+    }
+    return picked;
+  };
+  return text::greedy_search_rows(first_logits, advance, run);
+}
+
+std::vector<text::GreedySearchResult> SmolVLM::generate_graphed(const at::Tensor& embeddings,
+                                                                const std::optional<at::Tensor>& padding,
+                                                                const text::GreedySearchOptions& options,
+                                                                DecodeGraph& g) const {
+  const std::int64_t batch = embeddings.size(0), length = embeddings.size(1),
+                     max_new = std::max<std::int64_t>(options.max_new_tokens, 0);
   const std::lock_guard lock(g.mutex);
-  if (g.capacity < length + max_new) {
+  if (g.capacity < length + max_new || g.batch != batch || g.padding.has_value() != padding.has_value()) {
     // Capacities in steps of 256 positions, so requests of similar prompts reuse one recording.
     const std::int64_t capacity = std::min((length + max_new + 255) / 256 * 256, config_.text.max_position_embeddings);
     if (capacity < length + max_new) {
@@ -183,11 +253,13 @@ text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
     g.graph = nn::CudaGraph{};  // free the old recording and caches before the new ones are allocated
     g.cache.clear();
     const auto ids = at::TensorOptions().device(placement_.device).dtype(at::kLong);
-    g.cache = text_.new_cache(1, capacity);
-    g.token = at::zeros({1, 1}, ids);
+    g.cache = text_.new_cache(batch, capacity);
+    g.token = at::zeros({batch, 1}, ids);
     g.position = at::zeros({1}, ids);
     g.index = at::zeros({1}, ids);
-    g.generated = at::zeros({capacity}, ids);
+    g.generated = at::zeros({capacity, batch}, ids);
+    g.padding = padding ? std::optional<at::Tensor>(at::zeros({batch}, ids)) : std::nullopt;
+    g.batch = batch;
     if (nn::CudaGraph::supported(placement_.device)) g.graph.capture(placement_.device, [&] { g.step(text_); });
     g.capacity = capacity;
   }
@@ -195,28 +267,35 @@ text::GreedySearchResult SmolVLM::generate_graphed(const at::Tensor& embeddings,
   {
     RECORD_USER_SCOPE("smolvlm.prefill");
     for (nn::KVCache& layer : g.cache) layer.clear();
-    first_logits = text_.logits(text_.forward(embeddings, g.cache).select(1, length - 1)).reshape({-1});
+    first_logits = text_.logits(text_.forward(embeddings, g.cache, padding).select(1, length - 1));
   }
   RECORD_USER_SCOPE("smolvlm.decode");
+  if (padding) g.padding->copy_(*padding);
   g.position.fill_(length);
   g.index.fill_(0);
   std::int64_t steps = 0;
-  auto advance = [&](std::int64_t previous, std::int64_t n, std::vector<at::Tensor>* logits) {
-    if (steps == 0) g.token.fill_(previous);  // later steps read the token the step before picked
+  auto advance = [&](const std::vector<std::int64_t>& previous, std::int64_t n, std::vector<at::Tensor>* logits) {
+    if (steps == 0) {  // later steps read the tokens the step before picked
+      if (batch == 1) {
+        g.token.fill_(previous.front());
+      } else {
+        g.token.copy_(at::from_blob(const_cast<std::int64_t*>(previous.data()), {batch, 1}, at::kLong));
+      }
+    }
     for (std::int64_t i = 0; i < n; ++i) {
       if (g.graph.captured()) {
         g.graph.replay();
       } else {
         g.step(text_);
       }
-      if (logits) logits->push_back(g.logits.reshape({-1}).clone());
+      if (logits) logits->push_back(g.logits.clone());
     }
     const at::Tensor picked = g.generated.narrow(0, steps, n).cpu();
     steps += n;
     const std::int64_t* data = picked.data_ptr<std::int64_t>();
-    return std::vector<std::int64_t>(data, data + n);
+    return std::vector<std::int64_t>(data, data + n * batch);
   };
-  return text::greedy_search(first_logits, advance, options, /*lookahead=*/4);
+  return text::greedy_search_rows(first_logits, advance, options, /*lookahead=*/4);
 }
 
 }  // namespace smolvlm
@@ -251,8 +330,11 @@ SmolVLMFamily::Model load_smolvlm(std::string_view repo, std::string_view revisi
   }
 
   std::vector<std::int64_t> eos;
+  std::optional<std::int64_t> pad;
   if (const auto generation = io::optional_hub_file(repo, "generation_config.json", revision, hub)) {
-    eos = load_generation_config(*generation).eos_token_ids;
+    const GenerationConfig generation_config = load_generation_config(*generation);
+    eos = generation_config.eos_token_ids;
+    pad = generation_config.pad_token_id;
   }
   if (eos.empty()) {
     const auto end = tokenizer.token_to_id("<end_of_utterance>");
@@ -261,8 +343,9 @@ SmolVLMFamily::Model load_smolvlm(std::string_view repo, std::string_view revisi
   }
   const std::int64_t max_new_tokens =
       options.max_new_tokens > 0 ? options.max_new_tokens : SmolVLMFamily::kDefaultMaxNewTokens;
+  const std::int64_t pad_token_id = pad.value_or(eos.front());
   return SmolVLMFamily::Model{std::move(network), smolvlm::Processor(processor_config, std::move(tokenizer)),
-                              std::move(eos), max_new_tokens, placement};
+                              std::move(eos), max_new_tokens, placement, pad_token_id};
 }
 
 SmolVLMFamily::Model SmolVLMFamily::load(const ModelSpec& spec, const ModelOptions& options) {
@@ -293,6 +376,67 @@ SmolVLMCaption smolvlm_caption(SmolVLMFamily::Model& model, const io::RgbImage& 
 
 std::string SmolVLMFamily::caption(Model& model, const io::RgbImage& image) {
   return smolvlm_caption(model, image).text;
+}
+
+std::vector<SmolVLMCaption> smolvlm_caption_batch(SmolVLMFamily::Model& model, const std::vector<io::RgbImage>& images,
+                                                  std::int64_t max_new_tokens, nn::Decoding decoding) {
+  c10::InferenceMode inference;
+  if (images.empty()) return {};
+  std::vector<smolvlm::ProcessorOutput> inputs;
+  inputs.reserve(images.size());
+  std::vector<at::Tensor> tiles;
+  std::int64_t length = 0;
+  for (const io::RgbImage& image : images) {
+    inputs.push_back(model.processor(image, smolvlm::kServiceQuestion, model.placement.device, model.placement.dtype));
+    tiles.push_back(inputs.back().pixel_values);
+    length = std::max(length, inputs.back().input_ids.size(1));
+  }
+  // Every tile of every image through the vision tower (a few per pass), in the order of the prompts' <image>s.
+  const at::Tensor features = model.network.image_features(tiles.size() == 1 ? tiles.front() : at::cat(tiles));
+  // The prompts padded on the left to the longest, as transformers' processor pads them for generation.
+  const auto batch = static_cast<std::int64_t>(images.size());
+  // The padding's embedding never reaches a real token; a pad id outside the vocabulary would not embed at all.
+  const std::int64_t vocab = model.network.config().text.vocab_size;
+  const std::int64_t pad = model.pad_token_id >= 0 && model.pad_token_id < vocab ? model.pad_token_id
+                                                                                  : model.eos_token_ids.front();
+  at::Tensor input_ids = at::full({batch, length}, pad, at::kLong);
+  at::Tensor attention_mask = at::zeros({batch, length}, at::kLong);
+  for (std::int64_t b = 0; b < batch; ++b) {
+    const std::int64_t own = inputs[b].input_ids.size(1);
+    input_ids[b].narrow(0, length - own, own).copy_(inputs[b].input_ids[0]);
+    attention_mask[b].narrow(0, length - own, own).fill_(1);
+  }
+  text::GreedySearchOptions options;
+  options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
+  options.eos_token_ids = model.eos_token_ids;
+  options.pad_token_id = model.pad_token_id;
+  const std::vector<text::GreedySearchResult> results =
+      model.network.generate_batch(input_ids, attention_mask, features, options, decoding);
+
+  std::vector<SmolVLMCaption> captions;
+  captions.reserve(images.size());
+  for (std::int64_t b = 0; b < batch; ++b) {
+    // As the service: prompt and answer decoded together, the answer cut out.
+    const at::Tensor& prompt = inputs[b].input_ids;
+    const std::int64_t* prompt_ids = prompt.data_ptr<std::int64_t>();
+    std::vector<std::int64_t> ids(prompt_ids, prompt_ids + prompt.size(1));
+    ids.insert(ids.end(), results[b].tokens.begin(), results[b].tokens.end());
+    const std::string decoded = model.processor.tokenizer().decode(ids, /*skip_special_tokens=*/true);
+    captions.push_back(SmolVLMCaption{smolvlm::clean_caption(decoded), results[b].tokens, prompt.size(1)});
+  }
+  return captions;
+}
+
+std::vector<std::string> SmolVLMFamily::caption_batch(Model& model, const std::vector<io::RgbImage>& images) {
+  std::vector<std::string> captions;
+  captions.reserve(images.size());
+  for (std::size_t start = 0; start < images.size(); start += kMaxBatch) {
+    const auto end = std::min(start + kMaxBatch, images.size());
+    const std::vector<io::RgbImage> part(images.begin() + static_cast<std::ptrdiff_t>(start),
+                                         images.begin() + static_cast<std::ptrdiff_t>(end));
+    for (SmolVLMCaption& caption : smolvlm_caption_batch(model, part)) captions.push_back(std::move(caption.text));
+  }
+  return captions;
 }
 
 }  // namespace imagetotext

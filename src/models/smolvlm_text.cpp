@@ -1,5 +1,7 @@
 #include "imagetotext/models/smolvlm_text.hpp"
 
+#include <ATen/ops/arange.h>
+#include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 
 #include "imagetotext/core/error.hpp"
@@ -65,20 +67,38 @@ TextCache TextModel::new_cache(std::int64_t batch, std::int64_t capacity) const 
   return cache;
 }
 
+namespace {
+// The rotation of x [batch, heads, length, head_dim] with cos, sin [batch * length, head_dim] (each row at its
+// own positions): the rows laid side by side as one sequence, so the one fused kernel serves.
+at::Tensor rotary_per_row(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  const std::int64_t batch = x.size(0), heads = x.size(1), length = x.size(2), dim = x.size(3);
+  const at::Tensor side_by_side = x.transpose(0, 1).reshape({1, heads, batch * length, dim});
+  return ops::rotary(side_by_side, cos, sin).view({heads, batch, length, dim}).transpose(0, 1);
+}
+}  // namespace
+
 at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache,
-                                const at::Tensor& cos, const at::Tensor& sin, const DeviceStep* step) const {
+                                const at::Tensor& cos, const at::Tensor& sin, const DeviceStep* step,
+                                const LeftPadding* padding) const {
   const std::int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim;
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
   };
+  auto rotate = [&](const at::Tensor& t) {
+    return padding ? rotary_per_row(t, cos, sin) : nn::apply_rotary(t, cos, sin);
+  };
   const std::vector<at::Tensor> qkv = layer.qkv_proj(x);
-  const at::Tensor q = nn::apply_rotary(split_heads(qkv[0], config_.num_attention_heads), cos, sin);
-  const at::Tensor k = nn::apply_rotary(split_heads(qkv[1], config_.num_key_value_heads), cos, sin);
+  const at::Tensor q = rotate(split_heads(qkv[0], config_.num_attention_heads));
+  const at::Tensor k = rotate(split_heads(qkv[1], config_.num_key_value_heads));
   const at::Tensor v = split_heads(qkv[2], config_.num_key_value_heads);
   at::Tensor out;
   if (step) {
     const auto [keys, values] = cache.write_at(k, v, step->position);
-    out = ops::decode_attention(q, keys, values, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)));
+    out = ops::decode_attention(q, keys, values, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)),
+                                padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
+  } else if (padding) {
+    const auto [keys, values] = cache.append(k, v);
+    out = nn::scaled_dot_product_attention(q, keys, values, padding->mask, /*causal=*/false);
   } else {
     const auto [keys, values] = cache.append(k, v);
     // One new token attends to everything before it; a block of tokens attends causally.
@@ -88,13 +108,13 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
 }
 
 at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
-                                     const DeviceStep* step) const {
+                                     const DeviceStep* step, const LeftPadding* padding) const {
   if (cache.size() != layers_.size()) {
     throw InvalidArgumentError(fmt::format("the cache has {} layers, the model {}", cache.size(), layers_.size()));
   }
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
-    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step);
+    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step, padding);
     const at::Tensor x = layer.post_attention_layernorm(h);
     const std::vector<at::Tensor> gate_up = layer.gate_up_proj(x);
     h = h + layer.down_proj(ops::silu_mul(gate_up[0], gate_up[1]));
@@ -102,21 +122,54 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
   return norm_(h);
 }
 
-at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache) const {
+at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,
+                             const std::optional<at::Tensor>& padding) const {
   if (cache.empty()) throw InvalidArgumentError("the cache has no layers");
-  const auto [cos, sin] = rotary_.at_positions(cache.front().length(), embeddings.size(1));
-  return layers_forward(embeddings, cache, cos, sin, nullptr);
+  const std::int64_t start = cache.front().length(), length = embeddings.size(1);
+  if (!padding) {
+    const auto [cos, sin] = rotary_.at_positions(start, length);
+    return layers_forward(embeddings, cache, cos, sin, nullptr, nullptr);
+  }
+  const std::int64_t batch = embeddings.size(0);
+  if (padding->dim() != 1 || padding->size(0) != batch) {
+    throw InvalidArgumentError(fmt::format("padding must be [{}], got {}", batch, c10::str(padding->sizes())));
+  }
+  if (start + length > rotary_.max_positions()) {
+    throw InvalidArgumentError(
+        fmt::format("{} positions are past the model's {}", start + length, rotary_.max_positions()));
+  }
+  const at::Tensor first = padding->to(embeddings.device()).view({batch, 1});
+  const at::Tensor query_at = at::arange(start, start + length, first.options());  // cache positions
+  // Row b's position ids: its cache positions less its padding, 0 on the padding itself (as transformers).
+  const at::Tensor positions = (query_at.view({1, length}) - first).clamp_min(0).reshape({-1});
+  const auto [cos, sin] = rotary_.at_positions(positions);
+  // Query i sees keys j <= i from the row's first real one on; a padding query sees itself only, so no row of
+  // the softmax is empty (its output is never read by a real token).
+  const at::Tensor key_at = at::arange(start + length, first.options()).view({1, 1, start + length});
+  const at::Tensor query_col = query_at.view({1, length, 1});
+  const at::Tensor mask = key_at.le(query_col)
+                              .logical_and(key_at.ge(first.view({batch, 1, 1})).logical_or(key_at.eq(query_col)))
+                              .unsqueeze(1);
+  const LeftPadding left{first.view({batch}), mask};
+  return layers_forward(embeddings, cache, cos, sin, nullptr, &left);
 }
 
-at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache) const {
+at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache,
+                                  const std::optional<at::Tensor>& padding) const {
   if (cache.empty()) throw InvalidArgumentError("the cache has no layers");
   if (cache.front().capacity() > rotary_.max_positions()) {
     throw InvalidArgumentError(fmt::format("a cache of {} positions is past the model's {} positions",
                                            cache.front().capacity(), rotary_.max_positions()));
   }
-  const auto [cos, sin] = rotary_.at_positions(position);
   const DeviceStep step{position};
-  return logits(layers_forward(embed(token), cache, cos, sin, &step).select(1, 0));
+  if (!padding) {
+    const auto [cos, sin] = rotary_.at_positions(position);
+    return logits(layers_forward(embed(token), cache, cos, sin, &step, nullptr).select(1, 0));
+  }
+  // Each row at its own position: the step's cache position less the row's padding.
+  const auto [cos, sin] = rotary_.at_positions(position - *padding);
+  const LeftPadding left{*padding, at::Tensor()};
+  return logits(layers_forward(embed(token), cache, cos, sin, &step, &left).select(1, 0));
 }
 
 bool TextModel::capturable() const {

@@ -35,7 +35,7 @@ void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position) {
+                            const at::Tensor& position, const std::optional<at::Tensor>& first) {
   TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, "decode_attention: query must be [batch, heads, 1, "
                     "head_dim], got ", query.sizes());
   TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == query.size(0) &&
@@ -48,6 +48,12 @@ void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, con
   TORCH_CHECK_VALUE(position.scalar_type() == at::kLong && position.numel() == 1 && position.device() == query.device(),
                     "decode_attention: position must be one int64 on ", query.device(), ", got ", position.sizes(),
                     " ", position.scalar_type(), " on ", position.device());
+  if (first) {
+    TORCH_CHECK_VALUE(first->scalar_type() == at::kLong && first->dim() == 1 && first->size(0) == query.size(0) &&
+                          first->device() == query.device(),
+                      "decode_attention: first must be int64 [", query.size(0), "] on ", query.device(), ", got ",
+                      first->sizes(), " ", first->scalar_type(), " on ", first->device());
+  }
 }
 
 }  // namespace detail
@@ -76,10 +82,11 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position, double scale) {
-  static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                            const at::Tensor&, double)>("imagetotext::decode_attention");
-  return op.call(query, keys, values, position, scale);
+                            const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                         const std::optional<at::Tensor>&)>("imagetotext::decode_attention");
+  return op.call(query, keys, values, position, scale, first);
 }
 
 }  // namespace imagetotext::ops

@@ -5,6 +5,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <optional>
+
 namespace imagetotext::ops {
 
 // weight * (x * rsqrt(mean(x^2, -1) + eps)), the statistics in float32 and the normed value cast to x's dtype
@@ -21,8 +23,11 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 // Attention of one new token per sequence: query [batch, heads, 1, head_dim] over keys, values
 // [batch, kv_heads, capacity, head_dim] at positions 0 .. position (int64 [1] on the device; the rest of the
 // buffers is ignored), heads / kv_heads queries per key/value head. Returns [batch, heads, 1, head_dim].
+// `first` (int64 [batch] on the device, each in 0 .. position): row b attends to first[b] .. position only, the
+// positions before being the left padding of a batch of prompts of different lengths.
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position, double scale);
+                            const at::Tensor& position, double scale,
+                            const std::optional<at::Tensor>& first = std::nullopt);
 
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
@@ -30,7 +35,7 @@ void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
 void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position);
+                            const at::Tensor& position, const std::optional<at::Tensor>& first);
 }  // namespace detail
 
 }  // namespace imagetotext::ops

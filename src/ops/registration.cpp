@@ -32,5 +32,7 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
-  m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale) -> Tensor");
+  // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
+  m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "
+        "Tensor? first=None) -> Tensor");
 }

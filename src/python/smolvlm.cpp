@@ -126,6 +126,60 @@ void bind_smolvlm(py::module_& m) {
           "decoding is 'auto' (a replayed CUDA graph on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded "
           "on CUDA, run as they are on a CPU).")
       .def(
+          "generate_batch",
+          [](const Model& model, const at::Tensor& input_ids, const at::Tensor& attention_mask,
+             const at::Tensor& pixel_values, const std::optional<at::Tensor>& mask, std::int64_t max_new_tokens,
+             bool keep_logits, const std::optional<std::vector<std::int64_t>>& eos_token_ids,
+             const std::string& decoding) {
+            const nn::Decoding mode = nn::parse_decoding(decoding);
+            c10::InferenceMode inference;
+            text::GreedySearchOptions options;
+            options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
+            options.eos_token_ids = eos_token_ids.value_or(model.eos_token_ids);
+            options.keep_logits = keep_logits;
+            options.pad_token_id = model.pad_token_id;
+            const std::vector<text::GreedySearchResult> results = model.network.generate_batch(
+                input_ids, attention_mask, model.network.image_features(pixel_values, mask), options, mode);
+            // The rows padded to the longest with pad_token_id, as transformers' generate returns them.
+            std::size_t steps = 0;
+            for (const auto& row : results) steps = std::max(steps, row.tokens.size());
+            std::vector<std::vector<std::int64_t>> tokens;
+            std::vector<at::Tensor> logits;
+            for (const auto& row : results) {
+              tokens.push_back(row.tokens);
+              tokens.back().resize(steps, model.pad_token_id);
+              if (keep_logits) logits.push_back(row.logits.empty() ? at::Tensor() : at::stack(row.logits));
+            }
+            return std::make_pair(tokens, logits);
+          },
+          py::arg("input_ids"), py::arg("attention_mask"), py::arg("pixel_values"),
+          py::arg("pixel_attention_mask") = py::none(), py::arg("max_new_tokens") = 0, py::arg("keep_logits") = false,
+          py::arg("eos_token_ids") = py::none(), py::arg("decoding") = "auto", py::call_guard<py::gil_scoped_release>(),
+          "Greedy decoding of a left-padded batch (transformers' processor with padding=True, padding_side='left'): "
+          "(tokens [batch][steps], each row padded with pad_token_id after its end token; per row [own steps, "
+          "vocab] logits with keep_logits).")
+      .def_readonly("pad_token_id", &Model::pad_token_id,
+                    "generation_config's pad_token_id, else the first end token: what a finished row of a batch emits.")
+      .def(
+          "caption_batch",
+          [](Model& model, const std::vector<at::Tensor>& pixels, std::int64_t max_new_tokens,
+             const std::string& decoding) {
+            const nn::Decoding mode = nn::parse_decoding(decoding);
+            std::vector<io::RgbImage> images;
+            for (std::size_t i = 0; i < pixels.size(); ++i) {
+              images.push_back(io::rgb_image_from_pixels(pixels[i], fmt::format("image {}", i)));
+            }
+            py::gil_scoped_release release;
+            std::vector<std::pair<std::string, std::vector<std::int64_t>>> out;
+            for (SmolVLMCaption& caption : smolvlm_caption_batch(model, images, max_new_tokens, mode)) {
+              out.emplace_back(std::move(caption.text), std::move(caption.tokens));
+            }
+            return out;
+          },
+          py::arg("pixels"), py::arg("max_new_tokens") = 0, py::arg("decoding") = "auto",
+          "The service's captions of several uint8 RGB images [H, W, 3] from one batched generate: a list of "
+          "(cleaned text, generated tokens).")
+      .def(
           "caption",
           [](Model& model, const at::Tensor& pixels, std::int64_t max_new_tokens) {
             const io::RgbImage image = io::rgb_image_from_pixels(pixels, "image");

@@ -77,3 +77,62 @@ TEST_CASE("model_selector builds the SmolVLM names; a missing checkpoint is a Ch
     REQUIRE_THROWS_AS(model->download(), CheckpointError);
   }
 }
+
+TEST_CASE("greedy search over rows: each row ends at its own end token, the search when all have", "[models]") {
+  // A scripted model: row r picks script[r][s] at step s (one-hot logits), whatever it is fed.
+  constexpr std::int64_t kEnd = 99, kPad = 7, kVocab = 100;
+  const std::vector<std::vector<std::int64_t>> script = {
+      {5, 6, kEnd, 8, 9, 10, 11, 12}, {1, kEnd, 2, 2, 2, 2, 2, 2}, {3, 4, 5, 6, kEnd, 1, 1, 1}};
+  const auto rows = static_cast<std::int64_t>(script.size());
+  auto logits_at = [&](std::size_t step) {
+    at::Tensor logits = at::zeros({rows, kVocab});
+    for (std::int64_t r = 0; r < rows; ++r) logits[r][script[r][step]] = 1.0;
+    return logits;
+  };
+  for (const std::int64_t lookahead : {1, 3, 4}) {
+    for (const std::int64_t max_new : {3, 8}) {
+      text::GreedySearchOptions options;
+      options.max_new_tokens = max_new;
+      options.eos_token_ids = {kEnd};
+      options.pad_token_id = kPad;
+      options.keep_logits = true;
+      std::size_t steps = 1;
+      auto advance = [&](const std::vector<std::int64_t>& previous, std::int64_t n, std::vector<at::Tensor>* logits) {
+        // A finished row is fed the pad token, a live one its last token (transformers' generate).
+        for (std::int64_t r = 0; r < rows; ++r) {
+          const auto& row = script[r];
+          const bool ended = std::find(row.begin(), row.begin() + steps, kEnd) != row.begin() + steps;
+          CHECK(previous[r] == (ended ? kPad : row[steps - 1]));
+        }
+        std::vector<std::int64_t> picked;
+        for (std::int64_t i = 0; i < n; ++i, ++steps) {
+          if (logits) logits->push_back(logits_at(steps));
+          for (std::int64_t r = 0; r < rows; ++r) picked.push_back(script[r][steps]);
+        }
+        return picked;
+      };
+      const auto results = text::greedy_search_rows(logits_at(0), advance, options, lookahead);
+      REQUIRE(results.size() == 3);
+      CHECK(results[0].tokens == std::vector<std::int64_t>{5, 6, kEnd});
+      CHECK(results[1].tokens == std::vector<std::int64_t>{1, kEnd});
+      CHECK(results[0].stopped_on_eos);
+      CHECK(results[1].stopped_on_eos);
+      if (max_new == 3) {
+        CHECK(results[2].tokens == std::vector<std::int64_t>{3, 4, 5});
+        CHECK_FALSE(results[2].stopped_on_eos);
+      } else {
+        CHECK(results[2].tokens == std::vector<std::int64_t>{3, 4, 5, 6, kEnd});
+        CHECK(results[2].stopped_on_eos);
+        // Steps stop once every row has ended: 5 steps, up to lookahead - 1 more run ahead of the host.
+        CHECK(steps >= 5);
+        CHECK(steps < static_cast<std::size_t>(5 + lookahead));
+      }
+      for (const auto& row : results) {
+        REQUIRE(row.logits.size() == row.tokens.size());
+        for (std::size_t s = 0; s < row.tokens.size(); ++s) {
+          CHECK(row.logits[s].argmax().item<std::int64_t>() == row.tokens[s]);
+        }
+      }
+    }
+  }
+}

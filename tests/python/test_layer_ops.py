@@ -121,6 +121,44 @@ def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, di
     assert (ours.float() - expected).abs().max().item() <= bound * scale
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("heads, kv_heads, dim", [(9, 3, 64), (4, 2, 16)])
+@pytest.mark.parametrize("position", [40, 200])
+def test_decode_attention_skips_each_rows_left_padding(device, dtype, heads, kv_heads, dim, position):
+    """A left-padded batch: row b attends to first[b] .. position, as SDPA with transformers' padding mask."""
+    needs(device)
+    torch.manual_seed(4)
+    batch, capacity = 4, 256
+    first = torch.tensor([0, 1, 17, position])  # no padding, one position, many, all but the newest
+    query = torch.randn(batch, heads, 1, dim).to(device, dtype)
+    keys = (torch.randn(batch, kv_heads, capacity, dim) * 2).to(device, dtype)
+    values = torch.randn(batch, kv_heads, capacity, dim).to(device, dtype)
+    for row, start in enumerate(first.tolist()):  # padding keys that would dominate any softmax they entered
+        keys[row, :, :start] = 50.0
+        values[row, :, :start] = 1000.0
+    keys[:, :, position + 1:] = float("nan")
+    values[:, :, position + 1:] = float("nan")
+    group = heads // kv_heads
+    k = keys[:, :, :position + 1].repeat_interleave(group, dim=1).float()
+    v = values[:, :, :position + 1].repeat_interleave(group, dim=1).float()
+    mask = (torch.arange(position + 1)[None, :] >= first[:, None]).view(batch, 1, 1, position + 1).to(device)
+    expected = F.scaled_dot_product_attention(query.float(), k, v, attn_mask=mask)
+    where = torch.tensor([position], device=device)
+    ours = ops.decode_attention(query, keys, values, where, dim ** -0.5, first.to(device))
+    assert ours.shape == query.shape and ours.dtype == dtype
+    scale = expected.abs().max().item()
+    assert scale < 100  # the padding stayed out
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert (ours.float() - expected).abs().max().item() <= bound * scale
+    # A row with first 0 is the unpadded op's row: on CUDA the same kernel sums in the same order.
+    unpadded = ops.decode_attention(query[:1], keys[:1], values[:1], where, dim ** -0.5)
+    if device == "cuda":
+        assert torch.equal(ours[:1], unpadded)
+    else:
+        torch.testing.assert_close(ours[:1], unpadded)
+
+
 def test_bad_arguments_name_the_problem():
     x = torch.randn(2, 8)
     with pytest.raises(ValueError, match="rms_norm: weight must be"):
@@ -140,3 +178,5 @@ def test_bad_arguments_name_the_problem():
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3.0]), 1.0)
     with pytest.raises(ValueError, match="query must be"):
         ops.decode_attention(torch.randn(1, 6, 2, 8), kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0)
+    with pytest.raises(ValueError, match="first must be int64"):
+        ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, torch.tensor([0, 0]))

@@ -77,7 +77,8 @@ def tiny_config(tokenizer: OracleTokenizer, **top):
 def write_checkpoint(path: Path, seed: int = 0):
     """A tiny random SmolVLM in `path`, as transformers writes one; returns (model, processor)."""
     tokenizer = build_tokenizer()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<end_of_utterance>")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<end_of_utterance>",
+                                                pad_token="<|im_end|>")
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 4 * TILE}, max_image_size={"longest_edge": TILE},
                                                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=fast, image_seq_len=(TILE // PATCH) ** 2
@@ -91,6 +92,7 @@ def write_checkpoint(path: Path, seed: int = 0):
     with torch.no_grad():
         model.lm_head.weight[eos] = 0.0
     model.generation_config.eos_token_id = eos
+    model.generation_config.pad_token_id = tokenizer.token_to_id("<|im_end|>")  # as SmolVLM's generation_config
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return model, processor
@@ -329,7 +331,8 @@ def test_llm_int8_is_as_close_to_the_dense_model_as_bitsandbytes(tiny):
 
 def write_real_geometry_checkpoint(path: Path):
     tokenizer = build_tokenizer()
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<end_of_utterance>")
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=tokenizer, eos_token="<end_of_utterance>",
+                                                pad_token="<|im_end|>")
     image_processor = Idefics3ImageProcessorPil(size={"longest_edge": 2048}, max_image_size={"longest_edge": 512},
                                                 image_mean=[0.5, 0.5, 0.5], image_std=[0.5, 0.5, 0.5])
     processor = Idefics3Processor(image_processor=image_processor, tokenizer=fast, image_seq_len=64,
@@ -347,6 +350,7 @@ def write_real_geometry_checkpoint(path: Path):
     config._attn_implementation = "eager"
     model = transformers.Idefics3ForConditionalGeneration(config).eval()
     model.generation_config.eos_token_id = tokenizer.token_to_id("<end_of_utterance>")
+    model.generation_config.pad_token_id = tokenizer.token_to_id("<|im_end|>")
     model.save_pretrained(path)
     processor.save_pretrained(path)
     return model, processor
@@ -418,6 +422,151 @@ def test_caption_matches_the_service_path(real_geometry):
     text, tokens = ours.caption(pixels, max_new_tokens=16)
     assert tokens == generated[0, inputs["input_ids"].shape[1]:].tolist()
     assert text == expected_text
+
+
+# ---- batched captioning: several prompts per forward, padded on the left -------------------------------------
+
+# Resized to a longest edge of 4 tiles, then cut into tiles: 2x3, 4x2, 1x4 and 4x4 grids plus the global tile.
+# (This processor upscales every image to 4 tiles on its longest edge, so no image stays a single tile.)
+BATCH_SIZES = [(40, 70), (100, 30), (12, 120), (128, 128)]
+
+
+def random_image(height, width, seed):
+    from PIL import Image
+    generator = torch.Generator().manual_seed(seed)
+    return Image.fromarray(torch.randint(0, 256, (height, width, 3), dtype=torch.uint8, generator=generator).numpy())
+
+
+def batch_inputs(processor, images):
+    """transformers' processor over one image per prompt, the prompts padded on the left (padding=True), as
+    transformers' docs ask for batched generation with a decoder-only model."""
+    prompt = processor.apply_chat_template(CHAT, add_generation_prompt=True)
+    processor.tokenizer.padding_side = "left"
+    return processor(text=[prompt] * len(images), images=[[image] for image in images], padding=True,
+                     return_tensors="pt")
+
+
+def tiny_batch(processor):
+    inputs = batch_inputs(processor, [random_image(h, w, seed=i + 1) for i, (h, w) in enumerate(BATCH_SIZES)])
+    lengths = inputs["attention_mask"].sum(1).tolist()
+    assert len(set(lengths)) == len(lengths), "every row its own prompt length (tile count)"
+    assert lengths[2] == min(lengths) and inputs["attention_mask"][:, -1].all()
+    return inputs
+
+
+def batch_args(inputs):
+    return (inputs["input_ids"], inputs["attention_mask"], inputs["pixel_values"], inputs["pixel_attention_mask"])
+
+
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_batched_decoding_matches_transformers(tiny, decoding):
+    """Four prompts of different lengths in one batch: per row the tokens and logits of transformers' batched
+    generate (left padding masked out, positions from the attention mask)."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = tiny_batch(processor)
+    with torch.no_grad():
+        expected = model.generate(**inputs, max_new_tokens=STEPS, do_sample=False, output_logits=True,
+                                  return_dict_in_generate=True)
+    expected_tokens = expected.sequences[:, inputs["input_ids"].shape[1]:].tolist()
+    tokens, logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS, keep_logits=True,
+                                         decoding=decoding)
+    assert all(len(set(row)) > 3 for row in expected_tokens), "a degenerate test model"
+    assert tokens == expected_tokens
+    for row in range(len(BATCH_SIZES)):
+        assert logits[row].shape[0] == STEPS
+        for step, expected_logits in enumerate(expected.logits):
+            assert rel_err(logits[row][step], expected_logits[row]) < 1e-4, f"row {row} step {step}"
+
+
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_a_batch_of_one_is_the_single_image_path(tiny, decoding):
+    path, _, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = sample_inputs(processor)
+    args = (inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"])
+    tokens, logits = ours.generate(*args, max_new_tokens=STEPS, keep_logits=True, decoding=decoding)
+    batch_tokens, batch_logits = ours.generate_batch(
+        inputs["input_ids"], torch.ones_like(inputs["input_ids"]), inputs["pixel_values"],
+        inputs["pixel_attention_mask"], max_new_tokens=STEPS, keep_logits=True, decoding=decoding)
+    assert batch_tokens == [tokens]
+    assert torch.equal(batch_logits[0], logits)
+
+
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+@pytest.mark.parametrize("stop_at", [0, 3, 5])
+def test_rows_that_end_early_pad_as_transformers(tiny, decoding, stop_at):
+    """Row 1 ends at step stop_at (its token there is made the end token): it emits pad_token_id from then on
+    while the other rows go on, and decoding ends when every row has ended or at max_new_tokens."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = tiny_batch(processor)
+    length = inputs["input_ids"].shape[1]
+    with torch.no_grad():
+        free = model.generate(**inputs, max_new_tokens=12, do_sample=False)[:, length:]
+        end = int(free[1, stop_at])
+        expected = model.generate(**inputs, max_new_tokens=12, do_sample=False, eos_token_id=end)[:, length:].tolist()
+    pad = model.generation_config.pad_token_id
+    ended = [row for row in expected if end in row[:-1]]
+    assert ended and all(t == pad for row in ended for t in row[row.index(end) + 1:]), "a row padded after its end"
+    tokens, logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=12, keep_logits=True,
+                                         eos_token_ids=[end], decoding=decoding)
+    assert ours.pad_token_id == pad
+    assert tokens == expected
+    for row, row_logits in zip(expected, logits):
+        assert row_logits.shape[0] == (row.index(end) + 1 if end in row else len(row))
+
+
+def test_a_batch_that_is_not_left_padded_is_an_error(tiny):
+    path, _, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cpu")
+    inputs = tiny_batch(processor)
+    right = inputs["attention_mask"].flip(1)
+    with pytest.raises(ValueError, match="padding_side"):
+        ours.generate_batch(inputs["input_ids"], right, inputs["pixel_values"], inputs["pixel_attention_mask"])
+    with pytest.raises(ValueError, match="attention_mask of the same shape"):
+        ours.generate_batch(inputs["input_ids"], right[:, 1:], inputs["pixel_values"])
+
+
+CAPTION_BATCH = [(480, 640), (64, 64), (17, 300)]  # 13, 17 and 2 tiles of 512
+
+
+def expected_batch_captions(model, processor, pixels, max_new_tokens):
+    """transformers' batched generate and the service's decoding and clean-up, per row."""
+    from PIL import Image
+    inputs = batch_inputs(processor, [Image.fromarray(p.numpy()) for p in pixels])
+    assert len(set(inputs["attention_mask"].sum(1).tolist())) == len(pixels)
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    texts = [service_clean(t) for t in processor.batch_decode(generated, skip_special_tokens=True)]
+    return texts, generated[:, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_caption_batch_matches_transformers(real_geometry, decoding):
+    """The service path for several images at once: our processor per image, one batched generate."""
+    _, model, processor, ours = real_geometry
+    pixels = [smooth_image(h, w, seed=i) for i, (h, w) in enumerate(CAPTION_BATCH)]
+    texts, rows = expected_batch_captions(model, processor, pixels, 16)
+    results = ours.caption_batch(pixels, max_new_tokens=16, decoding=decoding)
+    assert [text for text, _ in results] == texts
+    for (_, tokens), row in zip(results, rows):
+        assert tokens == row[:len(tokens)] and all(t == ours.pad_token_id for t in row[len(tokens):])
+
+
+def test_extract_batch_captions_several_images_in_one_generate(real_geometry, tmp_path):
+    """ImageToText::extract_batch (SmolVLMFamily::caption_batch) through the Python API, against transformers."""
+    import imagetotext
+    from PIL import Image
+    path, model, processor, _ = real_geometry
+    pixels = [smooth_image(h, w, seed=i + 3) for i, (h, w) in enumerate(CAPTION_BATCH)]
+    files = []
+    for i, p in enumerate(pixels):
+        files.append(tmp_path / f"meme_{i}.png")
+        Image.fromarray(p.numpy()).save(files[-1])
+    texts, _ = expected_batch_captions(model, processor, pixels, 16)
+    captioner = imagetotext.load_model(path, device="cpu", max_new_tokens=16)
+    assert captioner.extract_batch(files) == texts
 
 
 # ---- the service's caption clean-up ---------------------------------------------------------------------------
@@ -571,16 +720,77 @@ def test_cuda_graph_decoding_matches_eager(tiny, dtype):
             assert rel_err(graph_logits.cpu(), eager_logits.cpu()) < 1e-5
             continue
         # bf16: the recorded step's attention kernel rounds differently from the eager one, and the difference
-        # travels through the bf16 cache (2^-8 per rounding, a few dozen roundings a step). Up to the first token
-        # they disagree on, the logits agree within that, and that token is a near tie there.
-        same = next((i for i, (a, b) in enumerate(zip(graph, eager)) if a != b), min(len(graph), len(eager)))
-        assert same >= min(4, len(eager)), (height, width, new, same)
-        for step in range(min(same + 1, len(graph), len(eager))):
-            assert rel_err(graph_logits[step].cpu(), eager_logits[step].cpu()) < 5e-2, (height, width, new, step)
-        if same < min(len(graph), len(eager)):
-            row = eager_logits[same].float().cpu()
-            gap = float(row.max() - row[graph[same]])
-            assert gap <= 5e-2 * float(row.abs().max()), (height, width, new, same, gap)
+        # travels through the bf16 cache (2^-8 per rounding, a few dozen roundings a step).
+        agree_up_to_a_near_tie(graph, graph_logits, eager, eager_logits, (height, width, new))
+
+
+def agree_up_to_a_near_tie(tokens, logits, reference_tokens, reference_logits, label):
+    """Two bf16 decodings that round differently: up to the first token they disagree on, the logits agree within
+    5e-2 of their magnitude (bf16's 2^-8 per rounding, a few dozen roundings a step), and that token is a near
+    tie there (its logit within the same bound of the best)."""
+    same = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
+                min(len(tokens), len(reference_tokens)))
+    assert same >= min(4, len(reference_tokens)), (label, same)
+    for step in range(min(same + 1, len(tokens), len(reference_tokens))):
+        assert rel_err(logits[step].cpu(), reference_logits[step].cpu()) < 5e-2, (label, step)
+    if same < min(len(tokens), len(reference_tokens)):
+        row = reference_logits[same].float().cpu()
+        gap = float(row.max() - row[tokens[same]])
+        assert gap <= 5e-2 * float(row.abs().max()), (label, same, gap)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_batched_graph_decoding_matches_eager(tiny, dtype):
+    """The batched step recorded in a CUDA graph (per-row padding in the decode_attention kernel) against the
+    eager batched steps (SDPA with the padding mask); a second batch size records again."""
+    path, _, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cuda", dtype=dtype)
+    for sizes in [BATCH_SIZES, BATCH_SIZES[:2], BATCH_SIZES]:
+        inputs = batch_inputs(processor, [random_image(h, w, seed=i + 1) for i, (h, w) in enumerate(sizes)])
+        eager, eager_logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS, keep_logits=True,
+                                                  decoding="eager")
+        graph, graph_logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS, keep_logits=True)
+        for row in range(len(sizes)):
+            if dtype == "float32":
+                assert graph[row] == eager[row], (len(sizes), row)
+                assert rel_err(graph_logits[row].cpu(), eager_logits[row].cpu()) < 1e-5
+            else:
+                agree_up_to_a_near_tie(graph[row], graph_logits[row], eager[row], eager_logits[row], (len(sizes), row))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_cuda_bf16_batch_matches_single_images(tiny, decoding):
+    """A batch against each of its images alone, bf16 on CUDA: a row's matmuls run inside a larger GEMM (another
+    tiling, another bf16 rounding of the same sums) and its attention skips padding, so rows agree with the
+    single captions as two bf16 roundings do: up to a near tie."""
+    path, _, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cuda", dtype="bfloat16")
+    images = [random_image(h, w, seed=i + 1) for i, (h, w) in enumerate(BATCH_SIZES)]
+    batch, batch_logits = ours.generate_batch(*batch_args(batch_inputs(processor, images)), max_new_tokens=STEPS,
+                                              keep_logits=True, decoding=decoding)
+    for row, image in enumerate(images):
+        single = batch_inputs(processor, [image])
+        tokens, logits = ours.generate(single["input_ids"], single["pixel_values"], single["pixel_attention_mask"],
+                                       max_new_tokens=STEPS, keep_logits=True, decoding=decoding)
+        agree_up_to_a_near_tie(batch[row], batch_logits[row], tokens, logits, row)
+
+
+@pytest.mark.gpu
+def test_cuda_caption_batch_is_deterministic_and_close_to_single_captions(real_geometry):
+    """caption_batch on CUDA (bf16, the graph): captions of several meme-sized images, each equal to the single
+    caption of its image up to a near tie (see test_cuda_bf16_batch_matches_single_images)."""
+    path = real_geometry[0]
+    ours = _C.SmolVLM(str(path), device="cuda", dtype="bfloat16")
+    pixels = [smooth_image(h, w, seed=i) for i, (h, w) in enumerate(CAPTION_BATCH)]
+    first = ours.caption_batch(pixels, max_new_tokens=16)
+    again = ours.caption_batch(pixels, max_new_tokens=16)
+    assert first == again  # the replayed recording is deterministic
+    for (text, tokens), p in zip(first, pixels):
+        single_text, single_tokens = ours.caption(p, max_new_tokens=16)
+        same = next((i for i, (a, b) in enumerate(zip(tokens, single_tokens)) if a != b), None)
+        assert same is None or same >= 4, (tokens, single_tokens)
 
 
 def cuda_bnb(linear, kind):

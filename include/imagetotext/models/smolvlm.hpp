@@ -64,6 +64,18 @@ class SmolVLM {
                                     const text::GreedySearchOptions& options,
                                     Decoding decoding = Decoding::automatic) const;
 
+  // Greedy decoding of a batch of prompts at once, as transformers' generate runs the processor's output with
+  // padding=True and padding_side="left": input_ids [batch, length] padded on the left, attention_mask
+  // [batch, length] 0 on each row's leading padding and 1 from its first real token on; image_features of
+  // every row's <image> tokens in order. Each step runs all rows (padding masked out, positions counted per
+  // row); row b's result ends at its end token (transformers pads it with pad_token_id to the longest row).
+  // One row without padding takes generate() above. Throws InvalidArgumentError for a mask that is not a
+  // left padding or a row without tokens.
+  std::vector<text::GreedySearchResult> generate_batch(const at::Tensor& input_ids, const at::Tensor& attention_mask,
+                                                       const at::Tensor& image_features,
+                                                       const text::GreedySearchOptions& options,
+                                                       Decoding decoding = Decoding::automatic) const;
+
   const SmolVLMConfig& config() const noexcept { return config_; }
   const VisionTransformer& vision() const noexcept { return vision_; }
   const Connector& connector() const noexcept { return connector_; }
@@ -76,15 +88,22 @@ class SmolVLM {
         text_(std::move(text)) {}
 
   struct DecodeGraph;
-  text::GreedySearchResult generate_graphed(const at::Tensor& embeddings, const text::GreedySearchOptions& options) const;
+  // Decoding through `graph` (recorded again when the batch size changes or the capacity is short); `padding`
+  // (int64 [batch] on the device) for a left-padded batch.
+  std::vector<text::GreedySearchResult> generate_graphed(const at::Tensor& embeddings,
+                                                         const std::optional<at::Tensor>& padding,
+                                                         const text::GreedySearchOptions& options,
+                                                         DecodeGraph& graph) const;
 
   SmolVLMConfig config_;
   nn::Placement placement_;
   VisionTransformer vision_;
   Connector connector_;
   TextModel text_;
-  // The recorded decode step (CUDA only); shared by copies of this model, which share its weights too.
+  // The recorded decode steps (CUDA only); shared by copies of this model, which share its weights too. One
+  // for single captions and one for batches (of the last batch size seen), so neither evicts the other.
   std::shared_ptr<DecodeGraph> decode_graph_;
+  std::shared_ptr<DecodeGraph> batch_decode_graph_;
 };
 
 }  // namespace imagetotext::smolvlm
@@ -102,10 +121,20 @@ struct SmolVLMFamily {
     std::vector<std::int64_t> eos_token_ids;  // generation_config.json's, else <end_of_utterance>
     std::int64_t max_new_tokens = kDefaultMaxNewTokens;
     nn::Placement placement;
+    // generation_config.json's pad_token_id, else the first end token (transformers' generate does the same):
+    // the padding of batched prompts and what a row that has finished emits.
+    std::int64_t pad_token_id = 0;
   };
+
+  // Images per batched generate in caption_batch: bounds the caches' memory (they grow with rows times the
+  // longest prompt) and the padding a short prompt carries next to a long one.
+  static constexpr std::size_t kMaxBatch = 8;
 
   static Model load(const ModelSpec& spec, const ModelOptions& options);
   static std::string caption(Model& model, const io::RgbImage& image);
+  // Captions of several images, up to kMaxBatch per batched generate; each equal to caption() of its image
+  // up to the rounding of batched kernels.
+  static std::vector<std::string> caption_batch(Model& model, const std::vector<io::RgbImage>& images);
 };
 
 // Loads a SmolVLM checkpoint from `repo` (a hub id, fetched or found in the cache, or a local directory) at
@@ -122,6 +151,11 @@ struct SmolVLMCaption {
 };
 SmolVLMCaption smolvlm_caption(SmolVLMFamily::Model& model, const io::RgbImage& image,
                                std::int64_t max_new_tokens = 0);
+// The captions of `images` from one batched generate (prompts padded on the left); decoding as
+// SmolVLM::generate_batch takes it.
+std::vector<SmolVLMCaption> smolvlm_caption_batch(SmolVLMFamily::Model& model, const std::vector<io::RgbImage>& images,
+                                                  std::int64_t max_new_tokens = 0,
+                                                  nn::Decoding decoding = nn::Decoding::automatic);
 
 extern template class ImageToText<SmolVLMFamily>;
 

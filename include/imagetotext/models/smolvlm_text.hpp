@@ -47,13 +47,19 @@ class TextModel {
 
   // Runs the decoder layers on `embeddings` [batch, length, hidden] at the positions following those already
   // in `cache` (appending their keys and values) and returns the final-normed hidden states.
-  at::Tensor forward(const at::Tensor& embeddings, TextCache& cache) const;
+  //
+  // `padding` (int64 [batch] on the device) is for a batch of prompts of different lengths padded on the left:
+  // row b's first padding[b] cache positions are padding, never attended to, and its positions count from its
+  // first real token (transformers' generate: position_ids = cumsum(attention_mask) - 1, 0 on padding).
+  at::Tensor forward(const at::Tensor& embeddings, TextCache& cache,
+                     const std::optional<at::Tensor>& padding = std::nullopt) const;
 
   // One decode step with fixed shapes: `token` [batch, 1] (int64) at `position` (int64 [1], on the device),
   // its keys and values written there, attention over the whole cache masked past `position`. Returns logits
   // [batch, vocab]. Nothing reads back to the host and no shape depends on the position, so a CUDA graph can
-  // record it once and replay it every step. The caches' length() is left as it was.
-  at::Tensor decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache) const;
+  // record it once and replay it every step. The caches' length() is left as it was. `padding`: as in forward.
+  at::Tensor decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache,
+                         const std::optional<at::Tensor>& padding = std::nullopt) const;
 
   // Whether decode_step can be recorded in a CUDA graph: no layer reads back to the host (LLM.int8 layers
   // pick their outlier columns there).
@@ -70,10 +76,17 @@ class TextModel {
   struct DeviceStep {
     at::Tensor position;
   };
+  // A left-padded batch: each row's padding length, and for a pass through forward() the boolean attention
+  // mask [batch, 1, length, cache length] (causal, padding keys out). cos and sin are then per row and position,
+  // [batch * length, head_dim].
+  struct LeftPadding {
+    at::Tensor first;
+    at::Tensor mask;
+  };
   at::Tensor layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
-                            const DeviceStep* step) const;
+                            const DeviceStep* step, const LeftPadding* padding) const;
   at::Tensor attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache, const at::Tensor& cos,
-                       const at::Tensor& sin, const DeviceStep* step) const;
+                       const at::Tensor& sin, const DeviceStep* step, const LeftPadding* padding) const;
 
   SmolVLMTextConfig config_;
   nn::Embedding embed_tokens_;

@@ -1,5 +1,6 @@
 // The CPU side of the fused layer ops: the ATen compositions the layers were written with (the oracle tests
 // hold them to transformers), so routing the layers through these ops changes no CPU result.
+#include <ATen/ops/arange.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/rsqrt.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
@@ -33,16 +34,18 @@ at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                                const at::Tensor& position, double scale) {
-  detail::check_decode_attention(query, keys, values, position);
+                                const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
+  detail::check_decode_attention(query, keys, values, position, first);
   const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
   // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
   const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;
   TORCH_CHECK_VALUE(filled > 0, "decode_attention: position must not be negative");
   // The heads sharing a key/value head become that head's queries: the cache is read as it is.
   const at::Tensor grouped = query.reshape({batch, kv_heads, heads / kv_heads, head_dim});
-  return at::scaled_dot_product_attention(grouped, keys.narrow(2, 0, filled), values.narrow(2, 0, filled),
-                                          std::nullopt, 0.0, false, scale)
+  std::optional<at::Tensor> mask;  // [batch, 1, 1, filled]: true from each row's first position on
+  if (first) mask = at::arange(filled, first->options()).view({1, 1, 1, filled}).ge(first->view({batch, 1, 1, 1}));
+  return at::scaled_dot_product_attention(grouped, keys.narrow(2, 0, filled), values.narrow(2, 0, filled), mask,
+                                          0.0, false, scale)
       .reshape({batch, heads, 1, head_dim});
 }
 

@@ -215,15 +215,19 @@ __device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int 
 template <typename T, int E>
 __global__ void __launch_bounds__(kSplitThreads)
 decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
-                              const int64_t* __restrict__ position, float* __restrict__ partials, int64_t heads,
+                              const int64_t* __restrict__ position, const int64_t* __restrict__ first_position,
+                              float* __restrict__ partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
   const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
-  const int64_t begin = static_cast<int64_t>(split) * chunk, end = min(begin + chunk, filled);
+  // A left-padded row starts at its first real position (the positions before it are padding).
+  const int64_t start = first_position ? max(first_position[sequence], int64_t{0}) : 0;
+  const int64_t chunk_begin = static_cast<int64_t>(split) * chunk;
+  const int64_t begin = max(chunk_begin, start), end = min(chunk_begin + chunk, filled);
   float* partial = partials + (sequence_head * splits + split) * (dim + 2);
-  if (begin >= filled) {  // nothing to attend in this chunk yet: an empty state
+  if (begin >= end) {  // nothing to attend in this chunk (yet, or padding only): an empty state
     if (threadIdx.x == 0) {
       partial[0] = -FLT_MAX;
       partial[1] = 0.0f;
@@ -326,14 +330,15 @@ decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict_
 }
 
 at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& keys_in, const at::Tensor& values_in,
-                                 const at::Tensor& position, double scale) {
-  detail::check_decode_attention(query_in, keys_in, values_in, position);
+                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in) {
+  detail::check_decode_attention(query_in, keys_in, values_in, position, first_in);
   const int64_t dim = query_in.size(3);
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
   const c10::cuda::CUDAGuard guard(query_in.device());
   const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
   const int64_t batch = query.size(0), heads = query.size(1), capacity = keys.size(2);
   const int64_t group = heads / keys.size(1);
+  const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(query.sizes(), query.options());
   if (batch * heads == 0 || capacity == 0) return out;
   // The split depends on the capacity only (not on the position, which lives on the device).
@@ -351,7 +356,8 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
       decode_attention_split_kernel<scalar_t, E>
           <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), kSplitThreads, 0,
              current_stream()>>>(query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                 position.data_ptr<int64_t>(), partials.data_ptr<float>(), heads, group, capacity,
+                                 position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
+                                 partials.data_ptr<float>(), heads, group, capacity,
                                  static_cast<int>(dim), static_cast<float>(scale), static_cast<int>(chunk),
                                  static_cast<int>(splits), vector);
       C10_CUDA_KERNEL_LAUNCH_CHECK();
