@@ -21,6 +21,7 @@
 namespace imagetotext {
 
 template class ImageToText<Florence2Family>;
+static_assert(FamilyWithBatch<Florence2Family>, "extract_batch must run Florence2Family::caption_batch");
 
 namespace {
 
