@@ -127,7 +127,7 @@ DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_l
   finished_ = at::zeros({n}, flag);
   heuristic_unsatisfied_ = at::zeros({batch}, flag);
   row_done_ = at::zeros({batch}, flag);
-  done_ = at::zeros({1}, flag);
+  done_ = batch == 1 ? row_done_ : at::zeros({1}, flag);  // a batch of one: the same flag, no extra kernel
 }
 
 bool DeviceSearch::serves(const SearchSettings& settings, std::int64_t prompt_length, std::int64_t batch) const {
@@ -220,7 +220,7 @@ void DeviceSearch::step(const at::Tensor& logits) {
 
 // transformers' _sample without sampling: argmax of the processed logits, each row until its EOS or max_length.
 void DeviceSearch::greedy_step(const at::Tensor& logits) {
-  const at::Tensor was_done = row_done_.clone();
+  const at::Tensor& was_done = row_done_;  // (read before this step updates it)
   const at::Tensor next = process(logits).argmax(-1);  // [batch]
   // A done row keeps what it had (its length is frozen, so that is never read). Once the search is done, cur_len
   // may equal the capacity: the (unchanged) write goes to the last column instead.
@@ -228,9 +228,10 @@ void DeviceSearch::greedy_step(const at::Tensor& logits) {
   const at::Tensor kept = running_sequences_.index_select(1, column).view({batch_});
   running_sequences_.index_copy_(1, column, at::where(was_done, kept, next).view({batch_, 1}));
   lengths_.copy_(at::where(was_done, lengths_, cur_len_ + 1));
-  row_done_.logical_or_(hits_stopping_criteria(next));
-  cur_len_.add_(done_.logical_not().to(at::kLong));
-  done_.copy_(row_done_.all().view({1}));
+  const at::Tensor hits = hits_stopping_criteria(next);  // (at this step's cur_len)
+  cur_len_.add_(done_.logical_not().to(at::kLong));     // (done_ still says whether every row was done before)
+  row_done_.logical_or_(hits);
+  if (batch_ > 1) done_.copy_(row_done_.all().view({1}));
   position_.copy_(cur_len_ - 1);
   tokens_.copy_(next.view({batch_, 1}));
 }
@@ -239,14 +240,15 @@ void DeviceSearch::greedy_step(const at::Tensor& logits) {
 void DeviceSearch::beam_step(const at::Tensor& logits) {
   const std::int64_t b = batch_, n = settings_.num_beams, k = beams_to_keep_;
   const bool stop_when_enough_finished = settings_.early_stopping == EarlyStopping::when_enough_finished;
-  const at::Tensor was_done = row_done_.clone();  // [b]
+  const at::Tensor& was_done = row_done_;  // [b] (read before this step updates it, at the end)
 
   at::Tensor log_probs = process(at::log_softmax(logits, -1));
   log_probs = (log_probs + running_scores_.unsqueeze(1)).reshape({b, n * vocab_});
 
   // _get_top_k_continuations: per row; flat indices into the [b * n] state are row_start + beam.
   auto [topk_log_probs, topk_indices] = at::topk(log_probs, k);  // [b, k]
-  const at::Tensor topk_current_beam = topk_indices.div(vocab_, "floor") + row_starts_;
+  at::Tensor topk_current_beam = topk_indices.div(vocab_, "floor");
+  if (b > 1) topk_current_beam = topk_current_beam + row_starts_;
   const at::Tensor topk_ids = topk_indices.remainder(vocab_).reshape({b * k});
   at::Tensor topk_running_sequences = running_sequences_.index_select(0, topk_current_beam.reshape({b * k}));
   topk_running_sequences.index_copy_(1, cur_len_, topk_ids.unsqueeze(1));
@@ -254,7 +256,8 @@ void DeviceSearch::beam_step(const at::Tensor& logits) {
 
   // _get_running_beams_for_next_iteration
   const at::Tensor topk_running_log_probs = topk_log_probs + hits.to(at::kFloat) * kUnreachable;
-  const at::Tensor next_topk = (std::get<1>(at::topk(topk_running_log_probs, n)) + topk_row_starts_).reshape({b * n});
+  at::Tensor next_topk = std::get<1>(at::topk(topk_running_log_probs, n));
+  next_topk = (b > 1 ? next_topk + topk_row_starts_ : next_topk).reshape({b * n});
   running_sequences_.copy_(topk_running_sequences.index_select(0, next_topk));
   running_scores_.copy_(topk_running_log_probs.reshape({b * k}).index_select(0, next_topk));
   parents_.copy_(topk_current_beam.reshape({b * k}).index_select(0, next_topk));
@@ -269,7 +272,8 @@ void DeviceSearch::beam_step(const at::Tensor& logits) {
   finished_scores = finished_scores + heuristic_unsatisfied_.logical_not().unsqueeze(1).to(at::kFloat) * kUnreachable;
   finished_scores = finished_scores + just_finished.logical_not().to(at::kFloat) * kUnreachable;
   const at::Tensor merged_scores = at::cat({scores_.view({b, n}), finished_scores}, 1);  // [b, n + k]
-  const at::Tensor keep = (std::get<1>(at::topk(merged_scores, n)) + merged_row_starts_).reshape({b * n});
+  at::Tensor keep = std::get<1>(at::topk(merged_scores, n));
+  keep = (b > 1 ? keep + merged_row_starts_ : keep).reshape({b * n});
   // A row already done keeps its results; so does every row after the search is done.
   const at::Tensor frozen = was_done.unsqueeze(1).expand({b, n}).reshape({b * n});
   const auto update = [&](at::Tensor& kept, const at::Tensor& old_rows, const at::Tensor& new_rows) {
@@ -309,7 +313,7 @@ void DeviceSearch::beam_step(const at::Tensor& logits) {
   at::Tensor unfinished = heuristic_unsatisfied_.logical_and(hits.all(1).logical_not());
   if (stop_when_enough_finished) unfinished = unfinished.logical_and(finished.all(1).logical_not());
   row_done_.logical_or_(unfinished.logical_not());
-  done_.copy_(row_done_.all().view({1}));
+  if (b > 1) done_.copy_(row_done_.all().view({1}));
 }
 
 bool DeviceSearch::done() const { return done_.item<bool>(); }
