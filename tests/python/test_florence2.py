@@ -529,6 +529,8 @@ def test_bad_batch_inputs_are_value_errors(ours, batch_inputs):
     pixel_values, input_ids, _ = batch_inputs
     with pytest.raises(imagetotext.InvalidArgumentError, match="encoder outputs"):
         ours.generate_batch(torch.zeros(3, TEXT["d_model"]), max_new_tokens=4)
+    with pytest.raises(imagetotext.InvalidArgumentError, match="encoder outputs"):
+        ours.generate_batch(torch.zeros(0, 5, TEXT["d_model"]), max_new_tokens=4)
     with pytest.raises(imagetotext.InvalidArgumentError, match="prompt ids"):
         ours.encode(pixel_values, input_ids[:2, IMAGE_TOKENS:])
     with pytest.raises(imagetotext.InvalidArgumentError, match="one image at a time"):
