@@ -363,3 +363,6 @@ def unload(name: str) -> int:
 
 def weight_memory(model: str, quantization: str, keep_dense: collections.abc.Sequence[str] | None = None, dtype: str = 'bfloat16', revision: str = '', cache_dir: os.PathLike | str | bytes | None = None, offline: bool | None = None) -> int:
     """Bytes of the model's weights once loaded with that quantization, floating tensors in dtype: every tensor it reads, Linear layers in their quantized layout."""
+
+def weight_memory_of_tensors(directory: os.PathLike | str | bytes, tensors: collections.abc.Mapping[str, torch.Tensor], quantization: str, keep_dense: collections.abc.Sequence[str] | None = None, dtype: str = 'bfloat16') -> int:
+    """weight_memory for the checkpoint whose config.json is in directory and whose tensors are given (name -> tensor; meta tensors suffice: only shapes and dtypes are read)."""

@@ -188,6 +188,8 @@ std::size_t weight_memory(ModelFamily family, const fs::path& config_json, const
     const bool floating = at::isFloatingType(tensor.scalar_type());
     bytes += floating ? static_cast<std::size_t>(tensor.numel()) * c10::elementSize(dtype) : tensor.nbytes();
   }
+  // Dense: every Linear layer costs what its tensors do, so no model is built (moondream2 has no loader yet).
+  if (policy.format == Quantization::none) return bytes;
   for (const LinearLayerPlan& layer : plan_linear_layers(family, config_json, tensors, source, policy)) {
     if (layer.format == Quantization::none) continue;
     bytes -= quant::QuantizedLinear::weight_bytes_for(Quantization::none, layer.out_features, layer.in_features, dtype);

@@ -1,5 +1,6 @@
-// imagetotext._C's checkpoint tools: quantize_checkpoint (`imagetotext quantize`), weight_memory and
-// linear_layers (`imagetotext models`). Long work runs with the GIL released.
+// imagetotext._C's checkpoint tools: quantize_checkpoint (`imagetotext quantize`), weight_memory (of a
+// checkpoint, or of its shapes without it) and linear_layers (`imagetotext models`). Long work runs with the GIL
+// released.
 #include <pybind11/functional.h>
 #include <pybind11/stl.h>
 #include <pybind11/stl/filesystem.h>
@@ -111,6 +112,22 @@ void bind_checkpoint_tools(py::module_& m) {
       py::arg("revision") = "", py::arg("cache_dir") = py::none(), py::arg("offline") = py::none(),
       "Bytes of the model's weights once loaded with that quantization, floating tensors in dtype: every "
       "tensor it reads, Linear layers in their quantized layout.");
+
+  m.def(
+      "weight_memory_of_tensors",
+      [](const std::filesystem::path& directory, const io::TensorMap& tensors, const std::string& quantization,
+         std::optional<std::vector<std::string>> keep_dense, const std::string& dtype) {
+        // `directory` holds the config.json; `tensors` (meta tensors) stand for its checkpoint's.
+        const CheckpointSource source = resolve_checkpoint(directory.string(), io::HubOptions{});
+        const nn::LinearPolicy policy =
+            family_linear_policy(source.family, parse_quantization(quantization), keep_dense);
+        return weight_memory(source.family, directory / "config.json", tensors, directory, policy,
+                             resolve_dtype(dtype, c10::Device(c10::kCPU)));
+      },
+      py::arg("directory"), py::arg("tensors"), py::arg("quantization"), py::arg("keep_dense") = py::none(),
+      py::arg("dtype") = "bfloat16",
+      "weight_memory for the checkpoint whose config.json is in directory and whose tensors are given (name -> "
+      "tensor; meta tensors suffice: only shapes and dtypes are read).");
 }
 
 }  // namespace imagetotext::python

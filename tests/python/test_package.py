@@ -5,6 +5,7 @@ scripts/test.sh builds the wheel and sets IMAGETOTEXT_WHEEL; run alone, these te
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -55,6 +56,11 @@ def test_wheel_imports_and_captions_in_a_fresh_environment(fresh_env, tmp_path):
     assert out[1] == "Test description for fresh_meme"
     cli = run(fresh_env / "bin" / "imagetotext", "caption", "--model", "test", image)
     assert cli.strip() == f"{image}\tTest description for fresh_meme"
+    # The shipped tensor shapes (imagetotext/model_shapes) are in the wheel: memory without any checkpoint.
+    models = json.loads(run(fresh_env / "bin" / "imagetotext", "models", "--json",
+                            env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "empty-hub"), "HF_HUB_OFFLINE": "1"}))
+    florence = next(row for row in models if row["name"] == "Florence-2-base")
+    assert florence["computed_weight_bytes"] > 0 and florence["measured_weights"] == "not cached"
 
 
 def test_the_wheel_carries_a_cmake_package(fresh_env, tmp_path):

@@ -247,10 +247,11 @@ def test_models_weight_memory_follows_the_policy(tiny_smolvlm_checkpoint, tmp_pa
     # The oracle: transformers' nn.Linear modules (but lm_head) in bitsandbytes' layout, every other tensor bf16.
     quantized = {name + ".weight" for name in smolvlm_linear_modules(tiny_smolvlm_checkpoint)} - {"lm_head.weight"}
     dense = sum(t.numel() * 2 for t in tensors.values())
-    assert rows["SmolVLM-256M-Instruct"]["weight_bytes"] == dense
+    assert rows["SmolVLM-256M-Instruct"]["measured_weight_bytes"] == dense
     expected_int8 = dense + sum(bnb_bytes(tensors[n], "int8") - tensors[n].numel() * 2 for n in quantized)
-    assert rows["SmolVLM-256M-Instruct-int8"]["weight_bytes"] == expected_int8
-    assert rows["Florence-2-base"]["weight_bytes"] is None and rows["Florence-2-base"]["weights"] == "not cached"
+    assert rows["SmolVLM-256M-Instruct-int8"]["measured_weight_bytes"] == expected_int8
+    assert rows["Florence-2-base"]["measured_weight_bytes"] is None
+    assert rows["Florence-2-base"]["measured_weights"] == "not cached"
 
     # The same function for NF4, and against a real load: every Linear layer's stored bytes.
     nf4 = imagetotext.weight_memory(tiny_smolvlm_checkpoint, "nf4", dtype="float32")

@@ -64,7 +64,9 @@ std::vector<LinearLayerPlan> plan_linear_layers(ModelFamily family, const std::f
                                                 const nn::LinearPolicy& policy);
 
 // Bytes of the weights a model holds once loaded with `policy` and floating-point tensors in `dtype`: every
-// tensor the model reads, Linear weights in their quantized layout (QuantizedLinear::weight_bytes).
+// tensor the model reads, Linear weights in their quantized layout (QuantizedLinear::weight_bytes). Only shapes
+// and dtypes are read, so meta tensors stand for a checkpoint not at hand (`imagetotext models`' computed column);
+// a dense policy builds no model (every layer costs its tensors), so a family without a loader still has a figure.
 std::size_t weight_memory(ModelFamily family, const std::filesystem::path& config_json, const io::TensorMap& tensors,
                           const std::filesystem::path& source, const nn::LinearPolicy& policy, at::ScalarType dtype);
 

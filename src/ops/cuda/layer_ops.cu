@@ -8,6 +8,7 @@
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cfloat>
 
 #include "../layer_ops.hpp"
@@ -152,71 +153,153 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
   return out;
 }
 
-// ---- decode_attention: one CTA per (sequence, head) -----------------------------------------------------------
-// kAttentionWarps warps split the positions 0 .. position between them (warp w takes w, w + warps, ...), each
-// with an online softmax; lane l holds dims l, l + 32, ... (V of them). Keys and values of kAttentionUnroll
-// positions are loaded before any is used, so a warp keeps several loads in flight. The warps merge in shared
-// memory at the end.
-constexpr int kAttentionWarps = 16;
-constexpr int kAttentionUnroll = 4;
+// ---- decode_attention: split over the positions (flash-decoding) ---------------------------------------------
+// One CTA per (sequence, head) left 120 of the H100's 132 SMs idle (SmolVLM-256M has 9 heads) and took 32 us a
+// call over a 1,100-token cache. Here the positions are cut into `splits` chunks of `chunk` (fixed by the
+// capacity, so a CUDA graph can record the launch; chunks past the current position exit at once), and
+// each CTA reduces its chunk to a partial softmax state (max, sum, unnormalized output); a second kernel
+// merges the partials of a (sequence, head). In a CTA, groups of 8 lanes take one position each: lane j
+// holds dims [j*E, j*E + E) of the query, key and value (16-byte loads where the layout allows), the dot
+// product is reduced over the 8 lanes, and each group keeps an online softmax over its positions.
+constexpr int kSplitThreads = 128;
+constexpr int kSplitGroups = kSplitThreads / 8;  // positions in flight per CTA round
+constexpr int kSplitUnroll = 4;                 // rounds whose loads are issued together
+constexpr int kMaxSplits = 128;
 
-template <typename T, int V>
-__global__ void __launch_bounds__(kAttentionWarps * 32)
-decode_attention_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
-                        const int64_t* __restrict__ position, T* __restrict__ out, int64_t heads, int64_t group,
-                        int64_t capacity, int dim, float scale) {
-  const int64_t sequence_head = blockIdx.x, sequence = sequence_head / heads, head = sequence_head % heads;
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  const int64_t filled = min(*position, capacity - 1) + 1;
-
-  float q[V];
-  const T* q_row = query + sequence_head * dim;
-  for (int v = 0; v < V; ++v) {
-    const int d = v * kWarpSize + lane;
-    q[v] = d < dim ? static_cast<float>(q_row[d]) * scale : 0.0f;
-  }
-  const int64_t kv_base = (sequence * (heads / group) + head / group) * capacity * dim;
-  float running_max = -FLT_MAX, running_sum = 0.0f, acc[V] = {};
-  for (int64_t first = warp; first < filled; first += kAttentionWarps * kAttentionUnroll) {
-    float k[kAttentionUnroll][V], val[kAttentionUnroll][V];
+// E elements of row `row` from dim index j*E on, as float; `vector`: the E values are 16-byte aligned and whole.
+template <typename T, int E>
+__device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int j, int dim, bool vector, float* out) {
+  if (vector) {
+    constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+    static_assert(E % kPer == 0 || kPer > E, "E is a whole number of 16-byte loads");
+    if constexpr (E % kPer == 0) {
+      if (j * E >= dim) {  // lanes past the head's end (dim = 80 with E = 16: lanes 5-7)
 #pragma unroll
-    for (int u = 0; u < kAttentionUnroll; ++u) {
-      const int64_t p = first + u * kAttentionWarps;
-      for (int v = 0; v < V; ++v) {
-        const int d = v * kWarpSize + lane;
-        const bool live = p < filled && d < dim;
-        k[u][v] = live ? static_cast<float>(keys[kv_base + p * dim + d]) : 0.0f;
-        val[u][v] = live ? static_cast<float>(values[kv_base + p * dim + d]) : 0.0f;
+        for (int e = 0; e < E; ++e) out[e] = 0.0f;
+        return;
+      }
+#pragma unroll
+      for (int i = 0; i < E / kPer; ++i) {
+        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + j * E) + i);
+        const T* values = reinterpret_cast<const T*>(&raw);
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) out[i * kPer + e] = static_cast<float>(values[e]);
+      }
+      return;
+    }
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = j * E + e;
+    out[e] = d < dim ? static_cast<float>(row[d]) : 0.0f;
+  }
+}
+
+template <typename T, int E>
+__global__ void __launch_bounds__(kSplitThreads)
+decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
+                              const int64_t* __restrict__ position, float* __restrict__ partials, int64_t heads,
+                              int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
+                              bool vector) {
+  const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
+  const int split = blockIdx.x;
+  const int64_t filled = min(*position, capacity - 1) + 1;
+  const int64_t begin = static_cast<int64_t>(split) * chunk, end = min(begin + chunk, filled);
+  float* partial = partials + (sequence_head * splits + split) * (dim + 2);
+  if (begin >= filled) {  // nothing to attend in this chunk yet: an empty state
+    if (threadIdx.x == 0) {
+      partial[0] = -FLT_MAX;
+      partial[1] = 0.0f;
+    }
+    return;
+  }
+  const int gid = threadIdx.x / 8, j = threadIdx.x % 8;
+  float q[E];
+  load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
+#pragma unroll
+  for (int e = 0; e < E; ++e) q[e] *= scale;
+  const T* key_rows = keys + (sequence * (heads / group) + head / group) * capacity * dim;
+  const T* value_rows = values + (sequence * (heads / group) + head / group) * capacity * dim;
+
+  float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
+  // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
+  // position lies past the chunk's end takes part with a dead position.
+  for (int64_t round = begin; round < end; round += kSplitGroups * kSplitUnroll) {
+    const int64_t first = round + gid;
+    float k[kSplitUnroll][E], v[kSplitUnroll][E];
+#pragma unroll
+    for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
+      const int64_t p = first + u * kSplitGroups;
+      if (p < end) {
+        load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
+        load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
       }
     }
 #pragma unroll
-    for (int u = 0; u < kAttentionUnroll; ++u) {
-      if (first + u * kAttentionWarps >= filled) break;
+    for (int u = 0; u < kSplitUnroll; ++u) {
+      const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group, not the warp
       float dot = 0.0f;
-      for (int v = 0; v < V; ++v) dot += q[v] * k[u][v];
-      const float score = cuda::warp_sum(dot);
-      const float new_max = fmaxf(running_max, score);
-      const float correction = expf(running_max - new_max), weight = expf(score - new_max);
-      for (int v = 0; v < V; ++v) acc[v] = acc[v] * correction + weight * val[u][v];
-      running_sum = running_sum * correction + weight;
-      running_max = new_max;
+#pragma unroll
+      for (int e = 0; e < E; ++e) dot += q[e] * (live ? k[u][e] : 0.0f);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+      if (live) {
+        const float new_max = fmaxf(running_max, dot);
+        const float correction = expf(running_max - new_max), weight = expf(dot - new_max);
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = acc[e] * correction + weight * v[u][e];
+        running_sum = running_sum * correction + weight;
+        running_max = new_max;
+      }
     }
   }
-  __shared__ float warp_max[kAttentionWarps], warp_sum[kAttentionWarps];
-  __shared__ float warp_acc[kAttentionWarps][V * kWarpSize];
-  if (lane == 0) {
-    warp_max[warp] = running_max;
-    warp_sum[warp] = running_sum;
+  // Merge the groups: their states in shared memory, then one thread per dim.
+  __shared__ float group_max[kSplitGroups], group_sum[kSplitGroups];
+  __shared__ float group_acc[kSplitGroups][8 * E];
+  if (j == 0) {
+    group_max[gid] = running_max;
+    group_sum[gid] = running_sum;
   }
-  for (int v = 0; v < V; ++v) warp_acc[warp][v * kWarpSize + lane] = acc[v];
+#pragma unroll
+  for (int e = 0; e < E; ++e) group_acc[gid][j * E + e] = acc[e];
   __syncthreads();
   float best = -FLT_MAX;
-  for (int w = 0; w < kAttentionWarps; ++w) best = fmaxf(best, warp_max[w]);
+  for (int g = 0; g < kSplitGroups; ++g) best = fmaxf(best, group_max[g]);
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int g = 0; g < kSplitGroups; ++g) total += group_sum[g] * expf(group_max[g] - best);
+    partial[0] = best;
+    partial[1] = total;
+  }
+  for (int d = threadIdx.x; d < dim; d += kSplitThreads) {
+    float value = 0.0f;
+    for (int g = 0; g < kSplitGroups; ++g) value += group_acc[g][d] * expf(group_max[g] - best);
+    partial[2 + d] = value;
+  }
+}
+
+// out[sequence, head] = the merged partial states of its splits (a split with sum 0 attended nothing).
+template <typename T>
+__global__ void decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict__ out, int dim,
+                                              int splits) {
+  const int64_t sequence_head = blockIdx.x;
+  const float* first = partials + sequence_head * splits * (dim + 2);
+  float best = -FLT_MAX;
+  for (int s = 0; s < splits; ++s) {
+    if (first[s * (dim + 2) + 1] > 0.0f) best = fmaxf(best, first[s * (dim + 2)]);
+  }
   float total = 0.0f;
-  for (int w = 0; w < kAttentionWarps; ++w) total += warp_sum[w] * expf(warp_max[w] - best);
+  for (int s = 0; s < splits; ++s) {
+    const float sum = first[s * (dim + 2) + 1];
+    if (sum > 0.0f) total += sum * expf(first[s * (dim + 2)] - best);
+  }
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float value = 0.0f;
-    for (int w = 0; w < kAttentionWarps; ++w) value += warp_acc[w][d] * expf(warp_max[w] - best);
+    for (int s = 0; s < splits; ++s) {
+      const float* state = first + s * (dim + 2);
+      if (state[1] > 0.0f) value += state[2 + d] * expf(state[0] - best);
+    }
     out[sequence_head * dim + d] = static_cast<T>(value / total);
   }
 }
@@ -232,23 +315,34 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
   const int64_t group = heads / keys.size(1);
   at::Tensor out = at::empty(query.sizes(), query.options());
   if (batch * heads == 0 || capacity == 0) return out;
+  // The split depends on the capacity only (not on the position, which lives on the device).
+  const int64_t splits = std::min<int64_t>(kMaxSplits, (capacity + 63) / 64);
+  const int64_t chunk = ((capacity + splits - 1) / splits + kSplitGroups - 1) / kSplitGroups * kSplitGroups;
+  TORCH_CHECK(batch * heads < 65536, "decode_attention: batch * heads above 65535");
+  at::Tensor partials = at::empty({batch * heads * splits * (dim + 2)}, query.options().dtype(at::kFloat));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
     auto launch = [&](auto per_lane) {
-      constexpr int V = decltype(per_lane)::value;
-      decode_attention_kernel<scalar_t, V><<<static_cast<unsigned>(batch * heads), kAttentionWarps * kWarpSize, 0,
-                                             current_stream()>>>(
-          query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-          position.data_ptr<int64_t>(), out.data_ptr<scalar_t>(), heads, group, capacity, static_cast<int>(dim),
-          static_cast<float>(scale));
+      constexpr int E = decltype(per_lane)::value;
+      constexpr int kPer = 16 / static_cast<int>(sizeof(scalar_t));
+      const bool vector = E % kPer == 0 && dim % E == 0 && (dim * sizeof(scalar_t)) % 16 == 0 &&
+                          cuda::is_aligned_16(query.data_ptr()) && cuda::is_aligned_16(keys.data_ptr()) &&
+                          cuda::is_aligned_16(values.data_ptr());
+      decode_attention_split_kernel<scalar_t, E>
+          <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), kSplitThreads, 0,
+             current_stream()>>>(query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+                                 position.data_ptr<int64_t>(), partials.data_ptr<float>(), heads, group, capacity,
+                                 static_cast<int>(dim), static_cast<float>(scale), static_cast<int>(chunk),
+                                 static_cast<int>(splits), vector);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
     };
-    switch ((dim + kWarpSize - 1) / kWarpSize) {
-      case 1: launch(std::integral_constant<int, 1>{}); break;
-      case 2: launch(std::integral_constant<int, 2>{}); break;
-      case 3: case 4: launch(std::integral_constant<int, 4>{}); break;
-      default: launch(std::integral_constant<int, 8>{}); break;
-    }
+    if (dim <= 32) launch(std::integral_constant<int, 4>{});
+    else if (dim <= 64) launch(std::integral_constant<int, 8>{});
+    else if (dim <= 128) launch(std::integral_constant<int, 16>{});
+    else launch(std::integral_constant<int, 32>{});
+    decode_attention_merge_kernel<scalar_t><<<static_cast<unsigned>(batch * heads), 128, 0, current_stream()>>>(
+        partials.data_ptr<float>(), out.data_ptr<scalar_t>(), static_cast<int>(dim), static_cast<int>(splits));
+    C10_CUDA_KERNEL_LAUNCH_CHECK();
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
