@@ -4,10 +4,17 @@ not change the work; no EOS, so every run generates exactly the requested tokens
 
 Reports time to first token (image -> encoder -> first decoder step), ms per further token, a 64-token caption,
 weight memory and peak memory. Usage (GPU machine): python benchmarks/bench_florence2.py [base|large ...]
+
+--batch N: batch captioning throughput instead, in images per second: N different 768x768 images in one batched
+generate (ours: encode + generate_batch; transformers: generate on [N, ...] inputs), next to the same N images
+captioned one by one (ours), same settings (3 beams, 64 new tokens, no EOS). --tiny: a tiny random Florence-2
+(64 wide, 16 new tokens) on the CPU when there is no GPU, to check that the script runs:
+    python benchmarks/bench_florence2.py --tiny --batch 4
 """
 
 from __future__ import annotations
 
+import argparse
 import sys
 import tempfile
 import time
@@ -18,6 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests" / "python"))
 from test_florence2_gpu import BASE, LARGE, PROMPT  # noqa: E402
+import test_florence2 as tiny  # noqa: E402
 
 from imagetotext import _C  # noqa: E402
 
@@ -25,14 +33,19 @@ BEAMS = 3
 TOKENS = 64
 
 
+def synchronize():
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(run, repeats=5):
     run()  # warm-up
-    torch.cuda.synchronize()
+    synchronize()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         run()
-        torch.cuda.synchronize()
+        synchronize()
         times.append(time.perf_counter() - start)
     return sorted(times)[len(times) // 2]
 
@@ -89,5 +102,64 @@ def main(sizes):
                         lambda m: ours_generate(m, 1), lambda m: ours_generate(m, TOKENS))
 
 
+def batch_throughput(sizes, batch, use_tiny):
+    """Images per second: N images in one batched generate (ours and transformers), and ours one image at a time."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    tokens = 16 if use_tiny else TOKENS
+    pixel_values = torch.cat([torch.randn(1, 3, 768, 768, generator=torch.Generator().manual_seed(1 + i))
+                              for i in range(batch)]).to(device)
+    where = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    print(f"{where}; {str(dtype).removeprefix('torch.')}; batch of {batch} images; {BEAMS} beams, {tokens} new tokens, "
+          f"no EOS; {torch.get_num_threads()} threads")
+    print("| model | transformers batched img/s | ours batched img/s | ours one by one img/s |")
+    print("|---|---|---|---|")
+    for size in (["tiny"] if use_tiny else sizes):
+        torch.manual_seed(0)
+        if size == "tiny":
+            config = transformers.Florence2Config(vision_config=tiny.VISION,
+                                                  text_config=dict(tiny.TEXT, max_position_embeddings=1024),
+                                                  image_token_id=tiny.IMAGE_TOKEN)
+            image_token, prompt = tiny.IMAGE_TOKEN, tiny.PROMPT
+        else:
+            config = transformers.Florence2Config(**(BASE if size == "base" else LARGE), image_token_id=51289)
+            image_token, prompt = 51289, PROMPT
+        with tempfile.TemporaryDirectory() as directory:
+            transformers.Florence2ForConditionalGeneration(config).save_pretrained(directory)
+            input_ids = torch.tensor([[image_token] * 577 + prompt] * batch, device=device)
+            settings = dict(num_beams=BEAMS, max_new_tokens=tokens, no_repeat_ngram_size=3, early_stopping=True)
+
+            hf = transformers.Florence2ForConditionalGeneration.from_pretrained(directory, dtype=dtype).to(device).eval()
+
+            def hf_batch():
+                with torch.no_grad():
+                    hf.generate(input_ids=input_ids, pixel_values=pixel_values.to(dtype), min_new_tokens=tokens,
+                                do_sample=False, **settings)
+
+            t_hf = timed(hf_batch, repeats=3)
+            del hf
+            ours = _C.Florence2Model.load(directory, device=device, dtype=str(dtype).removeprefix("torch."))
+            ours_settings = dict(settings, forced_bos_token_id=0, eos_token_ids=[])
+
+            def ours_batch():
+                ours.generate_batch(ours.encode(pixel_values, input_ids[:, 577:]), **ours_settings)
+
+            def ours_singles():
+                for i in range(batch):
+                    ours.generate(ours.encode(pixel_values[i:i + 1], input_ids[:1, 577:]), **ours_settings)
+
+            t_batch, t_singles = timed(ours_batch, repeats=3), timed(ours_singles, repeats=3)
+            print(f"| {size} | {batch / t_hf:.2f} | {batch / t_batch:.2f} | {batch / t_singles:.2f} |", flush=True)
+            del ours
+
+
 if __name__ == "__main__":
-    main(sys.argv[1:] or ["base", "large"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("sizes", nargs="*", default=["base", "large"], help="base, large")
+    parser.add_argument("--batch", type=int, default=0, help="images per batched generate (throughput mode)")
+    parser.add_argument("--tiny", action="store_true", help="a tiny random model (runs on the CPU)")
+    args = parser.parse_args()
+    if args.batch > 0 or args.tiny:
+        batch_throughput(args.sizes, max(args.batch, 1), args.tiny)
+    else:
+        main(args.sizes)

@@ -62,6 +62,8 @@ class Florence2Model:
         """Generate from an encoder output; returns (token ids with the decoder start token, beam score). eos_token_ids=[] generates exactly max_new_tokens (benchmarks). decoding: 'auto' (a replayed CUDA graph on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded on CUDA, run as they are on a CPU)."""
     def generate_as_service(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt = 0, decoding: str = 'auto') -> tuple[list[int], float]:
         """Generate with the service's settings (3 beams, no repeated 3-grams, forced BOS/EOS, early stopping)."""
+    def generate_batch(self, encoder_output: torch.Tensor, max_new_tokens: typing.SupportsInt, num_beams: typing.SupportsInt = 1, no_repeat_ngram_size: typing.SupportsInt = 0, forced_bos_token_id: typing.SupportsInt | None = None, forced_eos_token_id: typing.SupportsInt | None = None, early_stopping: object = False, length_penalty: typing.SupportsFloat = 1.0, eos_token_ids: collections.abc.Sequence[typing.SupportsInt] | None = None, decoding: str = 'auto') -> list[tuple[list[int], float]]:
+        """generate() for encoder outputs [batch, length, d_model] in one batched search: a (token ids, beam score) per row, as transformers' batched generate() gives them."""
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """The projector's image tokens [batch, 1 + h*w, d_model] for pixel_values [batch, 3, H, W]."""
     @staticmethod

@@ -21,6 +21,7 @@
 namespace imagetotext {
 
 template class ImageToText<Florence2Family>;
+static_assert(FamilyWithBatch<Florence2Family>, "extract_batch must run Florence2Family::caption_batch");
 
 namespace {
 
@@ -243,6 +244,7 @@ Florence2Model Florence2Model::load(const Florence2Config& config, io::TensorMap
   model.language_ = std::make_unique<florence2::LanguageModel>(weights["model"]["language_model"], shared, bias,
                                                                config.text, options.policy);
   model.decode_graph_ = std::make_shared<DecodeGraph>();
+  model.batch_decode_graph_ = std::make_shared<DecodeGraph>();
   return model;
 }
 
@@ -277,19 +279,37 @@ text::SearchResult Florence2Model::generate(const at::Tensor& encoder_output, co
   if (encoder_output.dim() != 3 || encoder_output.size(0) != 1) {
     throw InvalidArgumentError("Florence-2 generates for one image at a time (encoder output [1, length, d_model])");
   }
+  return generate_batch(encoder_output, settings, decoding).front();
+}
+
+std::vector<text::SearchResult> Florence2Model::generate_batch(const at::Tensor& encoder_output,
+                                                               const text::SearchSettings& settings,
+                                                               Decoding decoding) const {
+  if (encoder_output.dim() != 3 || encoder_output.size(0) < 1 || encoder_output.size(2) != config_.text.d_model) {
+    throw InvalidArgumentError(fmt::format("Florence-2 generates from encoder outputs [batch, length, {}], got [{}]",
+                                           config_.text.d_model, fmt::join(encoder_output.sizes(), ", ")));
+  }
   if (decoding == Decoding::automatic) {
     decoding = nn::CudaGraph::supported(placement_.device) && language_->capturable() ? Decoding::graph : Decoding::eager;
   }
-  if (decoding == Decoding::graph) return generate_graphed(encoder_output, settings);
+  return decoding == Decoding::graph ? generate_graphed(encoder_output, settings)
+                                     : generate_eager(encoder_output, settings);
+}
+
+std::vector<text::SearchResult> Florence2Model::generate_eager(const at::Tensor& encoder_output,
+                                                               const text::SearchSettings& settings) const {
   const std::vector<std::int64_t> prompt{config_.text.decoder_start_token_id};
+  const std::int64_t batch = encoder_output.size(0);
   text::DeviceSearch::validate(prompt, settings, config_.text.vocab_size, language_->max_decoder_positions());
-  text::DeviceSearch search(settings, 1, config_.text.vocab_size, settings.max_length, placement_.device);
+  text::DeviceSearch search(settings, 1, config_.text.vocab_size, settings.max_length, placement_.device, batch);
   search.start(prompt, settings.max_length);
-  florence2::DecoderState state = language_->start_decoding(encoder_output, settings.num_beams, settings.max_length);
-  return text::run_search(search, [&] {
+  florence2::DecoderState state =
+      language_->start_decoding(encoder_output, batch * settings.num_beams, settings.max_length);
+  text::run_steps(search, [&] {
     search.step(language_->decode(search.tokens(), state).select(1, -1));
     if (search.num_beams() > 1) language_->reorder(state, search.parents());
   });
+  return search.results();
 }
 
 // The decoder step and the search step over fixed-shape state; their inputs and outputs live in fixed tensors.
@@ -308,17 +328,19 @@ struct Florence2Model::DecodeGraph {
   }
 };
 
-text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_output,
-                                                    const text::SearchSettings& settings) const {
+std::vector<text::SearchResult> Florence2Model::generate_graphed(const at::Tensor& encoder_output,
+                                                                 const text::SearchSettings& settings) const {
   const std::vector<std::int64_t> prompt{config_.text.decoder_start_token_id};
+  const std::int64_t batch = encoder_output.size(0);
   const std::int64_t max_positions = language_->max_decoder_positions(), vocab = config_.text.vocab_size;
   text::DeviceSearch::validate(prompt, settings, vocab, max_positions);
   // Capacities in steps, so later requests of similar lengths (and prompts) reuse one recording.
   const std::int64_t capacity = std::min((settings.max_length + 255) / 256 * 256, max_positions);
   const std::int64_t encoder_capacity = (encoder_output.size(1) + 63) / 64 * 64;
-  DecodeGraph& g = *decode_graph_;
+  DecodeGraph& g = batch == 1 ? *decode_graph_ : *batch_decode_graph_;
   const std::lock_guard lock(g.mutex);
-  const bool reuse = g.search && g.search->serves(settings, 1) && encoder_output.size(1) <= g.encoder_capacity;
+  const bool reuse =
+      g.search && g.search->serves(settings, 1, batch) && encoder_output.size(1) <= g.encoder_capacity;
   if (reuse) {
     language_->restart_decoding(g.state, encoder_output);
   } else {
@@ -328,8 +350,9 @@ text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_ou
     g.state = {};
     g.capacity = capacity;
     g.encoder_capacity = encoder_capacity;
-    g.state = language_->start_decoding(encoder_output, settings.num_beams, g.capacity, g.encoder_capacity);
-    g.search.emplace(settings, 1, vocab, g.capacity, placement_.device);
+    g.state =
+        language_->start_decoding(encoder_output, batch * settings.num_beams, g.capacity, g.encoder_capacity);
+    g.search.emplace(settings, 1, vocab, g.capacity, placement_.device, batch);
     g.search->start(prompt, settings.max_length);
     if (nn::CudaGraph::supported(placement_.device)) {
       try {
@@ -341,7 +364,7 @@ text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_ou
     }
   }
   g.search->start(prompt, settings.max_length);
-  return text::run_search(
+  text::run_steps(
       *g.search,
       [&] {
         if (g.graph.captured()) {
@@ -351,6 +374,7 @@ text::SearchResult Florence2Model::generate_graphed(const at::Tensor& encoder_ou
         }
       },
       /*lookahead=*/4);
+  return g.search->results();
 }
 
 text::SearchSettings Florence2Model::service_settings(std::int64_t max_new_tokens) const {
@@ -403,8 +427,47 @@ std::string Florence2Family::run_task(Model& model, const io::RgbImage& image, s
   return florence2_clean_caption(model.tokenizer.decode(result.sequence), network.config().layout);
 }
 
+std::vector<std::string> Florence2Family::run_task_batch(Model& model, const std::vector<io::RgbImage>& images,
+                                                         std::string_view task, const text::SearchSettings& settings) {
+  if (images.size() == 1) return {run_task(model, images.front(), task, settings)};
+  if (images.empty()) return {};
+  const Florence2Model& network = model.network;
+  // Every image becomes 768x768 and every row has the same prompt: the batch needs no padding and no mask
+  // (transformers' processor gives an all-ones attention mask here).
+  std::vector<at::Tensor> pixels;
+  pixels.reserve(images.size());
+  for (const io::RgbImage& image : images) {
+    pixels.push_back(florence2_pixel_values(image.pixels, network.placement().device, network.placement().dtype));
+  }
+  const std::vector<std::int64_t> prompt = florence2_prompt_ids(model.tokenizer, task);
+  const auto batch = static_cast<std::int64_t>(images.size());
+  const at::Tensor ids = at::tensor(prompt, at::TensorOptions().dtype(at::kLong)).unsqueeze(0).expand({batch, -1});
+  const std::vector<text::SearchResult> results = network.generate_batch(network.encode(at::cat(pixels), ids), settings);
+  std::vector<std::string> captions;
+  captions.reserve(results.size());
+  for (const text::SearchResult& result : results) {
+    captions.push_back(florence2_clean_caption(model.tokenizer.decode(result.sequence), network.config().layout));
+  }
+  return captions;
+}
+
 std::string Florence2Family::caption(Model& model, const io::RgbImage& image) {
   return run_task(model, image, "<DETAILED_CAPTION>", model.network.service_settings(model.max_new_tokens));
+}
+
+std::vector<std::string> Florence2Family::caption_batch(Model& model, const std::vector<io::RgbImage>& images) {
+  const text::SearchSettings settings = model.network.service_settings(model.max_new_tokens);
+  std::vector<std::string> captions;
+  captions.reserve(images.size());
+  for (std::size_t first = 0; first < images.size(); first += kImagesPerForward) {
+    const std::size_t last = std::min(images.size(), first + kImagesPerForward);
+    const std::vector<io::RgbImage> chunk(images.begin() + static_cast<std::ptrdiff_t>(first),
+                                          images.begin() + static_cast<std::ptrdiff_t>(last));
+    for (std::string& caption : run_task_batch(model, chunk, "<DETAILED_CAPTION>", settings)) {
+      captions.push_back(std::move(caption));
+    }
+  }
+  return captions;
 }
 
 }  // namespace imagetotext

@@ -116,6 +116,11 @@ at::Tensor LanguageModel::encode(const at::Tensor& inputs_embeds) const {
 DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std::int64_t sequences,
                                            std::int64_t capacity, std::int64_t encoder_capacity) const {
   if (capacity + kPositionOffset > decoder_positions_.size(0)) capacity = decoder_positions_.size(0) - kPositionOffset;
+  const std::int64_t batch = encoder_output.size(0);
+  if (batch < 1 || sequences % batch != 0) {
+    throw InvalidArgumentError(fmt::format("{} decoder sequences do not split evenly over a batch of {} encoder outputs",
+                                           sequences, batch));
+  }
   DecoderState state;
   const std::int64_t heads = config_.decoder_attention_heads, head_dim = config_.d_model / heads;
   const bool fixed_shape = encoder_capacity > 0;
@@ -127,9 +132,12 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
       continue;
     }
     const Attention& cross = layer.encoder_attn;
-    // Every sequence attends to the same encoder output: computed once, laid out per sequence once.
+    // The sequences of an image (its beams, consecutive) attend to the same encoder output: computed once per
+    // image, laid out per sequence once (transformers' _expand_inputs_for_generation: repeat_interleave).
     const auto per_sequence = [&](const at::Tensor& t) {
-      return t.expand({sequences, t.size(1), t.size(2), t.size(3)}).contiguous();
+      return t.unsqueeze(1)
+          .expand({batch, sequences / batch, t.size(1), t.size(2), t.size(3)})
+          .reshape({sequences, t.size(1), t.size(2), t.size(3)});
     };
     state.cross_attention.emplace_back(per_sequence(cross.split_heads(cross.k_proj(encoder_output))),
                                        per_sequence(cross.split_heads(cross.v_proj(encoder_output))));
@@ -147,11 +155,21 @@ void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& enco
     throw InvalidArgumentError(fmt::format("an encoder output of {} positions is past this decoder state's {}", length,
                                            encoder_capacity));
   }
+  const std::int64_t batch = encoder_output.size(0), sequences = state.cross_attention.front().first.size(0);
+  if (batch < 1 || sequences % batch != 0) {
+    throw InvalidArgumentError(fmt::format("a decoder state of {} sequences cannot take a batch of {} encoder outputs",
+                                           sequences, batch));
+  }
+  // Each image's keys and values into the filled part of its sequences' buffers ([batch, sequences per image, ...]).
+  const auto filled = [&](at::Tensor& buffer) {
+    return buffer.view({batch, sequences / batch, buffer.size(1), buffer.size(2), buffer.size(3)}).narrow(3, 0, length);
+  };
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
     const Attention& cross = decoder_layers_[i].encoder_attn;
     auto& [keys, values] = state.cross_attention[i];
-    keys.narrow(2, 0, length).copy_(cross.split_heads(cross.k_proj(encoder_output)).expand_as(keys.narrow(2, 0, length)));
-    values.narrow(2, 0, length).copy_(cross.split_heads(cross.v_proj(encoder_output)).expand_as(values.narrow(2, 0, length)));
+    at::Tensor key_rows = filled(keys), value_rows = filled(values);
+    key_rows.copy_(cross.split_heads(cross.k_proj(encoder_output)).unsqueeze(1).expand_as(key_rows));
+    value_rows.copy_(cross.split_heads(cross.v_proj(encoder_output)).unsqueeze(1).expand_as(value_rows));
   }
   state.encoder_mask.copy_(at::arange(encoder_capacity, state.encoder_mask.options().dtype(at::kLong))
                                .lt(length)

@@ -84,7 +84,9 @@ class LanguageModel {
   // Encoder over ready embeddings [B, L, D] (image tokens are not scaled).
   at::Tensor encode(const at::Tensor& inputs_embeds) const;
 
-  // Caches for `sequences` decoder sequences of up to `capacity` tokens over `encoder_output` [1, L, D].
+  // Caches for `sequences` decoder sequences of up to `capacity` tokens over `encoder_output` [batch, L, D]:
+  // sequences / batch consecutive sequences per image (its beams). Throws InvalidArgumentError when the
+  // sequences do not split evenly over the batch.
   // encoder_capacity > 0: a fixed-shape state whose encoder side holds up to that many positions.
   DecoderState start_decoding(const at::Tensor& encoder_output, std::int64_t sequences, std::int64_t capacity,
                               std::int64_t encoder_capacity = 0) const;

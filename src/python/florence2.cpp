@@ -78,6 +78,24 @@ py::dict config_dict(const Florence2Config& c) {
   return top;
 }
 
+// generate()'s keyword arguments as search settings (max_length counts the decoder start token).
+text::SearchSettings search_settings(const Florence2Model& model, int64_t max_new_tokens, int64_t num_beams,
+                                     int64_t no_repeat_ngram_size, std::optional<int64_t> forced_bos_token_id,
+                                     std::optional<int64_t> forced_eos_token_id, const py::object& early_stopping,
+                                     double length_penalty, std::optional<std::vector<int64_t>> eos_token_ids) {
+  text::SearchSettings s;
+  s.num_beams = num_beams;
+  s.max_length = 1 + max_new_tokens;
+  s.no_repeat_ngram_size = no_repeat_ngram_size;
+  s.forced_bos_token_id = forced_bos_token_id;
+  s.forced_eos_token_id = forced_eos_token_id;
+  s.eos_token_ids = eos_token_ids.value_or(std::vector<int64_t>{model.config().text.eos_token_id});
+  s.pad_token_id = model.config().text.pad_token_id;
+  s.early_stopping = parse_early_stopping(early_stopping);
+  s.length_penalty = length_penalty;
+  return s;
+}
+
 }  // namespace
 
 void bind_florence2(py::module_& m) {
@@ -143,16 +161,9 @@ void bind_florence2(py::module_& m) {
              std::optional<int64_t> forced_eos_token_id, const py::object& early_stopping, double length_penalty,
              std::optional<std::vector<int64_t>> eos_token_ids, const std::string& decoding) {
             const nn::Decoding mode = nn::parse_decoding(decoding);
-            text::SearchSettings s;
-            s.num_beams = num_beams;
-            s.max_length = 1 + max_new_tokens;
-            s.no_repeat_ngram_size = no_repeat_ngram_size;
-            s.forced_bos_token_id = forced_bos_token_id;
-            s.forced_eos_token_id = forced_eos_token_id;
-            s.eos_token_ids = eos_token_ids.value_or(std::vector<int64_t>{model.config().text.eos_token_id});
-            s.pad_token_id = model.config().text.pad_token_id;
-            s.early_stopping = parse_early_stopping(early_stopping);
-            s.length_penalty = length_penalty;
+            const text::SearchSettings s =
+                search_settings(model, max_new_tokens, num_beams, no_repeat_ngram_size, forced_bos_token_id,
+                                forced_eos_token_id, early_stopping, length_penalty, std::move(eos_token_ids));
             py::gil_scoped_release release;
             const text::SearchResult result = model.generate(encoder_output, s, mode);
             return std::make_pair(result.sequence, result.score);
@@ -164,6 +175,29 @@ void bind_florence2(py::module_& m) {
           "Generate from an encoder output; returns (token ids with the decoder start token, beam score). "
           "eos_token_ids=[] generates exactly max_new_tokens (benchmarks). decoding: 'auto' (a replayed CUDA graph "
           "on CUDA), 'eager' or 'graph' (fixed-shape steps; recorded on CUDA, run as they are on a CPU).")
+      .def(
+          "generate_batch",
+          [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens, int64_t num_beams,
+             int64_t no_repeat_ngram_size, std::optional<int64_t> forced_bos_token_id,
+             std::optional<int64_t> forced_eos_token_id, const py::object& early_stopping, double length_penalty,
+             std::optional<std::vector<int64_t>> eos_token_ids, const std::string& decoding) {
+            const nn::Decoding mode = nn::parse_decoding(decoding);
+            const text::SearchSettings s =
+                search_settings(model, max_new_tokens, num_beams, no_repeat_ngram_size, forced_bos_token_id,
+                                forced_eos_token_id, early_stopping, length_penalty, std::move(eos_token_ids));
+            py::gil_scoped_release release;
+            std::vector<std::pair<std::vector<int64_t>, double>> rows;
+            for (const text::SearchResult& result : model.generate_batch(encoder_output, s, mode)) {
+              rows.emplace_back(result.sequence, result.score);
+            }
+            return rows;
+          },
+          py::arg("encoder_output"), py::arg("max_new_tokens"), py::arg("num_beams") = 1,
+          py::arg("no_repeat_ngram_size") = 0, py::arg("forced_bos_token_id") = py::none(),
+          py::arg("forced_eos_token_id") = py::none(), py::arg("early_stopping") = false, py::arg("length_penalty") = 1.0,
+          py::arg("eos_token_ids") = py::none(), py::arg("decoding") = "auto",
+          "generate() for encoder outputs [batch, length, d_model] in one batched search: a (token ids, beam score) "
+          "per row, as transformers' batched generate() gives them.")
       .def(
           "generate_as_service",
           [](const Florence2Model& model, const at::Tensor& encoder_output, int64_t max_new_tokens,

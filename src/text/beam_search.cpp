@@ -79,15 +79,17 @@ void DeviceSearch::validate(const std::vector<std::int64_t>& prompt, const Searc
 }
 
 DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_length, std::int64_t vocab,
-                           std::int64_t capacity, c10::Device device)
+                           std::int64_t capacity, c10::Device device, std::int64_t batch)
     : settings_(settings),
       prompt_length_(prompt_length),
+      batch_(batch),
       vocab_(vocab),
       capacity_(capacity),
       beams_to_keep_(std::max<std::int64_t>(2, 1 + static_cast<std::int64_t>(settings.eos_token_ids.size())) *
                      settings.num_beams),
       max_length_(settings.max_length) {
-  const std::int64_t n = settings.num_beams;
+  if (batch < 1) throw InvalidArgumentError(fmt::format("a search needs a batch of at least 1, got {}", batch));
+  const std::int64_t beams = settings.num_beams, n = batch * beams;
   const auto i64 = at::TensorOptions().device(device).dtype(at::kLong);
   const auto f32 = at::TensorOptions().device(device).dtype(at::kFloat);
   const auto flag = at::TensorOptions().device(device).dtype(at::kBool);
@@ -106,7 +108,11 @@ DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_l
   }
   length_penalties_ = at::tensor(penalties, at::TensorOptions().dtype(at::kFloat)).to(device);
   top_num_beam_mask_ = at::zeros({beams_to_keep_}, flag);
-  top_num_beam_mask_.narrow(0, 0, n).fill_(true);
+  top_num_beam_mask_.narrow(0, 0, beams).fill_(true);
+  const at::Tensor rows = at::arange(batch, i64).unsqueeze(1);
+  row_starts_ = rows * beams;
+  topk_row_starts_ = rows * beams_to_keep_;
+  merged_row_starts_ = rows * (beams + beams_to_keep_);
 
   max_length_on_device_ = at::zeros({1}, i64);
   cur_len_ = at::zeros({1}, i64);
@@ -119,14 +125,16 @@ DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_l
   scores_ = at::zeros({n}, f32);
   lengths_ = at::zeros({n}, i64);
   finished_ = at::zeros({n}, flag);
-  heuristic_unsatisfied_ = at::zeros({1}, flag);
-  done_ = at::zeros({1}, flag);
+  heuristic_unsatisfied_ = at::zeros({batch}, flag);
+  row_done_ = at::zeros({batch}, flag);
+  done_ = batch == 1 ? row_done_ : at::zeros({1}, flag);  // a batch of one: the same flag, no extra kernel
 }
 
-bool DeviceSearch::serves(const SearchSettings& settings, std::int64_t prompt_length) const {
+bool DeviceSearch::serves(const SearchSettings& settings, std::int64_t prompt_length, std::int64_t batch) const {
   SearchSettings same_length = settings;
   same_length.max_length = settings_.max_length;
-  return same_length == settings_ && prompt_length == prompt_length_ && settings.max_length <= capacity_;
+  return same_length == settings_ && prompt_length == prompt_length_ && batch == batch_ &&
+         settings.max_length <= capacity_;
 }
 
 void DeviceSearch::start(const std::vector<std::int64_t>& prompt, std::int64_t max_length) {
@@ -143,20 +151,25 @@ void DeviceSearch::start(const std::vector<std::int64_t>& prompt, std::int64_t m
   const auto& eos = settings_.eos_token_ids;
   const std::int64_t fill = eos.empty() ? -1 : settings_.pad_token_id.value_or(0) != 0 ? *settings_.pad_token_id : eos[0];
   running_sequences_.fill_(fill);
-  running_sequences_.narrow(1, 0, prompt_length_).copy_(prompt_row.expand({settings_.num_beams, prompt_length_}));
+  const std::int64_t n = running_sequences_.size(0);
+  running_sequences_.narrow(1, 0, prompt_length_).copy_(prompt_row.expand({n, prompt_length_}));
   sequences_.copy_(running_sequences_);
-  running_scores_.fill_(0.0);
-  if (settings_.num_beams > 1) running_scores_.narrow(0, 1, settings_.num_beams - 1).fill_(kUnreachable);
+  // Each row's first beam at 0, the others out of reach, so the first step expands one beam per row.
+  running_scores_.view({batch_, settings_.num_beams}).select(1, 0).fill_(0.0);
+  if (settings_.num_beams > 1) {
+    running_scores_.view({batch_, settings_.num_beams}).narrow(1, 1, settings_.num_beams - 1).fill_(kUnreachable);
+  }
   scores_.fill_(kUnreachable);
   lengths_.fill_(prompt_length_);  // no generated token: transformers' beam_indices all -1
   finished_.fill_(false);
   heuristic_unsatisfied_.fill_(true);
+  row_done_.fill_(false);
   done_.fill_(false);
   max_length_on_device_.fill_(max_length);
   cur_len_.fill_(prompt_length_);
   position_.fill_(prompt_length_ - 1);
   tokens_.fill_(prompt.back());
-  parents_.copy_(at::arange(settings_.num_beams, parents_.options()));
+  parents_.copy_(at::arange(n, parents_.options()));
 }
 
 at::Tensor DeviceSearch::process(at::Tensor scores) const {
@@ -193,8 +206,9 @@ at::Tensor DeviceSearch::hits_stopping_criteria(const at::Tensor& last_tokens) c
 }
 
 void DeviceSearch::step(const at::Tensor& logits) {
-  if (logits.dim() != 2 || logits.size(0) != settings_.num_beams || logits.size(1) != vocab_) {
-    throw InvalidArgumentError(fmt::format("the search takes logits [{}, {}], got [{}]", settings_.num_beams, vocab_,
+  const std::int64_t rows = batch_ * settings_.num_beams;
+  if (logits.dim() != 2 || logits.size(0) != rows || logits.size(1) != vocab_) {
+    throw InvalidArgumentError(fmt::format("the search takes logits [{}, {}], got [{}]", rows, vocab_,
                                            fmt::join(logits.sizes(), ", ")));
   }
   if (settings_.num_beams == 1) {
@@ -204,90 +218,122 @@ void DeviceSearch::step(const at::Tensor& logits) {
   }
 }
 
-// transformers' _sample without sampling: argmax of the processed logits, until EOS or max_length.
+// transformers' _sample without sampling: argmax of the processed logits, each row until its EOS or max_length.
 void DeviceSearch::greedy_step(const at::Tensor& logits) {
-  const at::Tensor next = process(logits).argmax(-1);  // [1]
-  // Once done, cur_len may equal the capacity: the (unchanged) write goes to the last column instead.
+  const at::Tensor& was_done = row_done_;  // (read before this step updates it)
+  const at::Tensor next = process(logits).argmax(-1);  // [batch]
+  // A done row keeps what it had (its length is frozen, so that is never read). Once the search is done, cur_len
+  // may equal the capacity: the (unchanged) write goes to the last column instead.
   const at::Tensor column = cur_len_.clamp_max(capacity_ - 1);
-  const at::Tensor kept = running_sequences_.index_select(1, column).view({1});
-  running_sequences_.index_copy_(1, column, at::where(done_, kept, next).view({1, 1}));
-  const at::Tensor hits = hits_stopping_criteria(next);
-  cur_len_.add_(done_.logical_not().to(at::kLong));
-  done_.logical_or_(hits);
+  const at::Tensor kept = running_sequences_.index_select(1, column).view({batch_});
+  running_sequences_.index_copy_(1, column, at::where(was_done, kept, next).view({batch_, 1}));
+  lengths_.copy_(at::where(was_done, lengths_, cur_len_ + 1));
+  const at::Tensor hits = hits_stopping_criteria(next);  // (at this step's cur_len)
+  cur_len_.add_(done_.logical_not().to(at::kLong));     // (done_ still says whether every row was done before)
+  row_done_.logical_or_(hits);
+  if (batch_ > 1) done_.copy_(row_done_.all().view({1}));
   position_.copy_(cur_len_ - 1);
-  tokens_.copy_(next.view({1, 1}));
+  tokens_.copy_(next.view({batch_, 1}));
 }
 
-// transformers' _beam_search for batch size 1 (names follow it).
+// transformers' vectorized _beam_search (names follow it): [batch, beams] views of the flat state.
 void DeviceSearch::beam_step(const at::Tensor& logits) {
-  const std::int64_t n = settings_.num_beams;
+  const std::int64_t b = batch_, n = settings_.num_beams, k = beams_to_keep_;
   const bool stop_when_enough_finished = settings_.early_stopping == EarlyStopping::when_enough_finished;
-  const at::Tensor was_done = done_.clone();
+  const at::Tensor& was_done = row_done_;  // [b] (read before this step updates it, at the end)
 
   at::Tensor log_probs = process(at::log_softmax(logits, -1));
-  log_probs = (log_probs + running_scores_.unsqueeze(1)).reshape({n * vocab_});
+  log_probs = (log_probs + running_scores_.unsqueeze(1)).reshape({b, n * vocab_});
 
-  // _get_top_k_continuations
-  auto [topk_log_probs, topk_indices] = at::topk(log_probs, beams_to_keep_);
-  const at::Tensor topk_current_beam = topk_indices.div(vocab_, "floor");
-  const at::Tensor topk_ids = topk_indices.remainder(vocab_);
-  at::Tensor topk_running_sequences = running_sequences_.index_select(0, topk_current_beam);
+  // _get_top_k_continuations: per row; flat indices into the [b * n] state are row_start + beam.
+  auto [topk_log_probs, topk_indices] = at::topk(log_probs, k);  // [b, k]
+  at::Tensor topk_current_beam = topk_indices.div(vocab_, "floor");
+  if (b > 1) topk_current_beam = topk_current_beam + row_starts_;
+  const at::Tensor topk_ids = topk_indices.remainder(vocab_).reshape({b * k});
+  at::Tensor topk_running_sequences = running_sequences_.index_select(0, topk_current_beam.reshape({b * k}));
   topk_running_sequences.index_copy_(1, cur_len_, topk_ids.unsqueeze(1));
-  const at::Tensor hits = hits_stopping_criteria(topk_ids);
+  const at::Tensor hits = hits_stopping_criteria(topk_ids).view({b, k});
 
   // _get_running_beams_for_next_iteration
   const at::Tensor topk_running_log_probs = topk_log_probs + hits.to(at::kFloat) * kUnreachable;
-  const at::Tensor next_topk = std::get<1>(at::topk(topk_running_log_probs, n));
+  at::Tensor next_topk = std::get<1>(at::topk(topk_running_log_probs, n));
+  next_topk = (b > 1 ? next_topk + topk_row_starts_ : next_topk).reshape({b * n});
   running_sequences_.copy_(topk_running_sequences.index_select(0, next_topk));
-  running_scores_.copy_(topk_running_log_probs.index_select(0, next_topk));
-  parents_.copy_(topk_current_beam.index_select(0, next_topk));
+  running_scores_.copy_(topk_running_log_probs.reshape({b * k}).index_select(0, next_topk));
+  parents_.copy_(topk_current_beam.reshape({b * k}).index_select(0, next_topk));
 
   // _update_finished_beams
+  const at::Tensor finished = finished_.view({b, n});
   const at::Tensor just_finished = hits.logical_and(top_num_beam_mask_);
   at::Tensor finished_scores = topk_log_probs / length_penalties_.index_select(0, cur_len_ + 1 - prompt_length_);
-  if (stop_when_enough_finished) finished_scores = finished_scores + finished_.all().to(at::kFloat) * kUnreachable;
-  finished_scores = finished_scores + heuristic_unsatisfied_.logical_not().to(at::kFloat) * kUnreachable;
+  if (stop_when_enough_finished) {
+    finished_scores = finished_scores + finished.all(1, /*keepdim=*/true).to(at::kFloat) * kUnreachable;
+  }
+  finished_scores = finished_scores + heuristic_unsatisfied_.logical_not().unsqueeze(1).to(at::kFloat) * kUnreachable;
   finished_scores = finished_scores + just_finished.logical_not().to(at::kFloat) * kUnreachable;
-  const at::Tensor merged_scores = at::cat({scores_, finished_scores});
-  const at::Tensor keep = std::get<1>(at::topk(merged_scores, n));
-  // After the search is done, extra steps leave the result as it was.
-  const auto update = [&](at::Tensor& kept, const at::Tensor& candidates) {
-    const at::Tensor selected = candidates.index_select(0, keep);
-    kept.copy_(at::where(selected.dim() == 2 ? was_done.unsqueeze(1) : was_done, kept, selected));
+  const at::Tensor merged_scores = at::cat({scores_.view({b, n}), finished_scores}, 1);  // [b, n + k]
+  at::Tensor keep = std::get<1>(at::topk(merged_scores, n));
+  keep = (b > 1 ? keep + merged_row_starts_ : keep).reshape({b * n});
+  // A row already done keeps its results; so does every row after the search is done.
+  const at::Tensor frozen = was_done.unsqueeze(1).expand({b, n}).reshape({b * n});
+  const auto update = [&](at::Tensor& kept, const at::Tensor& old_rows, const at::Tensor& new_rows) {
+    // [b * n, ...] and [b * k, ...] -> the row-by-row merge [b * (n + k), ...], as torch.cat(dim=1) of [b, ., ...].
+    const auto by_row = [&](const at::Tensor& t, std::int64_t per_row) {
+      std::vector<std::int64_t> shape{b, per_row};
+      shape.insert(shape.end(), t.sizes().begin() + 1, t.sizes().end());
+      return t.reshape(shape);
+    };
+    at::Tensor merged = at::cat({by_row(old_rows, n), by_row(new_rows, k)}, 1);
+    std::vector<std::int64_t> flat{b * (n + k)};
+    flat.insert(flat.end(), kept.sizes().begin() + 1, kept.sizes().end());
+    const at::Tensor selected = merged.reshape(flat).index_select(0, keep);
+    kept.copy_(at::where(selected.dim() == 2 ? frozen.unsqueeze(1) : frozen, kept, selected));
   };
-  update(sequences_, at::cat({sequences_, topk_running_sequences}));
-  update(lengths_, at::cat({lengths_, (cur_len_ + 1).expand({beams_to_keep_})}));
-  update(finished_, at::cat({finished_, just_finished}));
-  update(scores_, merged_scores);
+  update(sequences_, sequences_, topk_running_sequences);
+  update(lengths_, lengths_, (cur_len_ + 1).expand({b * k}));
+  update(finished_, finished_, just_finished.reshape({b * k}));
+  update(scores_, scores_, finished_scores.reshape({b * k}));
 
-  cur_len_.add_(was_done.logical_not().to(at::kLong));
+  cur_len_.add_(done_.logical_not().to(at::kLong));
   position_.copy_(cur_len_ - 1);
   tokens_.copy_(running_sequences_.index_select(1, position_));
 
-  // _check_early_stop_heuristic
+  // _check_early_stop_heuristic, per row
   const at::Tensor best_length = settings_.early_stopping == EarlyStopping::never && settings_.length_penalty > 0.0
                                      ? max_length_on_device_ - prompt_length_
                                      : cur_len_ - prompt_length_;
-  const at::Tensor best_running = running_scores_.narrow(0, 0, 1) / length_penalties_.index_select(0, best_length);
-  const at::Tensor worst_finished = at::where(finished_, scores_.min(), at::full({}, kUnreachable, scores_.options()));
-  heuristic_unsatisfied_.logical_and_(best_running.gt(worst_finished).any().view({1}));
+  const at::Tensor best_running =
+      running_scores_.view({b, n}).narrow(1, 0, 1) / length_penalties_.index_select(0, best_length);  // [b, 1]
+  const at::Tensor worst_finished = at::where(finished, std::get<0>(scores_.view({b, n}).min(1, /*keepdim=*/true)),
+                                              at::full({}, kUnreachable, scores_.options()));
+  heuristic_unsatisfied_.logical_and_(best_running.gt(worst_finished).any(1));
 
-  // _beam_search_has_unfinished_sequences
-  at::Tensor unfinished = heuristic_unsatisfied_.logical_and(hits.all().logical_not());
-  if (stop_when_enough_finished) unfinished = unfinished.logical_and(finished_.all().logical_not());
-  done_.logical_or_(unfinished.logical_not());
+  // _beam_search_has_unfinished_sequences, per row: a row is done when it cannot improve, all its continuations
+  // hit a stopping criterion, or (early_stopping=True) all its beams have finished.
+  at::Tensor unfinished = heuristic_unsatisfied_.logical_and(hits.all(1).logical_not());
+  if (stop_when_enough_finished) unfinished = unfinished.logical_and(finished.all(1).logical_not());
+  row_done_.logical_or_(unfinished.logical_not());
+  if (b > 1) done_.copy_(row_done_.all().view({1}));
 }
 
 bool DeviceSearch::done() const { return done_.item<bool>(); }
 
-SearchResult DeviceSearch::result() const {
+std::vector<SearchResult> DeviceSearch::results() const {
+  // Beam search: each row's best finished hypothesis (its first); greedy: each row's one sequence.
   const bool beams = settings_.num_beams > 1;
-  const std::int64_t length = (beams ? lengths_.narrow(0, 0, 1) : cur_len_).item<std::int64_t>();
-  const at::Tensor best = (beams ? sequences_ : running_sequences_)[0].narrow(0, 0, length).cpu().contiguous();
-  SearchResult result;
-  result.sequence.assign(best.data_ptr<std::int64_t>(), best.data_ptr<std::int64_t>() + best.numel());
-  result.score = beams ? scores_[0].item<double>() : 0.0;
-  return result;
+  const std::int64_t n = settings_.num_beams;
+  const at::Tensor best = (beams ? sequences_ : running_sequences_).view({batch_, n, capacity_}).select(1, 0).cpu().contiguous();
+  const at::Tensor lengths = lengths_.view({batch_, n}).select(1, 0).cpu().contiguous();
+  const at::Tensor scores = scores_.view({batch_, n}).select(1, 0).cpu().contiguous();
+  std::vector<SearchResult> results(static_cast<std::size_t>(batch_));
+  for (std::int64_t row = 0; row < batch_; ++row) {
+    const std::int64_t* tokens = best.data_ptr<std::int64_t>() + row * capacity_;
+    results[row].sequence.assign(tokens, tokens + lengths.data_ptr<std::int64_t>()[row]);
+    results[row].score = beams ? scores.data_ptr<float>()[row] : 0.0;
+  }
+  return results;
 }
+
+SearchResult DeviceSearch::result() const { return results().front(); }
 
 }  // namespace imagetotext::text

@@ -397,6 +397,146 @@ def test_service_settings_are_the_original_configs(checkpoints, ours, inputs):
         assert tokens == expected and score == pytest.approx(expected_score, abs=1e-4), decoding
 
 
+# --------------------------------------------------------------------------------------------------------
+# Batched generation: several images per search
+# --------------------------------------------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def batch_inputs():
+    """Three different images (other noise, one of them shifted and damped: different content) with one prompt."""
+    generator = torch.Generator().manual_seed(11)
+    pixel_values = torch.randn(3, 3, IMAGE_SIZE, IMAGE_SIZE, generator=generator)
+    pixel_values[1] = pixel_values[1] * 0.3 + 1.0
+    input_ids = torch.tensor([[IMAGE_TOKEN] * IMAGE_TOKENS + PROMPT] * 3)
+    # Each image alone, as inputs transformers_generate takes (kept here: it remembers results by the tensors' ids).
+    alone = [(pixel_values[i:i + 1], input_ids[:1]) for i in range(3)]
+    return pixel_values, input_ids, alone
+
+
+_generated_batches = {}
+
+
+def transformers_generate_batch(model, pixel_values, input_ids, **settings):
+    """Batched generate() with exactly `settings` (as transformers_generate): a (row, score) per image, each row
+    padded (pad_token_id 1) to the batch's longest."""
+    key = (id(model), hash(pixel_values.numpy().tobytes()), input_ids.shape[0], repr(sorted(settings.items())))
+    if key not in _generated_batches:
+        config = transformers.GenerationConfig(decoder_start_token_id=2, bos_token_id=0, pad_token_id=1,
+                                               do_sample=False, return_dict_in_generate=True, output_scores=True,
+                                               **{"eos_token_id": 2, **settings})
+        saved = model.generation_config
+        model.generation_config = config
+        try:
+            with torch.no_grad():
+                out = model.generate(input_ids=input_ids, pixel_values=pixel_values)
+        finally:
+            model.generation_config = saved
+        scores = out.sequences_scores.tolist() if getattr(out, "sequences_scores", None) is not None else None
+        _generated_batches[key] = [(row, scores[i] if scores else 0.0) for i, row in enumerate(out.sequences.tolist())]
+    return _generated_batches[key]
+
+
+def assert_rows_match(ours, expected, beams):
+    """Each of our rows is transformers' batched row without the padding after it, with its score."""
+    assert len(ours) == len(expected)
+    for i, ((tokens, score), (row, expected_score)) in enumerate(zip(ours, expected)):
+        assert tokens == row[:len(tokens)], i
+        assert all(token == 1 for token in row[len(tokens):]), (i, row[len(tokens):])  # padding only
+        if beams > 1:
+            assert score == pytest.approx(expected_score, abs=1e-4), i
+
+
+def end_token_at_different_steps(model, pixel_values, input_ids, settings):
+    """A token the free-running search (no EOS) of the three images first writes at the most different steps:
+    as the end token, the rows finish at different steps."""
+    free = transformers_generate_batch(model, pixel_values, input_ids,
+                                       **dict(settings, eos_token_id=None, forced_eos_token_id=None))
+
+    def first_steps(token):
+        return {row.index(token, 2) if token in row[2:] else None for row, _ in free}
+
+    return max(range(3, TEXT["vocab_size"]), key=lambda token: (len(first_steps(token)), -token))
+
+
+@pytest.mark.parametrize("settings", [
+    GREEDY,
+    dict(GREEDY, no_repeat_ngram_size=3, forced_bos_token_id=0, forced_eos_token_id=2),
+    SERVICE,
+    dict(SERVICE, early_stopping=False),
+    dict(SERVICE, num_beams=4, early_stopping="never", length_penalty=0.8, max_new_tokens=12),
+    dict(SERVICE, max_new_tokens=2),
+], ids=["greedy", "greedy-processors", "service", "heuristic-stop", "never-stop", "two-tokens"])
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_batched_generation_matches_transformers_batched(checkpoints, ours, batch_inputs, settings, decoding):
+    """Three images in one search (3 x num_beams sequences): each row is transformers' batched generate()'s row,
+    tokens and sequence score."""
+    model, _ = checkpoints
+    pixel_values, input_ids, _ = batch_inputs
+    expected = transformers_generate_batch(model, pixel_values, input_ids, **settings)
+    encoded = ours.encode(pixel_values, input_ids[:, IMAGE_TOKENS:])
+    assert encoded.shape[0] == 3
+    assert_rows_match(ours.generate_batch(encoded, **our_settings(settings), decoding=decoding), expected,
+                      settings["num_beams"])
+    if settings["max_new_tokens"] > 2:  # (two tokens: the forced BOS and EOS)
+        assert len({tuple(row) for row, _ in expected}) > 1  # not one caption thrice
+
+
+@pytest.mark.parametrize("base", [GREEDY, SERVICE, dict(SERVICE, early_stopping=False),
+                                  dict(SERVICE, early_stopping="never", length_penalty=0.5)],
+                         ids=["greedy", "service", "heuristic-stop", "never-stop"])
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_rows_finishing_early_leave_the_others_alone(checkpoints, ours, batch_inputs, base, decoding):
+    """An end token the rows reach at different steps: a row that is done stops changing while the others go on.
+    Each row equals transformers' batched row and also transformers' generate() of its image alone."""
+    model, _ = checkpoints
+    pixel_values, input_ids, images = batch_inputs
+    settings = dict(base, eos_token_id=end_token_at_different_steps(model, pixel_values, input_ids, base))
+    expected = transformers_generate_batch(model, pixel_values, input_ids, **settings)
+    alone = [transformers_generate(model, image, **settings) for image in images]
+    assert len({len(tokens) for tokens, _ in alone}) > 1, alone  # the rows do finish at different steps
+    encoded = ours.encode(pixel_values, input_ids[:, IMAGE_TOKENS:])
+    rows = ours.generate_batch(encoded, **our_settings(settings), decoding=decoding)
+    assert_rows_match(rows, expected, settings["num_beams"])
+    for (tokens, score), (single, single_score) in zip(rows, alone):
+        assert tokens == single
+        if settings["num_beams"] > 1:
+            assert score == pytest.approx(single_score, abs=1e-4)
+
+
+@pytest.mark.parametrize("settings", [GREEDY, SERVICE], ids=["greedy", "service"])
+@pytest.mark.parametrize("decoding", ["eager", "graph"])
+def test_batch_of_one_is_the_single_image_path(ours, batch_inputs, settings, decoding):
+    pixel_values, input_ids, _ = batch_inputs
+    encoded = ours.encode(pixel_values[1:2], input_ids[:1, IMAGE_TOKENS:])
+    (tokens, score), = ours.generate_batch(encoded, **our_settings(settings), decoding=decoding)
+    assert (tokens, score) == ours.generate(encoded, **our_settings(settings), decoding=decoding)
+
+
+def test_graph_decoding_is_recorded_per_batch_size(checkpoints, batch_inputs):
+    """One model, batches of 3, 1, 2, 3 and 1 in turn through the fixed-shape steps: a recording per batch size
+    (the batch of one keeps its own), each batch as transformers' batched generate()."""
+    model, dirs = checkpoints
+    ours = _C.Florence2Model.load(dirs["native"])
+    pixel_values, input_ids, _ = batch_inputs
+    for rows in [[0, 1, 2], [2], [2, 0], [0, 1, 2], [1]]:
+        pixels = pixel_values[rows]
+        expected = transformers_generate_batch(model, pixels, input_ids[:len(rows)], **SERVICE)
+        encoded = ours.encode(pixels, input_ids[:len(rows), IMAGE_TOKENS:])
+        assert_rows_match(ours.generate_batch(encoded, **our_settings(SERVICE), decoding="graph"), expected, 3)
+
+
+def test_bad_batch_inputs_are_value_errors(ours, batch_inputs):
+    pixel_values, input_ids, _ = batch_inputs
+    with pytest.raises(imagetotext.InvalidArgumentError, match="encoder outputs"):
+        ours.generate_batch(torch.zeros(3, TEXT["d_model"]), max_new_tokens=4)
+    with pytest.raises(imagetotext.InvalidArgumentError, match="encoder outputs"):
+        ours.generate_batch(torch.zeros(0, 5, TEXT["d_model"]), max_new_tokens=4)
+    with pytest.raises(imagetotext.InvalidArgumentError, match="prompt ids"):
+        ours.encode(pixel_values, input_ids[:2, IMAGE_TOKENS:])
+    with pytest.raises(imagetotext.InvalidArgumentError, match="one image at a time"):
+        ours.generate(ours.encode(pixel_values, input_ids[:, IMAGE_TOKENS:]), max_new_tokens=4)
+
+
 @pytest.fixture(scope="module")
 def long_positions_checkpoint(tmp_path_factory):
     """The tiny model with a position table of 320: room for encoder outputs and captions past the first
@@ -437,6 +577,32 @@ def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dt
             # may take another of two near-tied paths; it must start the same and score the same within bf16.
             assert graph[:8] == eager[:8], (len(prompt), settings)
             assert graph_score == pytest.approx(eager_score, rel=2e-2, abs=2e-2)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+@pytest.mark.parametrize("decoding", ["eager", "auto"])
+def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_inputs, dtype, decoding):
+    """On CUDA (auto: the CUDA graph recorded for the batch), a batch of three images against each image alone,
+    with the service's settings and an end token the rows reach at different steps. float32: the same tokens,
+    scores within 1e-4. bf16: a batch runs its GEMMs with M = 9 rows instead of 3, which cuBLAS may split and
+    round differently, so a long search may take another of two near-tied paths: the captions must start the
+    same and score the same within bf16's 2e-2 (the bound of test_cuda_graph_decoding_matches_eager)."""
+    ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype=dtype)
+    pixel_values, input_ids, _ = batch_inputs
+    prompt = input_ids[:, IMAGE_TOKENS:].cuda()
+    for settings in [SERVICE, dict(SERVICE, eos_token_id=16, max_new_tokens=40), dict(GREEDY, eos_token_id=16)]:
+        rows = ours.generate_batch(ours.encode(pixel_values.cuda(), prompt), **our_settings(settings),
+                                   decoding=decoding)
+        for i, (tokens, score) in enumerate(rows):
+            single, single_score = ours.generate(ours.encode(pixel_values[i:i + 1].cuda(), prompt[:1]),
+                                                 **our_settings(settings), decoding=decoding)
+            if dtype == "float32":
+                assert tokens == single, (i, settings)
+                assert score == pytest.approx(single_score, abs=1e-4)
+            else:
+                assert tokens[:8] == single[:8], (i, settings)
+                assert score == pytest.approx(single_score, rel=2e-2, abs=2e-2)
 
 
 # --------------------------------------------------------------------------------------------------------

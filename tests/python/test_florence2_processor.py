@@ -182,3 +182,28 @@ def test_int4_names_load_nf4_and_caption(captioning_checkpoints, name):
     captioner = imagetotext._C.model_selector(name, device="cpu", checkpoint=str(root / "original"), max_new_tokens=8)
     assert captioner.quantization == "nf4"
     assert isinstance(captioner.extract_pixels(torch.from_numpy(image(64, 48))), str)
+
+
+def test_extract_batch_captions_like_transformers_batched(processor, captioning_checkpoints, tmp_path):
+    """model.extract_batch(paths) through the Python API: images of different sizes and content captioned in one
+    batched generate, each caption as transformers' batched generate() on processor(text=[task] * 3, images)."""
+    florence, _ = processor
+    model, root = captioning_checkpoints
+    arrays = [image(300, 500, seed=5), image(64, 48, seed=8), 255 - image(200, 120, seed=9)]
+    paths = []
+    for i, pixels in enumerate(arrays):
+        paths.append(tmp_path / f"meme_{i}.png")
+        PIL.fromarray(pixels).save(paths[-1])
+    inputs = florence(text=["<DETAILED_CAPTION>"] * 3, images=[PIL.fromarray(a) for a in arrays], return_tensors="pt")
+    with torch.no_grad():
+        generated = model.generate(**inputs, max_new_tokens=20, num_beams=3, no_repeat_ngram_size=3,
+                                   forced_bos_token_id=0, forced_eos_token_id=2, early_stopping=True, do_sample=False)
+    expected = [florence.post_process_generation(text, task="<DETAILED_CAPTION>", image_size=(a.shape[1], a.shape[0]))
+                ["<DETAILED_CAPTION>"] for text, a in zip(florence.batch_decode(generated, skip_special_tokens=False),
+                                                          arrays)]
+    assert len(set(expected)) > 1
+    captioner = imagetotext.model_selector("Florence-2-base", device="cpu", checkpoint=root / "native",
+                                           max_new_tokens=20)
+    assert captioner.extract_batch(paths) == expected
+    # One at a time gives the same captions.
+    assert [captioner.extract(path) for path in paths] == expected

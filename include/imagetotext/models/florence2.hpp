@@ -106,6 +106,13 @@ class Florence2Model {
   using Decoding = nn::Decoding;
   text::SearchResult generate(const at::Tensor& encoder_output, const text::SearchSettings& settings,
                               Decoding decoding = Decoding::automatic) const;
+  // generate() for a batch: encoder outputs [batch, length, d_model] of one prompt (images resized alike, so no
+  // padding and no mask), one search over batch x num_beams sequences (each image's encoder output expanded
+  // per beam, rows laid out image after image as transformers' _expand_inputs_for_generation does). Each
+  // row's result is transformers' batched generate()'s for that row. graph: recorded per batch size (the
+  // batch of one and the latest larger batch keep their recordings).
+  std::vector<text::SearchResult> generate_batch(const at::Tensor& encoder_output, const text::SearchSettings& settings,
+                                                 Decoding decoding = Decoding::automatic) const;
 
   // The service's generation: 3 beams, no repeated 3-grams, forced BOS/EOS, early stopping, up to
   // `max_new_tokens` (0: 4096, as the service) within the decoder's position table.
@@ -122,9 +129,14 @@ class Florence2Model {
   std::unique_ptr<florence2::Projector> projector_;
   std::unique_ptr<florence2::LanguageModel> language_;
   struct DecodeGraph;
-  text::SearchResult generate_graphed(const at::Tensor& encoder_output, const text::SearchSettings& settings) const;
-  // The recorded decode step (fixed-shape decoding); shared by every user of this model.
+  std::vector<text::SearchResult> generate_eager(const at::Tensor& encoder_output,
+                                                 const text::SearchSettings& settings) const;
+  std::vector<text::SearchResult> generate_graphed(const at::Tensor& encoder_output,
+                                                   const text::SearchSettings& settings) const;
+  // The recorded decode steps (fixed-shape decoding); shared by every user of this model: one for a batch of
+  // one, one for the latest larger batch.
   std::shared_ptr<DecodeGraph> decode_graph_;
+  std::shared_ptr<DecodeGraph> batch_decode_graph_;
 };
 
 // The model family model_selector builds: load() finds the checkpoint (registry hub id, a directory, or
@@ -137,9 +149,16 @@ struct Florence2Family {
   };
   static Model load(const ModelSpec& spec, const ModelOptions& options);
   static std::string caption(Model& model, const io::RgbImage& image);
+  // Several images per forward (ImageToText::extract_batch): chunks of up to kImagesPerForward images, each
+  // resized to 768x768 and captioned in one batched generate; a chunk of one is caption().
+  static constexpr std::size_t kImagesPerForward = 8;
+  static std::vector<std::string> caption_batch(Model& model, const std::vector<io::RgbImage>& images);
   // One task on pixels: the caption for `task` (e.g. "<CAPTION>") with `settings`.
   static std::string run_task(Model& model, const io::RgbImage& image, std::string_view task,
                               const text::SearchSettings& settings);
+  // run_task for several images in one batched generate.
+  static std::vector<std::string> run_task_batch(Model& model, const std::vector<io::RgbImage>& images,
+                                                 std::string_view task, const text::SearchSettings& settings);
 };
 
 extern template class ImageToText<Florence2Family>;
