@@ -6,7 +6,8 @@
 #   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset, or test files),
 #   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
 #   - GPU_CHECK_BENCH=1 runs the benchmarks into $OUT: bench_quant_gemm.py (GPU_CHECK_BENCH_ARGS adds its
-#     arguments), bench_florence2.py and bench_smolvlm.py (with its profile); or name some: "smolvlm florence2",
+#     arguments), bench_florence2.py and bench_smolvlm.py (with its profile), and the batch figures (images per
+#     second: "batch"); or name some: "smolvlm florence2 batch",
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -71,9 +72,9 @@ fi
 echo "== pytest (gpu-marked tests included)"
 (cd tests/python && PYTHONPATH="$PWD/../../build/gpu-site${PYTHONPATH:+:$PYTHONPATH}" python3 -m pytest -v -m "not slow" \
    -p no:cacheprovider ${GPU_CHECK_PYTEST_ARGS:-}) || status=1
-# GPU_CHECK_BENCH: 1 (all) or a list of quant, florence2, smolvlm.
+# GPU_CHECK_BENCH: 1 (all) or a list of quant, florence2, smolvlm, batch (images per second of both families).
 bench=${GPU_CHECK_BENCH:-0}
-[ "$bench" = 1 ] && bench="quant florence2 smolvlm"
+[ "$bench" = 1 ] && bench="quant florence2 smolvlm batch"
 site="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
 for name in $([ "$bench" = 0 ] || echo "$bench"); do
   case $name in
@@ -88,6 +89,12 @@ for name in $([ "$bench" = 0 ] || echo "$bench"); do
       echo "== benchmark: SmolVLM 256M/500M, ours next to transformers bf16, and a profile (benchmarks/bench_smolvlm.py)"
       PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --out "$out/smolvlm_h100.md" \
         --profile "$out/smolvlm_profile_h100.txt" || status=1 ;;
+    batch)
+      echo "== benchmark: batches of 8 meme-sized images, images per second (bench_florence2.py, bench_smolvlm.py --batch 8)"
+      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py base --batch 8 | tee "$out/florence2_batch_h100.md" \
+        || status=1
+      PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --models 256M --batch 8 --distinct \
+        --out "$out/smolvlm_batch_h100.md" || status=1 ;;
     *) echo "unknown benchmark '$name'"; status=1 ;;
   esac
 done

@@ -83,11 +83,12 @@ def test_silu_mul_reads_the_halves_of_a_stacked_projection(device, dtype):
     stacked = torch.randn(2, 3, 2 * 40).to(device, dtype)
     gate, up = stacked.split([40, 40], dim=-1)
     assert not gate.is_contiguous()
-    expected = F.silu(gate.contiguous()) * up.contiguous()
-    assert torch.equal(ops.silu_mul(gate, up), expected)
+    # Same formula, rounded alike; ATen's CPU silu takes a different (vectorized or not) path for a strided
+    # input, so the bound is the dtype's own tolerance, not bit equality.
+    torch.testing.assert_close(ops.silu_mul(gate, up), F.silu(gate.contiguous()) * up.contiguous())
     # A view whose leading dims do not collapse still works (copied first).
     strided = torch.randn(4, 6, 40).to(device, dtype)[:, ::2]
-    assert torch.equal(ops.silu_mul(strided, strided), F.silu(strided) * strided)
+    torch.testing.assert_close(ops.silu_mul(strided, strided), F.silu(strided.contiguous()) * strided.contiguous())
 
 
 def reference_attention(query, keys, values, position):
