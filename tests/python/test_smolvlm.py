@@ -730,7 +730,8 @@ def agree_up_to_a_near_tie(tokens, logits, reference_tokens, reference_logits, l
     tie there (its logit within the same bound of the best)."""
     same = next((i for i, (a, b) in enumerate(zip(tokens, reference_tokens)) if a != b),
                 min(len(tokens), len(reference_tokens)))
-    assert same >= min(4, len(reference_tokens)), (label, same)
+    # No minimum length: random tiny weights give near ties from the first steps on (the H100 run saw a row
+    # of a bf16 batch part at step 1); what must hold is the logits' agreement and the tie below.
     for step in range(min(same + 1, len(tokens), len(reference_tokens))):
         assert rel_err(logits[step].cpu(), reference_logits[step].cpu()) < 5e-2, (label, step)
     if same < min(len(tokens), len(reference_tokens)):
