@@ -320,10 +320,20 @@ decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict_
   for (int w = 0; w < kMaxSplits / kWarpSize; ++w) best = fmaxf(best, warp_best[w]);
   weight[s] = sum > 0.0f ? expf(max - best) : 0.0f;
   const float total = cta_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // cta_sum synchronizes: weight is visible
+  constexpr int kMergeUnroll = 8;  // splits whose outputs are loaded together (the loads, not the sums, are slow)
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float value = 0.0f;
-    for (int split = 0; split < splits; ++split) {
-      if (weight[split] != 0.0f) value += states[split * (dim + 2) + 2 + d] * weight[split];
+    for (int base = 0; base < splits; base += kMergeUnroll) {
+      float part[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const int split = base + u;
+        part[u] = split < splits && weight[split] != 0.0f ? states[split * (dim + 2) + 2 + d] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        if (base + u < splits) value += part[u] * weight[base + u];
+      }
     }
     out[sequence_head * dim + d] = static_cast<T>(value / total);
   }
