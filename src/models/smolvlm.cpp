@@ -360,10 +360,8 @@ SmolVLMCaption smolvlm_caption(SmolVLMFamily::Model& model, const io::RgbImage& 
   const smolvlm::ProcessorOutput inputs =
       model.processor(image, smolvlm::kServiceQuestion, model.placement.device, model.placement.dtype);
   const at::Tensor features = model.network.image_features(inputs.pixel_values);
-  text::GreedySearchOptions options;
-  options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
-  options.eos_token_ids = model.eos_token_ids;
-  const text::GreedySearchResult result = model.network.generate(inputs.input_ids, features, options);
+  const text::GreedySearchResult result =
+      model.network.generate(inputs.input_ids, features, model.greedy_options(max_new_tokens));
 
   // The service decodes prompt and answer together, then cuts the answer out.
   const std::int64_t prompt_length = inputs.input_ids.size(1);
@@ -406,12 +404,8 @@ std::vector<SmolVLMCaption> smolvlm_caption_batch(SmolVLMFamily::Model& model, c
     input_ids[b].narrow(0, length - own, own).copy_(inputs[b].input_ids[0]);
     attention_mask[b].narrow(0, length - own, own).fill_(1);
   }
-  text::GreedySearchOptions options;
-  options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
-  options.eos_token_ids = model.eos_token_ids;
-  options.pad_token_id = model.pad_token_id;
-  const std::vector<text::GreedySearchResult> results =
-      model.network.generate_batch(input_ids, attention_mask, features, options, decoding);
+  const std::vector<text::GreedySearchResult> results = model.network.generate_batch(
+      input_ids, attention_mask, features, model.greedy_options(max_new_tokens), decoding);
 
   std::vector<SmolVLMCaption> captions;
   captions.reserve(images.size());

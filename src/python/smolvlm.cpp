@@ -110,9 +110,8 @@ void bind_smolvlm(py::module_& m) {
              const std::optional<std::vector<std::int64_t>>& eos_token_ids, const std::string& decoding) {
             const nn::Decoding mode = nn::parse_decoding(decoding);
             c10::InferenceMode inference;
-            text::GreedySearchOptions options;
-            options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
-            options.eos_token_ids = eos_token_ids.value_or(model.eos_token_ids);
+            text::GreedySearchOptions options = model.greedy_options(max_new_tokens);
+            if (eos_token_ids) options.eos_token_ids = *eos_token_ids;
             options.keep_logits = keep_logits;
             text::GreedySearchResult result =
                 model.network.generate(input_ids, model.network.image_features(pixel_values, mask), options, mode);
@@ -133,11 +132,9 @@ void bind_smolvlm(py::module_& m) {
              const std::string& decoding) {
             const nn::Decoding mode = nn::parse_decoding(decoding);
             c10::InferenceMode inference;
-            text::GreedySearchOptions options;
-            options.max_new_tokens = max_new_tokens > 0 ? max_new_tokens : model.max_new_tokens;
-            options.eos_token_ids = eos_token_ids.value_or(model.eos_token_ids);
+            text::GreedySearchOptions options = model.greedy_options(max_new_tokens);
+            if (eos_token_ids) options.eos_token_ids = *eos_token_ids;
             options.keep_logits = keep_logits;
-            options.pad_token_id = model.pad_token_id;
             const std::vector<text::GreedySearchResult> results = model.network.generate_batch(
                 input_ids, attention_mask, model.network.image_features(pixel_values, mask), options, mode);
             // The rows padded to the longest with pad_token_id, as transformers' generate returns them.

@@ -124,6 +124,15 @@ struct SmolVLMFamily {
     // generation_config.json's pad_token_id, else the first end token (transformers' generate does the same):
     // the padding of batched prompts and what a row that has finished emits.
     std::int64_t pad_token_id = 0;
+
+    // A request's greedy options: max_new_tokens (0: the model's), the model's end and pad tokens.
+    text::GreedySearchOptions greedy_options(std::int64_t request_max_new_tokens) const {
+      text::GreedySearchOptions options;
+      options.max_new_tokens = request_max_new_tokens > 0 ? request_max_new_tokens : max_new_tokens;
+      options.eos_token_ids = eos_token_ids;
+      options.pad_token_id = pad_token_id;
+      return options;
+    }
   };
 
   // Images per batched generate in caption_batch: bounds the caches' memory (they grow with rows times the
