@@ -283,19 +283,24 @@ def transformers_generate(model, inputs, **settings):
     return _generated[key]
 
 
-def _transformers_generate(model, inputs, **settings):
-    pixel_values, input_ids = inputs
-    settings = {"eos_token_id": 2, **settings}
+def _generate_with(model, pixel_values, input_ids, settings):
+    """transformers' generate() with exactly `settings` (end token 2 unless they name one), the model's own
+    generation config put back after."""
     config = transformers.GenerationConfig(decoder_start_token_id=2, bos_token_id=0, pad_token_id=1,
                                            do_sample=False, return_dict_in_generate=True, output_scores=True,
-                                           **settings)
+                                           **{"eos_token_id": 2, **settings})
     saved = model.generation_config
     model.generation_config = config
     try:
         with torch.no_grad():
-            out = model.generate(input_ids=input_ids, pixel_values=pixel_values)
+            return model.generate(input_ids=input_ids, pixel_values=pixel_values)
     finally:
         model.generation_config = saved
+
+
+def _transformers_generate(model, inputs, **settings):
+    pixel_values, input_ids = inputs
+    out = _generate_with(model, pixel_values, input_ids, settings)
     score = out.sequences_scores[0].item() if getattr(out, "sequences_scores", None) is not None else 0.0
     return out.sequences[0].tolist(), score
 
@@ -421,16 +426,7 @@ def transformers_generate_batch(model, pixel_values, input_ids, **settings):
     padded (pad_token_id 1) to the batch's longest."""
     key = (id(model), hash(pixel_values.numpy().tobytes()), input_ids.shape[0], repr(sorted(settings.items())))
     if key not in _generated_batches:
-        config = transformers.GenerationConfig(decoder_start_token_id=2, bos_token_id=0, pad_token_id=1,
-                                               do_sample=False, return_dict_in_generate=True, output_scores=True,
-                                               **{"eos_token_id": 2, **settings})
-        saved = model.generation_config
-        model.generation_config = config
-        try:
-            with torch.no_grad():
-                out = model.generate(input_ids=input_ids, pixel_values=pixel_values)
-        finally:
-            model.generation_config = saved
+        out = _generate_with(model, pixel_values, input_ids, settings)
         scores = out.sequences_scores.tolist() if getattr(out, "sequences_scores", None) is not None else None
         _generated_batches[key] = [(row, scores[i] if scores else 0.0) for i, row in enumerate(out.sequences.tolist())]
     return _generated_batches[key]
