@@ -156,14 +156,17 @@ int64_t row_stride_of(const at::Tensor& x) {
 at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
   detail::check_silu_mul(gate_in, up_in);
   const c10::cuda::CUDAGuard guard(gate_in.device());
-  const at::Tensor gate = row_stride_of(gate_in) < 0 ? gate_in.contiguous() : gate_in;
-  const at::Tensor up = row_stride_of(up_in) < 0 ? up_in.contiguous() : up_in;
+  // gate and up as [rows, width] with their row strides; copied first where they are not such views.
+  at::Tensor gate = gate_in, up = up_in;
+  int64_t gate_row_stride = row_stride_of(gate), up_row_stride = row_stride_of(up);
+  if (gate_row_stride < 0) gate_row_stride = row_stride_of(gate = gate.contiguous());
+  if (up_row_stride < 0) up_row_stride = row_stride_of(up = up.contiguous());
   at::Tensor out = at::empty(gate.sizes(), gate.options());
   const int64_t total = gate.numel(), width = gate.dim() == 0 ? 1 : gate.size(-1);
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gate.scalar_type(), "silu_mul_cuda", [&] {
     silu_mul_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
-        gate.data_ptr<scalar_t>(), row_stride_of(gate), up.data_ptr<scalar_t>(), row_stride_of(up),
+        gate.data_ptr<scalar_t>(), gate_row_stride, up.data_ptr<scalar_t>(), up_row_stride,
         out.data_ptr<scalar_t>(), width, total);
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
@@ -188,7 +191,6 @@ template <typename T, int E>
 __device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int j, int dim, bool vector, float* out) {
   if (vector) {
     constexpr int kPer = 16 / static_cast<int>(sizeof(T));
-    static_assert(E % kPer == 0 || kPer > E, "E is a whole number of 16-byte loads");
     if constexpr (E % kPer == 0) {
       if (j * E >= dim) {  // lanes past the head's end (dim = 80 with E = 16: lanes 5-7)
 #pragma unroll
