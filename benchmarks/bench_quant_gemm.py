@@ -1,6 +1,7 @@
 """Quantized GEMM/GEMV speed on the GPU: bf16 F.linear (cuBLAS) vs imagetotext's NF4 gemm_4bit and INT8
-gemm_int8_weight_only (and their dequantize + F.linear paths, to place the GEMV threshold), and
-bitsandbytes where ``import bitsandbytes`` works.
+gemm_int8_weight_only (and their dequantize + F.linear paths, to place the GEMV threshold), imagetotext's dense
+gemm_dense on the same bf16 weight (the GEMV for few rows, to place its threshold), and bitsandbytes where
+``import bitsandbytes`` works.
 
 Each weight is replicated into enough copies to exceed 4x the L2 cache, and the timed region calls the op
 once per copy in turn, so weights come from device memory as in a real forward pass. Calls are captured in
@@ -133,6 +134,7 @@ def bench_shape(N, K, dtype, args, l2_bytes, copy_bw):
 
         row = {"N": N, "K": K, "M": M}
         row["bf16"] = t([lambda w=w: F.linear(A, w) for w in dense_copies])
+        row["dense"] = t([lambda w=w: ops.gemm_dense(A, w, None) for w in dense_copies])
         row["nf4"] = t([lambda p=p, a=a: ops.gemm_4bit(A, p, a, BLOCKSIZE, "nf4", [N, K], None)
                         for p, a in nf4_copies])
         row["nf4_dq"] = t([lambda p=p, a=a: F.linear(A, ops.dequantize_4bit(p, a, BLOCKSIZE, "nf4", [N, K], dtype))
@@ -156,7 +158,7 @@ def bench_shape(N, K, dtype, args, l2_bytes, copy_bw):
     return rows
 
 
-HEADER = ("| N×K | M | bf16 µs | NF4 µs | NF4 TB/s (% copy) | NF4 dq+mm µs | INT8 µs | INT8 TB/s (% copy) "
+HEADER = ("| N×K | M | bf16 µs | ours bf16 µs | NF4 µs | NF4 TB/s (% copy) | NF4 dq+mm µs | INT8 µs | INT8 TB/s (% copy) "
           "| INT8 dq+mm µs | bnb NF4 µs | bnb INT8 µs |")
 
 
@@ -167,7 +169,7 @@ def format_row(row, copy_bw):
     def bw(key):
         return f"{row[key] / 1e12:.2f} ({100 * row[key] / copy_bw:.0f}%)"
 
-    return (f"| {row['N']}×{row['K']} | {row['M']} | {us('bf16')} | {us('nf4')} | {bw('bw_nf4')} | {us('nf4_dq')} "
+    return (f"| {row['N']}×{row['K']} | {row['M']} | {us('bf16')} | {us('dense')} | {us('nf4')} | {bw('bw_nf4')} | {us('nf4_dq')} "
             f"| {us('int8')} | {bw('bw_int8')} | {us('int8_dq')} | {us('bnb_nf4')} | {us('bnb_int8')} |")
 
 
@@ -194,6 +196,9 @@ def target_lines(rows):
     threshold = [f"{r['N']}×{r['K']} M={r['M']}: GEMV {r['nf4']:.1f} vs dq+mm {r['nf4_dq']:.1f}"
                  for r in rows if r["M"] in (8, 16, 32, 64)]
     lines.append("- NF4 path evidence (the row limits in src/ops/cuda/gemm_4bit.cu): " + "; ".join(threshold))
+    dense = [f"{r['N']}×{r['K']} M={r['M']}: {r['dense']:.1f} vs {r['bf16']:.1f}" for r in rows if r["M"] <= 16]
+    lines.append("- Dense path evidence (gemm_dense's GEMV row limit, src/ops/cuda/gemm_dense.cu; ours vs F.linear): "
+                 + "; ".join(dense))
     return lines
 
 

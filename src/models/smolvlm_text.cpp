@@ -4,10 +4,11 @@
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 
-#include "imagetotext/core/error.hpp"
-#include "../ops/layer_ops.hpp"
-
 #include <cmath>
+#include <tuple>
+
+#include "../ops/layer_ops.hpp"
+#include "imagetotext/core/error.hpp"
 
 namespace imagetotext::smolvlm {
 
@@ -88,21 +89,23 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
     return padding ? rotary_per_row(t, cos, sin) : nn::apply_rotary(t, cos, sin);
   };
   const std::vector<at::Tensor> qkv = layer.qkv_proj(x);
-  const at::Tensor q = rotate(split_heads(qkv[0], config_.num_attention_heads));
-  const at::Tensor k = rotate(split_heads(qkv[1], config_.num_key_value_heads));
+  const at::Tensor q = split_heads(qkv[0], config_.num_attention_heads);
+  const at::Tensor k = split_heads(qkv[1], config_.num_key_value_heads);
   const at::Tensor v = split_heads(qkv[2], config_.num_key_value_heads);
   at::Tensor out;
   if (step) {
-    const auto [keys, values] = cache.write_at(k, v, step->position);
-    out = ops::decode_attention(q, keys, values, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)),
+    // cos, sin: one row at the step's position, or one per row of a left-padded batch.
+    const at::Tensor q_rotated = cache.rotate_and_write_at(q, k, v, cos, sin, step->position);
+    out = ops::decode_attention(q_rotated, cache.keys(), cache.values(), step->position,
+                                1.0 / std::sqrt(static_cast<double>(head_dim)),
                                 padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
   } else if (padding) {
-    const auto [keys, values] = cache.append(k, v);
-    out = nn::scaled_dot_product_attention(q, keys, values, padding->mask, /*causal=*/false);
+    const auto [keys, values] = cache.append(rotate(k), v);
+    out = nn::scaled_dot_product_attention(rotate(q), keys, values, padding->mask, /*causal=*/false);
   } else {
-    const auto [keys, values] = cache.append(k, v);
+    const auto [keys, values] = cache.append(rotate(k), v);
     // One new token attends to everything before it; a block of tokens attends causally.
-    out = nn::scaled_dot_product_attention(q, keys, values, std::nullopt, /*causal=*/length > 1);
+    out = nn::scaled_dot_product_attention(rotate(q), keys, values, std::nullopt, /*causal=*/length > 1);
   }
   return layer.o_proj(out.transpose(1, 2).reshape({batch, length, config_.num_attention_heads * head_dim}));
 }
@@ -112,14 +115,19 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
   if (cache.size() != layers_.size()) {
     throw InvalidArgumentError(fmt::format("the cache has {} layers, the model {}", cache.size(), layers_.size()));
   }
+  if (layers_.empty()) return norm_(h);
+  // Each residual step runs fused with the norm after it: the layer's post-attention norm, the next layer's
+  // input norm, and after the last layer the final norm.
+  at::Tensor x = layers_.front().input_layernorm(h);
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
-    h = h + attention(layer, layer.input_layernorm(h), cache[i], cos, sin, step, padding);
-    const at::Tensor x = layer.post_attention_layernorm(h);
+    const at::Tensor attended = attention(layer, x, cache[i], cos, sin, step, padding);
+    std::tie(h, x) = layer.post_attention_layernorm.after_residual(h, attended);
     const std::vector<at::Tensor> gate_up = layer.gate_up_proj(x);
-    h = h + layer.down_proj(ops::silu_mul(gate_up[0], gate_up[1]));
+    const nn::RMSNorm& next_norm = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm : norm_;
+    std::tie(h, x) = next_norm.after_residual(h, layer.down_proj(ops::silu_mul(gate_up[0], gate_up[1])));
   }
-  return norm_(h);
+  return x;
 }
 
 at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,

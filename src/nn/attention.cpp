@@ -11,6 +11,7 @@
 #include <cmath>
 #include <limits>
 
+#include "../ops/layer_ops.hpp"
 #include "imagetotext/core/error.hpp"
 
 namespace imagetotext::nn {
@@ -39,6 +40,11 @@ std::pair<at::Tensor, at::Tensor> KVCache::write_at(const at::Tensor& key, const
   keys_.index_copy_(2, position, key);
   values_.index_copy_(2, position, value);
   return {keys_, values_};
+}
+
+at::Tensor KVCache::rotate_and_write_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position) {
+  return ops::rotary_cache_write(query, key, value, cos, sin, keys_, values_, position);
 }
 
 void KVCache::reorder(const at::Tensor& order) {

@@ -3,6 +3,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <tuple>
+
 namespace imagetotext::ops {
 namespace detail {
 
@@ -16,6 +18,14 @@ void check_rms_norm(const at::Tensor& x, const at::Tensor& weight) {
   TORCH_CHECK_VALUE(weight.device() == x.device(), "rms_norm: x is on ", x.device(), ", weight on ", weight.device());
 }
 
+void check_add_rms_norm(const at::Tensor& residual, const at::Tensor& delta, const at::Tensor& weight) {
+  TORCH_CHECK_VALUE(delta.sizes() == residual.sizes() && delta.scalar_type() == residual.scalar_type() &&
+                        delta.device() == residual.device(),
+                    "add_rms_norm: residual and delta must share shape, dtype and device, got ", residual.sizes(), " ",
+                    residual.scalar_type(), " and ", delta.sizes(), " ", delta.scalar_type());
+  check_rms_norm(residual, weight);
+}
+
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   TORCH_CHECK_VALUE(x.dim() == 4 && x.size(-1) % 2 == 0, "rotary: x must be [batch, heads, length, even head_dim], got ",
                     x.sizes());
@@ -25,6 +35,37 @@ void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
     TORCH_CHECK_VALUE(t->scalar_type() == x.scalar_type() && t->device() == x.device(),
                       "rotary: cos and sin must match x's dtype and device (", x.scalar_type(), ", ", x.device(), ")");
   }
+}
+
+void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                              const at::Tensor& values, const at::Tensor& position) {
+  TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1 && query.size(3) % 2 == 0,
+                    "rotary_cache_write: query must be [batch, heads, 1, even head_dim], got ", query.sizes());
+  const int64_t batch = query.size(0), dim = query.size(3);
+  TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == batch && keys.size(3) == dim,
+                    "rotary_cache_write: keys and values must be [", batch, ", kv_heads, capacity, ", dim, "], got ",
+                    keys.sizes(), " and ", values.sizes());
+  TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(),
+                    "rotary_cache_write: keys and values must be contiguous (they are written in place)");
+  for (const at::Tensor* t : {&key, &value}) {
+    TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == keys.size(1) && t->size(2) == 1 &&
+                          t->size(3) == dim,
+                      "rotary_cache_write: key and value must be [", batch, ", ", keys.size(1), ", 1, ", dim,
+                      "], got ", key.sizes(), " and ", value.sizes());
+  }
+  for (const at::Tensor* t : {&cos, &sin}) {
+    TORCH_CHECK_VALUE(t->dim() == 2 && (t->size(0) == 1 || t->size(0) == batch) && t->size(1) == dim,
+                      "rotary_cache_write: cos and sin must be [1 or ", batch, ", ", dim, "], got ", t->sizes());
+  }
+  for (const at::Tensor* t : {&key, &value, &cos, &sin, &keys, &values}) {
+    TORCH_CHECK_VALUE(t->scalar_type() == query.scalar_type() && t->device() == query.device(),
+                      "rotary_cache_write: every tensor must match the query's dtype and device (",
+                      query.scalar_type(), ", ", query.device(), "), got ", t->scalar_type(), " on ", t->device());
+  }
+  TORCH_CHECK_VALUE(position.scalar_type() == at::kLong && position.numel() == 1 && position.device() == query.device(),
+                    "rotary_cache_write: position must be one int64 on ", query.device(), ", got ", position.sizes(),
+                    " ", position.scalar_type(), " on ", position.device());
 }
 
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
@@ -68,6 +109,25 @@ auto find_op(const char* name) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("imagetotext::rms_norm");
   return op.call(x, weight, eps);
+}
+
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps) {
+  static const auto op =
+      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>(
+          "imagetotext::add_rms_norm");
+  auto [sum, normed] = op.call(residual, delta, weight, eps);
+  return {std::move(sum), std::move(normed)};
+}
+
+at::Tensor rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                              const at::Tensor& values, const at::Tensor& position) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
+          "imagetotext::rotary_cache_write");
+  return op.call(query, key, value, cos, sin, keys, values, position);
 }
 
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {

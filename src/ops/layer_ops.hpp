@@ -6,6 +6,7 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
+#include <utility>
 
 namespace imagetotext::ops {
 
@@ -13,9 +14,24 @@ namespace imagetotext::ops {
 // before the weight multiplies it (transformers' LlamaRMSNorm). x [..., n], weight [n].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 
+// The residual step and the norm after it in one: sum = residual + delta (rounded to the dtype, as ATen's add),
+// normed = rms_norm(sum, weight, eps). Returns {sum, normed}; residual and delta share one shape.
+std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
+                                               const at::Tensor& weight, double eps);
+
 // x * cos + rotate_half(x) * sin for x [batch, heads, length, head_dim] (any strides) and cos, sin
 // [length, head_dim]; each product and the sum rounded to x's dtype as ATen's elementwise ops round them.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+
+// A decode step's rotary embedding and cache write in one: query [batch, heads, 1, head_dim] and key, value
+// [batch, kv_heads, 1, head_dim] (any strides), cos and sin [1 or batch, head_dim] (one row for every sequence, or
+// a row each). Writes rotary(key) and value at `position` (int64 [1] on the device) of the caches keys, values
+// [batch, kv_heads, capacity, head_dim] (contiguous) and returns rotary(query) [batch, heads, 1, head_dim]: what
+// rotary + index_copy_ give, rounded alike. A position outside the caches writes nothing on CUDA (the host keeps
+// the step inside the capacity) and throws on the CPU.
+at::Tensor rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                              const at::Tensor& values, const at::Tensor& position);
 
 // silu(gate) * up, silu rounded to the dtype before the product (as at::silu(gate) * up).
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
@@ -32,7 +48,11 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
 void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
+void check_add_rms_norm(const at::Tensor& residual, const at::Tensor& delta, const at::Tensor& weight);
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
+void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                              const at::Tensor& values, const at::Tensor& position);
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
 void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& position, const std::optional<at::Tensor>& first);

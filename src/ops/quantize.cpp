@@ -164,6 +164,16 @@ WeightShape check_gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& C
   return {CB.size(0), CB.size(1)};
 }
 
+WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  constexpr std::string_view op = "gemm_dense";
+  check_dtype(op, "weight", weight, A.scalar_type());
+  TORCH_CHECK_VALUE(weight.dim() == 2, op, ": weight must be 2-D [out_features, in_features], got shape ",
+                    weight.sizes());
+  check_same_device(op, "weight", weight, "A", A);
+  check_gemm_activation(op, A, weight.size(0), weight.size(1), bias);
+  return {weight.size(0), weight.size(1)};
+}
+
 at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
                                        int64_t blocksize, std::string_view quant_type, WeightShape shape,
                                        const std::optional<at::Tensor>& bias) {
@@ -278,6 +288,13 @@ at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, cons
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                                const std::optional<at::Tensor>&)>();
   return op.call(A, CB, SCB, bias);
+}
+
+at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  static const auto op =
+      find_op("imagetotext::gemm_dense")
+          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
+  return op.call(A, weight, bias);
 }
 
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,

@@ -1,6 +1,6 @@
 // Argument checks shared by the quantization ops (imagetotext::quantize_4bit, dequantize_4bit,
 // quantize_blockwise, dequantize_blockwise, int8_vectorwise_quant, int8_vectorwise_dequant, gemm_4bit,
-// gemm_int8_weight_only, int8_scaled_mm) and by their CPU, CUDA and meta kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
+// gemm_int8_weight_only, gemm_dense, int8_scaled_mm) and by their CPU, CUDA and meta kernels. Each throws c10::ValueError (Python: ValueError) naming the op, the
 // argument and what was expected.
 #pragma once
 
@@ -58,6 +58,9 @@ WeightShape check_gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& C
 at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,
                                        int64_t blocksize, std::string_view quant_type, WeightShape shape,
                                        const std::optional<at::Tensor>& bias);
+
+// gemm_dense: A [..., K] and weight [N, K] of one float dtype, bias none or [N] of that dtype, one device.
+WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
 // The output shape of a gemm: A's shape with the last size replaced by N.
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features);

@@ -26,11 +26,17 @@ TORCH_LIBRARY(imagetotext, m) {
         "Tensor? bias) -> Tensor");
   // A [..., K] @ (int8 CB [N, K] * float32 SCB[N] / 127).T + bias -> [..., N] in A's dtype.
   m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias) -> Tensor");
+  // A [..., K] @ weight [N, K] (A's dtype).T + bias -> [..., N]: the dense layers' matmul (GEMV on CUDA for few rows).
+  m.def("gemm_dense(Tensor A, Tensor weight, Tensor? bias) -> Tensor");
   // LLM.int8 core: float16 half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])), int32 accumulation.
   m.def("int8_scaled_mm(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias) -> Tensor");
   // Fused layer ops (src/ops/layer_ops.hpp): one CUDA kernel each; on the CPU the ATen composition.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
+  m.def("add_rms_norm(Tensor residual, Tensor delta, Tensor weight, float eps) -> (Tensor sum, Tensor normed)");
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
+  // Writes rotary(key) and value into keys, values at position; returns rotary(query).
+  m.def("rotary_cache_write(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "
+        "Tensor(b!) values, Tensor position) -> Tensor");
   m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
   // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
   m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "

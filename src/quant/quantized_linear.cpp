@@ -4,8 +4,6 @@
 
 #include <ATen/ops/cat.h>
 #include <ATen/ops/from_blob.h>
-#include <ATen/ops/linear.h>
-#include <ATen/ops/matmul.h>
 #include <ATen/ops/scalar_tensor.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
@@ -289,14 +287,10 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x) const {
                     " but the weight is on ", weight_.device());
   if (format_ == Quantization::llm_int8) return llm_int8_matmul(x, weight_, scb_, bias_, threshold_);
 
-  if (format_ == Quantization::none) {
-    at::Tensor out = at::matmul(x, weight_.to(x.scalar_type()).t());
-    if (bias_) out.add_(bias_->to(out.scalar_type()));
-    return out;
-  }
   // The gemm ops pick their path per device and row count (fused kernels for few rows, dequantize + BLAS
   // for many): src/ops/cpu/quant_gemm.cpp, src/ops/cuda/gemm_*.cu.
   const std::optional<at::Tensor> bias = bias_ ? std::optional<at::Tensor>(bias_->to(x.scalar_type())) : std::nullopt;
+  if (format_ == Quantization::none) return ops::gemm_dense(x, weight_.to(x.scalar_type()), bias);
   if (format_ == Quantization::int8) return ops::gemm_int8_weight_only(x, weight_, scb_, bias);
   return ops::gemm_4bit(x, weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type), state_.shape,
                         bias);

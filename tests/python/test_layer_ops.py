@@ -1,6 +1,7 @@
-"""The fused layer ops (torch.ops.imagetotext.rms_norm, rotary, silu_mul, decode_attention) against the modules
-they replace: transformers' LlamaRMSNorm and apply_rotary_pos_emb, F.silu, and F.scaled_dot_product_attention
-over the filled part of the cache with the key/value heads repeated (transformers' repeat_kv). On the CPU the
+"""The fused layer ops (torch.ops.imagetotext.rms_norm, add_rms_norm, rotary, rotary_cache_write, silu_mul,
+decode_attention) against the modules they replace: transformers' LlamaRMSNorm (after the residual add) and
+apply_rotary_pos_emb (before the cache's index_copy_), F.silu, and F.scaled_dot_product_attention over the
+filled part of the cache with the key/value heads repeated (transformers' repeat_kv). On the CPU the
 ops are the ATen compositions the layers used (bit-identical); on CUDA one kernel each, within float32
 summation-order rounding (fp32) or one bf16 step of the largest value (bf16)."""
 
@@ -47,6 +48,72 @@ def test_rms_norm_matches_llama(device, dtype, shape):
     with torch.no_grad():
         expected = module(x)
     close(ops.rms_norm(x, module.weight.detach(), 1e-5), expected, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 960), (3, 64), (2, 2560), (1, 3000)])
+def test_add_rms_norm_is_the_residual_add_then_llama_norm(device, dtype, shape):
+    """(1, 3000): longer than the 8 values per thread the CUDA kernel keeps, so the row is read twice."""
+    needs(device)
+    torch.manual_seed(6)
+    module = LlamaRMSNorm(shape[-1], eps=1e-6)
+    with torch.no_grad():
+        module.weight.normal_()
+    module = module.to(device, dtype)
+    residual, delta = (torch.randn(shape) * 3).to(device, dtype), torch.randn(shape).to(device, dtype)
+    total, normed = ops.add_rms_norm(residual, delta, module.weight.detach(), 1e-6)
+    assert torch.equal(total, residual + delta)  # one rounding of the float sum, on either device
+    with torch.no_grad():
+        expected = module(residual + delta)
+    close(normed, expected, dtype, device)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim, per_sequence", [(1, 9, 3, 64, False), (3, 4, 2, 16, True),
+                                                                       (2, 2, 2, 6, False)])
+def test_rotary_cache_write_is_rotary_then_index_copy(device, dtype, batch, heads, kv_heads, dim, per_sequence):
+    """As the decoder calls it: q, k, v views of one stacked projection [batch, 1, (heads + 2 kv_heads) dim], cos
+    and sin for the step's position (one row) or for each row of a left-padded batch (a row each)."""
+    needs(device)
+    torch.manual_seed(7)
+    capacity, position = 12, 5
+    stacked = torch.randn(batch, 1, (heads + 2 * kv_heads) * dim).to(device, dtype)
+    q, k, v = (t.view(batch, 1, -1, dim).transpose(1, 2) for t in stacked.split([heads * dim, kv_heads * dim,
+                                                                                kv_heads * dim], -1))
+    angles = torch.rand(batch if per_sequence else 1, dim // 2) * 50
+    angles = torch.cat([angles, angles], -1)
+    cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+    keys, values = (torch.randn(batch, kv_heads, capacity, dim).to(device, dtype) for _ in range(2))
+    before_keys, before_values = keys.clone(), values.clone()
+    query = ops.rotary_cache_write(q, k, v, cos, sin, keys, values, torch.tensor([position], device=device))
+    # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos[:, None], sin[:, None], unsqueeze_dim=1)
+    close(query, expected_q, dtype, device)
+    close(keys[:, :, position:position + 1], expected_k, dtype, device)
+    assert torch.equal(values[:, :, position:position + 1], v)
+    others = [p for p in range(capacity) if p != position]
+    assert torch.equal(keys[:, :, others], before_keys[:, :, others])
+    assert torch.equal(values[:, :, others], before_values[:, :, others])
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_cache_write_past_the_capacity(device):
+    """The host keeps a step inside the cache: on the CPU a position past it throws, on CUDA (where the position
+    lives on the device) nothing is written and nothing outside the buffers is touched."""
+    needs(device)
+    q, k = torch.randn(1, 2, 1, 8, device=device), torch.randn(1, 1, 1, 8, device=device)
+    cos, sin = torch.ones(1, 8, device=device), torch.zeros(1, 8, device=device)
+    keys, values = torch.zeros(1, 1, 4, 8, device=device), torch.zeros(1, 1, 4, 8, device=device)
+    position = torch.tensor([4], device=device)
+    if device == "cpu":
+        with pytest.raises(IndexError):
+            ops.rotary_cache_write(q, k, k, cos, sin, keys, values, position)
+        return
+    query = ops.rotary_cache_write(q, k, k, cos, sin, keys, values, position)
+    torch.testing.assert_close(query, q)  # cos 1, sin 0: the identity
+    assert not keys.any() and not values.any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -181,3 +248,20 @@ def test_bad_arguments_name_the_problem():
         ops.decode_attention(torch.randn(1, 6, 2, 8), kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0)
     with pytest.raises(ValueError, match="first must be int64"):
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, torch.tensor([0, 0]))
+    with pytest.raises(ValueError, match="add_rms_norm: residual and delta must share"):
+        ops.add_rms_norm(x, torch.randn(2, 7), torch.ones(8), 1e-5)
+    with pytest.raises(ValueError, match="rms_norm: weight must be"):
+        ops.add_rms_norm(x, x, torch.ones(7), 1e-5)
+    k1, cache, cs, at = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 8), torch.tensor([3])
+    with pytest.raises(ValueError, match="rotary_cache_write: query must be"):
+        ops.rotary_cache_write(torch.randn(1, 6, 2, 8), k1, k1, cs, cs, cache, cache.clone(), at)
+    with pytest.raises(ValueError, match="key and value must be"):
+        ops.rotary_cache_write(q, kv[:, :1, :1], k1, cs, cs, cache, cache.clone(), at)
+    with pytest.raises(ValueError, match="cos and sin must be"):
+        ops.rotary_cache_write(q, k1, k1, torch.randn(2, 8), cs, cache, cache.clone(), at)
+    with pytest.raises(ValueError, match="must be contiguous"):
+        ops.rotary_cache_write(q, k1, k1, cs, cs, cache.transpose(1, 2).contiguous().transpose(1, 2), cache, at)
+    with pytest.raises(ValueError, match="match the query's dtype"):
+        ops.rotary_cache_write(q, k1, k1, cs.double(), cs, cache, cache.clone(), at)
+    with pytest.raises(ValueError, match="rotary_cache_write: position must be one int64"):
+        ops.rotary_cache_write(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]))

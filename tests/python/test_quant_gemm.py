@@ -1,5 +1,6 @@
-"""gemm_4bit and gemm_int8_weight_only against the float formula, and the CUDA quantization kernels
-against the CPU ones (which tests/python/test_quant.py holds bit-exact with bitsandbytes).
+"""gemm_4bit, gemm_int8_weight_only and gemm_dense (the dense layers' matmul) against the float formula, and the
+CUDA quantization kernels against the CPU ones (which tests/python/test_quant.py holds bit-exact with
+bitsandbytes).
 
 Error bound of a gemm output (reference: the weight dequantized to float32 by the existing ops, then a
 float64 matmul, so the reference itself adds no error). With u the unit roundoff of A's dtype (2^-8 bf16,
@@ -92,6 +93,18 @@ def test_gemm_int8_cpu_within_bound(M, N, K, dtype):
     assert_within_bound(quant.gemm_int8_weight_only(A, CB, SCB, bias), A, weight, bias)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("M,N,K", CPU_CASES)
+def test_gemm_dense_cpu_is_matmul_then_bias(M, N, K, dtype):
+    """On the CPU the dense layers keep the composition the models' oracle tests hold to transformers."""
+    weight = random_tensor((N, K), dtype, seed=N + K, scale=0.05)
+    A = random_tensor((2, M, K), dtype, seed=M + K)
+    bias = random_tensor((N,), dtype, seed=7)
+    assert torch.equal(ops.gemm_dense(A, weight, None), torch.matmul(A, weight.t()))
+    assert torch.equal(ops.gemm_dense(A, weight, bias), torch.matmul(A, weight.t()) + bias)
+    assert_within_bound(ops.gemm_dense(A, weight, bias), A, weight.float(), bias)
+
+
 def test_gemm_takes_leading_dimensions_and_non_contiguous_activations():
     packed, state, weight = quantized_4bit(24, 64)
     A = random_tensor((64, 2, 3), torch.bfloat16, seed=3).permute(1, 2, 0)  # [2, 3, 64], non-contiguous
@@ -139,6 +152,11 @@ A64 = torch.randn(2, 64)
         (lambda: quant.gemm_int8_weight_only(A64[:, :32], CB8, SCB8), "A must be \\[..., K\\] with K = 64"),
         (lambda: quant.gemm_int8_weight_only(A64, CB8.reshape(-1), SCB8), "CB must be 2-D"),
         (lambda: quant.gemm_int8_weight_only(A64, CB8, SCB8, torch.randn(8, 1)), "bias must be 1-D"),
+        (lambda: ops.gemm_dense(A64, torch.randn(8, 64).half(), None), "weight must be Float"),
+        (lambda: ops.gemm_dense(A64, torch.randn(8, 32), None), "A must be \\[..., K\\] with K = 32"),
+        (lambda: ops.gemm_dense(A64, torch.randn(512), None), "weight must be 2-D"),
+        (lambda: ops.gemm_dense(A64, torch.randn(8, 64), torch.randn(9)), "bias must be 1-D \\[8\\]"),
+        (lambda: ops.gemm_dense(A64.long(), torch.randn(8, 64).long(), None), "A must be float32, float16 or bfloat16"),
     ],
 )
 def test_gemm_bad_arguments_raise_value_error(call, message):
@@ -159,6 +177,10 @@ def test_gemm_meta_shapes_and_device_mix():
         ops.gemm_4bit(A64.to(META), PACKED, STATE.absmax, 64, "nf4", [8, 64], None)
     with pytest.raises(ValueError, match="CB must be on the device of A"):
         ops.gemm_int8_weight_only(A64.to(META), CB8, SCB8.to(META), None)
+    out = ops.gemm_dense(torch.empty(3, 64, device=META), torch.empty(8, 64, device=META), None)
+    assert out.shape == (3, 8) and out.dtype == torch.float32
+    with pytest.raises(ValueError, match="weight must be on the device of A"):
+        ops.gemm_dense(A64.to(META), torch.empty(8, 64), None)
 
 
 # ---- GPU: the CUDA kernels ----------------------------------------------------------------------
@@ -258,6 +280,8 @@ def cuda_weights():
         if (kind, N, K) not in cache:
             if kind == "int8":
                 cache[kind, N, K] = quantized_int8(N, K, device="cuda")
+            elif kind == "dense":
+                cache[kind, N, K] = random_tensor((N, K), torch.float32, seed=N + K, scale=0.05, device="cuda")
             else:
                 cache[kind, N, K] = quantized_4bit(N, K, kind, device="cuda")
         return cache[kind, N, K]
@@ -269,11 +293,15 @@ def cuda_weights():
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("N,K", GPU_SHAPES)
 @pytest.mark.parametrize("M", GPU_MS)
-@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8"])
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "dense"])
 def test_cuda_gemm_within_bound(kind, M, N, K, dtype, cuda_weights):
     A = random_tensor((M, K), dtype, seed=M * 7 + K, device="cuda")
     bias = random_tensor((N,), dtype, seed=N, device="cuda") if M % 2 == 0 else None
-    if kind == "int8":
+    if kind == "dense":  # the dense weight in A's dtype: the GEMV for one row, cuBLAS above
+        weight = cuda_weights(kind, N, K).to(dtype)
+        out = ops.gemm_dense(A, weight, bias)
+        weight = weight.float()
+    elif kind == "int8":
         CB, SCB, weight = cuda_weights(kind, N, K)
         out = quant.gemm_int8_weight_only(A, CB, SCB, bias)
     else:
@@ -315,6 +343,11 @@ def test_cuda_gemm_unaligned_activation_takes_the_fallback():
     storage = random_tensor((2 * 128 + 1,), torch.bfloat16, seed=9, device="cuda")
     A = storage[1:].view(2, 128)  # 2-byte offset: not 16-byte aligned
     assert_within_bound(quant.gemm_4bit(A, packed, state), A, weight, None)
+    dense = weight.to(torch.bfloat16)
+    assert_within_bound(ops.gemm_dense(A, dense, None), A, dense.float(), None)
+    odd = random_tensor((40, 129), torch.bfloat16, seed=4, device="cuda")  # K not whole 16-byte chunks
+    A_odd = random_tensor((1, 129), torch.bfloat16, seed=5, device="cuda")
+    assert_within_bound(ops.gemm_dense(A_odd, odd, None), A_odd, odd.float(), None)
 
 
 @pytest.mark.gpu
@@ -328,5 +361,7 @@ def test_cuda_gemm_device_mix_raises_value_error():
         ops.gemm_4bit(A.cpu(), packed.cuda(), state.absmax.cuda(), 64, "nf4", [8, 64], None)
     with pytest.raises(ValueError, match="CB must be on the device of A"):
         quant.gemm_int8_weight_only(A, CB, SCB)
+    with pytest.raises(ValueError, match="weight must be on the device of A"):
+        ops.gemm_dense(A, torch.randn(8, 64), None)
     with pytest.raises(ValueError, match="bias must be on the device of A"):
         quant.gemm_int8_weight_only(A, CB.cuda(), SCB.cuda(), torch.randn(8))

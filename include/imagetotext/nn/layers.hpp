@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <utility>
 
 #include "imagetotext/nn/weights.hpp"
 
@@ -29,6 +30,8 @@ struct RMSNorm {
 
   static RMSNorm load(const Weights& weights, std::string_view name, std::int64_t size, double eps);
   at::Tensor operator()(const at::Tensor& x) const;
+  // A residual step and this norm after it: {residual + delta, norm(residual + delta)} (one kernel on CUDA).
+  std::pair<at::Tensor, at::Tensor> after_residual(const at::Tensor& residual, const at::Tensor& delta) const;
 };
 
 // torch.nn.Embedding: rows of a [num_embeddings, dim] table.

@@ -8,6 +8,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <tuple>
 
 #include "../layer_ops.hpp"
 
@@ -21,11 +22,36 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
   return weight * normed.to(x.scalar_type());
 }
 
-at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
-  detail::check_rotary(x, cos, sin);
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& residual, const at::Tensor& delta,
+                                                    const at::Tensor& weight, double eps) {
+  detail::check_add_rms_norm(residual, delta, weight);
+  at::Tensor sum = residual + delta;
+  at::Tensor normed = rms_norm_cpu(sum, weight, eps);
+  return {std::move(sum), std::move(normed)};
+}
+
+// x * cos + rotate_half(x) * sin; cos and sin broadcast against x.
+at::Tensor rotate(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
   const int64_t half = x.size(-1) / 2;
   const at::Tensor rotated = at::cat({-x.narrow(-1, half, half), x.narrow(-1, 0, half)}, -1);
   return x * cos + rotated * sin;
+}
+
+at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
+  detail::check_rotary(x, cos, sin);
+  return rotate(x, cos, sin);
+}
+
+at::Tensor rotary_cache_write_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                  const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                  const at::Tensor& values, const at::Tensor& position) {
+  detail::check_rotary_cache_write(query, key, value, cos, sin, keys, values, position);
+  // cos, sin [rows, dim] as [rows, 1, 1, dim]: one row for every sequence, or one each.
+  const at::Tensor cos4 = cos.view({cos.size(0), 1, 1, cos.size(1)}), sin4 = sin.view({sin.size(0), 1, 1, sin.size(1)});
+  const at::Tensor index = position.reshape({1});
+  keys.index_copy_(2, index, rotate(key, cos4, sin4));  // index_copy_ throws past the capacity
+  values.index_copy_(2, index, value);
+  return rotate(query, cos4, sin4);
 }
 
 at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
@@ -54,7 +80,9 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
 
 TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cpu);
+  m.impl("add_rms_norm", &imagetotext::ops::add_rms_norm_cpu);
   m.impl("rotary", &imagetotext::ops::rotary_cpu);
+  m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cpu);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cpu);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cpu);
 }

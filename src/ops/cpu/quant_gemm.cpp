@@ -1,5 +1,5 @@
-// CPU kernels of imagetotext::gemm_4bit and imagetotext::gemm_int8_weight_only (the CUDA ones are in
-// src/ops/cuda/gemm_4bit.cu and gemm_int8_weight_only.cu).
+// CPU kernels of imagetotext::gemm_4bit, gemm_int8_weight_only and gemm_dense (the CUDA ones are in
+// src/ops/cuda/gemm_4bit.cu, gemm_int8_weight_only.cu and gemm_dense.cu).
 //
 // Up to kFusedMaxRows rows of A (decoding, captions one token at a time): fused kernels that keep W
 // quantized. Each output row n of W is decoded block by block into registers and multiplied against every
@@ -16,6 +16,7 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -320,6 +321,14 @@ void rows_int8_scalar(const FusedInt8Args& p, int64_t n) {
   }
 }
 
+// The dense layers' CPU matmul: at::matmul, then the bias (what the models' CPU oracle tests are held to).
+at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  detail::check_gemm_dense(A, weight, bias);
+  at::Tensor out = at::matmul(A, weight.t());
+  if (bias) out.add_(*bias);
+  return out;
+}
+
 at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                      const std::optional<at::Tensor>& bias) {
   const detail::WeightShape shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
@@ -358,6 +367,7 @@ at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, 
 }  // namespace imagetotext::ops
 
 TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
+  m.impl("gemm_dense", &imagetotext::ops::gemm_dense_cpu);
   m.impl("gemm_4bit", &imagetotext::ops::gemm_4bit_cpu);
   m.impl("gemm_int8_weight_only", &imagetotext::ops::gemm_int8_weight_only_cpu);
 }

@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cfloat>
+#include <tuple>
 
 #include "../layer_ops.hpp"
 #include "blockwise.cuh"
@@ -36,37 +37,68 @@ __device__ __forceinline__ float cta_sum(float v) {
   return cuda::warp_sum(v);
 }
 
-// ---- rms_norm: one CTA per row --------------------------------------------------------------------------------
+// ---- rms_norm, add_rms_norm: one CTA per row --------------------------------------------------------------------
 // Rows of up to kRmsCached * blockDim.x values are read once (kept in registers); longer rows read twice.
+// With `delta`, the row is x + delta rounded to the dtype (ATen's add), written to `sum` before it is normed.
 constexpr int kRmsCached = 8;
 
 template <typename T>
-__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ weight, T* __restrict__ out,
-                                int64_t n, float eps) {
-  const T* row = x + blockIdx.x * n;
-  T* out_row = out + blockIdx.x * n;
-  float cached[kRmsCached];
+__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum,
+                                const T* __restrict__ weight, T* __restrict__ out, int64_t n, float eps) {
+  const int64_t offset = blockIdx.x * n;
+  auto long_row_value = [&](int64_t i) {  // past the cached part: the value read (and summed) again
+    const float v = static_cast<float>(x[offset + i]);
+    return delta == nullptr ? v : rounded<T>(v + static_cast<float>(delta[offset + i]));
+  };
+  // Every load of the cached part is issued before the first store (a store between them would keep the
+  // compiler from overlapping their latencies).
+  float cached[kRmsCached], added[kRmsCached];
+#pragma unroll
+  for (int c = 0; c < kRmsCached; ++c) {
+    const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
+    cached[c] = i < n ? static_cast<float>(x[offset + i]) : 0.0f;
+    added[c] = i < n && delta != nullptr ? static_cast<float>(delta[offset + i]) : 0.0f;
+  }
   float squares = 0.0f;
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
-    cached[c] = i < n ? static_cast<float>(row[i]) : 0.0f;
+    if (delta != nullptr) {
+      cached[c] = rounded<T>(cached[c] + added[c]);
+      if (i < n) sum[offset + i] = static_cast<T>(cached[c]);
+    }
     squares += cached[c] * cached[c];
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    const float v = static_cast<float>(row[i]);
+    const float v = long_row_value(i);
+    if (delta != nullptr) sum[offset + i] = static_cast<T>(v);
     squares += v * v;
   }
   const float inverse = rsqrtf(cta_sum(squares) / static_cast<float>(n) + eps);
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
-    if (i < n) out_row[i] = static_cast<T>(static_cast<float>(weight[i]) * rounded<T>(cached[c] * inverse));
+    if (i < n) out[offset + i] = static_cast<T>(static_cast<float>(weight[i]) * rounded<T>(cached[c] * inverse));
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    const float normed = rounded<T>(static_cast<float>(row[i]) * inverse);
-    out_row[i] = static_cast<T>(static_cast<float>(weight[i]) * normed);
+    const float normed = rounded<T>(long_row_value(i) * inverse);
+    out[offset + i] = static_cast<T>(static_cast<float>(weight[i]) * normed);
   }
+}
+
+// out = rms_norm(x (+ delta)), and sum = x + delta when delta is given.
+void launch_rms_norm(const at::Tensor& x, const at::Tensor* delta, at::Tensor* sum, const at::Tensor& weight,
+                     at::Tensor& out, double eps) {
+  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
+  if (rows == 0) return;
+  const int threads = n >= 1024 ? 256 : 128;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_cuda", [&] {
+    rms_norm_kernel<scalar_t><<<rows, threads, 0, current_stream()>>>(
+        x.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
+        sum ? sum->data_ptr<scalar_t>() : nullptr, weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n,
+        static_cast<float>(eps));
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
@@ -74,15 +106,18 @@ at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, do
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   at::Tensor out = at::empty_like(x);
-  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
-  if (rows == 0) return out;
-  const int threads = n >= 1024 ? 256 : 128;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_cuda", [&] {
-    rms_norm_kernel<scalar_t><<<rows, threads, 0, current_stream()>>>(
-        x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n, static_cast<float>(eps));
-  });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_rms_norm(x, nullptr, nullptr, weight, out, eps);
   return out;
+}
+
+std::tuple<at::Tensor, at::Tensor> add_rms_norm_cuda(const at::Tensor& residual_in, const at::Tensor& delta_in,
+                                                     const at::Tensor& weight_in, double eps) {
+  detail::check_add_rms_norm(residual_in, delta_in, weight_in);
+  const c10::cuda::CUDAGuard guard(residual_in.device());
+  const at::Tensor residual = residual_in.contiguous(), delta = delta_in.contiguous(), weight = weight_in.contiguous();
+  at::Tensor sum = at::empty_like(residual), out = at::empty_like(residual);
+  launch_rms_norm(residual, &delta, &sum, weight, out, eps);
+  return {std::move(sum), std::move(out)};
 }
 
 // ---- rotary: one thread per output element of a contiguous [batch, heads, length, dim] ------------------------
@@ -90,6 +125,26 @@ struct Strides4 {
   int64_t size[4];
   int64_t stride[4];
 };
+
+Strides4 strides_of(const at::Tensor& x) {
+  Strides4 xs{};
+  for (int i = 0; i < 4; ++i) {
+    xs.size[i] = x.size(i);
+    xs.stride[i] = x.stride(i);
+  }
+  return xs;
+}
+
+// Element d of the rotation of the head that starts at `base` (elements `stride` apart), rounded as ATen's
+// x * cos + rotate_half(x) * sin rounds: each product, then the sum.
+template <typename T>
+__device__ __forceinline__ float rotated_element(const T* __restrict__ base, int64_t stride, int64_t d, int64_t half,
+                                                 float c, float s) {
+  const float value = static_cast<float>(base[d * stride]);
+  const float partner = d < half ? -static_cast<float>(base[(d + half) * stride])
+                                 : static_cast<float>(base[(d - half) * stride]);
+  return rounded<T>(rounded<T>(value * c) + rounded<T>(partner * s));
+}
 
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, Strides4 xs, const T* __restrict__ cos_table,
@@ -99,11 +154,8 @@ __global__ void rotary_kernel(const T* __restrict__ x, Strides4 xs, const T* __r
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t d = i % dim, t = (i / dim) % length, h = (i / (dim * length)) % heads, b = i / (dim * length * heads);
     const T* base = x + b * xs.stride[0] + h * xs.stride[1] + t * xs.stride[2];
-    const float value = static_cast<float>(base[d * xs.stride[3]]);
-    const float partner = d < half ? -static_cast<float>(base[(d + half) * xs.stride[3]])
-                                   : static_cast<float>(base[(d - half) * xs.stride[3]]);
     const float c = static_cast<float>(cos_table[t * table_row + d]), s = static_cast<float>(sin_table[t * table_row + d]);
-    out[i] = static_cast<T>(rounded<T>(value * c) + rounded<T>(partner * s));
+    out[i] = static_cast<T>(rotated_element(base, xs.stride[3], d, half, c, s));
   }
 }
 
@@ -114,15 +166,66 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos_in, const at::
   at::Tensor out = at::empty(x.sizes(), x.options());
   const int64_t total = x.numel();
   if (total == 0) return out;
-  Strides4 xs{};
-  for (int i = 0; i < 4; ++i) {
-    xs.size[i] = x.size(i);
-    xs.stride[i] = x.stride(i);
-  }
+  const Strides4 xs = strides_of(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotary_cuda", [&] {
     rotary_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
         x.data_ptr<scalar_t>(), xs, cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(), cos.size(1),
         out.data_ptr<scalar_t>(), total);
+  });
+  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  return out;
+}
+
+// ---- rotary_cache_write: one thread per element of the new token's query, key and value ---------------------
+template <typename T>
+__global__ void rotary_cache_write_kernel(const T* __restrict__ query, Strides4 qs, const T* __restrict__ key,
+                                          Strides4 ks, const T* __restrict__ value, Strides4 vs,
+                                          const T* __restrict__ cos_table, const T* __restrict__ sin_table,
+                                          bool table_per_sequence, T* __restrict__ keys, T* __restrict__ values,
+                                          int64_t capacity, const int64_t* __restrict__ position,
+                                          T* __restrict__ query_out) {
+  const int64_t batch = qs.size[0], heads = qs.size[1], kv_heads = ks.size[1], dim = qs.size[3], half = dim / 2;
+  const int64_t per_sequence = (heads + 2 * kv_heads) * dim, total = batch * per_sequence;
+  const int64_t p = *position;
+  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t b = i / per_sequence, d = i % dim;
+    int64_t h = (i % per_sequence) / dim;  // query heads, then key heads, then value heads
+    const int64_t table = (table_per_sequence ? b * dim : 0) + d;
+    const float c = static_cast<float>(cos_table[table]), s = static_cast<float>(sin_table[table]);
+    if (h < heads) {
+      const T* base = query + b * qs.stride[0] + h * qs.stride[1];
+      query_out[(b * heads + h) * dim + d] = static_cast<T>(rotated_element(base, qs.stride[3], d, half, c, s));
+      continue;
+    }
+    if (p < 0 || p >= capacity) continue;
+    h -= heads;
+    if (h < kv_heads) {
+      const T* base = key + b * ks.stride[0] + h * ks.stride[1];
+      keys[((b * kv_heads + h) * capacity + p) * dim + d] =
+          static_cast<T>(rotated_element(base, ks.stride[3], d, half, c, s));
+    } else {
+      h -= kv_heads;
+      values[((b * kv_heads + h) * capacity + p) * dim + d] = value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
+    }
+  }
+}
+
+at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& cos_in, const at::Tensor& sin_in, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& position) {
+  detail::check_rotary_cache_write(query, key, value, cos_in, sin_in, keys, values, position);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  at::Tensor out = at::empty(query.sizes(), query.options());
+  const int64_t total = query.size(0) * (query.size(1) + 2 * key.size(1)) * query.size(3);
+  if (total == 0) return out;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_cache_write_cuda", [&] {
+    rotary_cache_write_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
+        query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(), strides_of(key),
+        value.data_ptr<scalar_t>(), strides_of(value), cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(),
+        cos.size(0) != 1, keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), keys.size(2),
+        position.data_ptr<int64_t>(), out.data_ptr<scalar_t>());
   });
   C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
@@ -390,7 +493,9 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
 
 TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cuda);
+  m.impl("add_rms_norm", &imagetotext::ops::add_rms_norm_cuda);
   m.impl("rotary", &imagetotext::ops::rotary_cuda);
+  m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cuda);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cuda);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cuda);
 }

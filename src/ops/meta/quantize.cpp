@@ -54,6 +54,11 @@ at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB,
   return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
 }
 
+at::Tensor gemm_dense_meta(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  const auto shape = detail::check_gemm_dense(A, weight, bias);
+  return at::empty(detail::gemm_output_shape(A, shape.out_features), A.options());
+}
+
 at::Tensor int8_scaled_mm_meta(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA,
                                const at::Tensor& SCB, const std::optional<at::Tensor>& bias) {
   detail::check_int8_scaled_mm(CA, CB, SCA, SCB, bias);
@@ -71,5 +76,6 @@ TORCH_LIBRARY_IMPL(imagetotext, Meta, m) {
   m.impl("int8_vectorwise_dequant", &imagetotext::ops::int8_vectorwise_dequant_meta);
   m.impl("gemm_4bit", &imagetotext::ops::gemm_4bit_meta);
   m.impl("gemm_int8_weight_only", &imagetotext::ops::gemm_int8_weight_only_meta);
+  m.impl("gemm_dense", &imagetotext::ops::gemm_dense_meta);
   m.impl("int8_scaled_mm", &imagetotext::ops::int8_scaled_mm_meta);
 }

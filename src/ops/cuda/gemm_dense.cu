@@ -1,0 +1,66 @@
+// CUDA kernel of imagetotext::gemm_dense: for one row of A (a decode step of one sequence), the SIMT GEMV of the
+// quantized formats (gemv.cuh) with the weight read as it is stored; otherwise cuBLAS (at::linear, the bias
+// in its epilogue). At the decoders' shapes cuBLAS takes 3.6-6.5 us a call on the H100 at any M up to 16, the
+// GEMV 2.3-5.0 at M = 1; at M = 2 they tie and from M = 3 on the GEMV loses (its float32 FMAs grow with M):
+// benchmarks/results/quant_gemm_h100-2026-11-23-dense.md. The GEMV adds the bias in float32 before its one
+// rounding.
+#include <ATen/Dispatch.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <torch/library.h>
+
+#include "../quantize.hpp"
+#include "gemv.cuh"
+
+namespace imagetotext::ops {
+namespace {
+
+// Rows of A up to which the GEMV runs; above, cuBLAS.
+constexpr int64_t kMaxDenseGemvRows = 1;
+
+// A dense weight row in 16-byte chunks of the weight's own dtype (A's dtype), widened to float.
+template <typename scalar_t>
+struct DenseRowWeights {
+  static constexpr int kWeightsPerChunk = cuda::kPerChunk<scalar_t>;
+  const scalar_t* weight;
+
+  __device__ __forceinline__ void prepare() const {}
+  __device__ __forceinline__ const uint4* row(int64_t n, int64_t chunks) const {
+    return reinterpret_cast<const uint4*>(weight) + n * chunks;
+  }
+  __device__ __forceinline__ float chunk_scale(int64_t, int64_t, int64_t) const { return 1.0f; }
+  __device__ __forceinline__ void decode(uint4 raw, float* w) const {
+    const scalar_t* values = reinterpret_cast<const scalar_t*>(&raw);
+#pragma unroll
+    for (int i = 0; i < kWeightsPerChunk; ++i) w[i] = static_cast<float>(values[i]);
+  }
+  __device__ __forceinline__ float row_scale(int64_t) const { return 1.0f; }
+};
+
+at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias) {
+  const detail::WeightShape shape = detail::check_gemm_dense(A, weight_in, bias);
+  const c10::cuda::CUDAGuard guard(A.device());
+  const at::Tensor input = A.contiguous(), weight = weight_in.contiguous();
+  const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
+  const int weights_per_chunk = 16 / static_cast<int>(input.element_size());
+  if (rows > kMaxDenseGemvRows ||
+      !cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), input.data_ptr())) {
+    return at::linear(input, weight, bias);
+  }
+  at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+  if (rows == 0 || N == 0) return out;
+  const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gemm_dense_cuda", [&] {
+    static_assert(kMaxDenseGemvRows == 1, "launch the row tiles of launch_gemv for more rows");
+    cuda::launch_gemv_tile<DenseRowWeights<scalar_t>, scalar_t, 1>(
+        input, rows, DenseRowWeights<scalar_t>{weight.data_ptr<scalar_t>()}, N, K,
+        bias ? bias_values.data_ptr<scalar_t>() : nullptr, out);
+  });
+  return out;
+}
+
+}  // namespace
+}  // namespace imagetotext::ops
+
+TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) { m.impl("gemm_dense", &imagetotext::ops::gemm_dense_cuda); }
