@@ -7,7 +7,9 @@ weight memory and peak memory. Usage (GPU machine): python benchmarks/bench_flor
 
 --batch N: batch captioning throughput instead, in images per second: N different 768x768 images in one batched
 generate (ours: encode + generate_batch; transformers: generate on [N, ...] inputs), next to the same N images
-captioned one by one (ours), same settings (3 beams, 64 new tokens, no EOS). --tiny: a tiny random Florence-2
+captioned one by one (ours), same settings (3 beams, 64 new tokens, no EOS). --profile FILE: also one caption of
+ours (bf16, each size, CUDA graph decoding) under the PyTorch profiler, the kernels' GPU time written to FILE.
+--tiny: a tiny random Florence-2
 (64 wide, 16 new tokens) on the CPU when there is no GPU, to check that the script runs:
     python benchmarks/bench_florence2.py --tiny --batch 4
 """
@@ -64,7 +66,20 @@ def measure(name, load, first, full):
     del model
 
 
-def main(sizes):
+def profile_caption(model, generate, size, out: Path):
+    """One caption of `model` under the PyTorch profiler; the top kernels by GPU time appended to `out`."""
+    from torch.profiler import ProfilerActivity, profile as torch_profile
+    generate(model, TOKENS)  # warm-up: records the CUDA graph
+    synchronize()
+    with torch_profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        generate(model, TOKENS)
+        synchronize()
+    table = prof.key_averages().table(sort_by="device_time_total", row_limit=30)
+    with out.open("a") as f:
+        f.write(f"\n## imagetotext {size} bf16, one {TOKENS}-token caption ({BEAMS} beams)\n\n{table}\n")
+
+
+def main(sizes, profile_out=None):
     pixel_values = torch.randn(1, 3, 768, 768, generator=torch.Generator().manual_seed(1)).cuda()
     print(f"GPU: {torch.cuda.get_device_name()}; {BEAMS} beams, {TOKENS} new tokens, no EOS")
     print("| model | first token ms | ms/token | 64-token caption ms | weights MiB | peak MiB |")
@@ -100,6 +115,9 @@ def main(sizes):
                 measure(f"imagetotext {size} {label}",
                         lambda: _C.Florence2Model.load(directory, device="cuda", dtype="bfloat16", **kwargs),
                         lambda m: ours_generate(m, 1), lambda m: ours_generate(m, TOKENS))
+                if profile_out is not None and label == "bf16":
+                    profile_caption(_C.Florence2Model.load(directory, device="cuda", dtype="bfloat16"), ours_generate,
+                                    size, profile_out)
 
 
 def batch_throughput(sizes, batch, use_tiny):
@@ -158,8 +176,11 @@ if __name__ == "__main__":
     parser.add_argument("sizes", nargs="*", default=["base", "large"], help="base, large")
     parser.add_argument("--batch", type=int, default=0, help="images per batched generate (throughput mode)")
     parser.add_argument("--tiny", action="store_true", help="a tiny random model (runs on the CPU)")
+    parser.add_argument("--profile", type=Path, help="write a profile of one caption per size (ours, bf16) here")
     args = parser.parse_args()
     if args.batch > 0 or args.tiny:
         batch_throughput(args.sizes, max(args.batch, 1), args.tiny)
     else:
-        main(args.sizes)
+        if args.profile is not None:
+            args.profile.write_text(f"# Florence-2 captions profiled: python {' '.join(sys.argv)}\n")
+        main(args.sizes, args.profile)

@@ -6,7 +6,7 @@
 #   - GPU_CHECK_PYTEST_ARGS adds pytest arguments (say, -k to run a subset, or test files),
 #   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
 #   - GPU_CHECK_BENCH=1 runs the benchmarks into $OUT: bench_quant_gemm.py (GPU_CHECK_BENCH_ARGS adds its
-#     arguments), bench_florence2.py and bench_smolvlm.py (with its profile), and the batch figures (images per
+#     arguments), bench_florence2.py and bench_smolvlm.py (each with its profile), and the batch figures (images per
 #     second: "batch"); or name some: "smolvlm florence2 batch",
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
@@ -84,7 +84,8 @@ for name in $([ "$bench" = 0 ] || echo "$bench"); do
         || status=1 ;;
     florence2)
       echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
-      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py | tee "$out/florence2_h100.md" || status=1 ;;
+      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py --profile "$out/florence2_profile_h100.txt" \
+        | tee "$out/florence2_h100.md" || status=1 ;;
     smolvlm)
       echo "== benchmark: SmolVLM 256M/500M, ours next to transformers bf16, and a profile (benchmarks/bench_smolvlm.py)"
       PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --out "$out/smolvlm_h100.md" \

@@ -2,6 +2,7 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/linear.h>
+#include <ATen/ops/matmul.h>
 #include <c10/util/Exception.h>
 
 #include "imagetotext/quant/quantize.hpp"
@@ -172,6 +173,12 @@ WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, cons
   check_same_device(op, "weight", weight, "A", A);
   check_gemm_activation(op, A, weight.size(0), weight.size(1), bias);
   return {weight.size(0), weight.size(1)};
+}
+
+at::Tensor matmul_then_bias(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
+  at::Tensor out = at::matmul(A, weight.t());
+  if (bias) out.add_(*bias);
+  return out;
 }
 
 at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax,

@@ -62,6 +62,10 @@ at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& pa
 // gemm_dense: A [..., K] and weight [N, K] of one float dtype, bias none or [N] of that dtype, one device.
 WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
+// gemm_dense's composition, on the CPU and for more rows than the CUDA GEMV takes: at::matmul, then the bias
+// added (so CPU results, which the models' oracle tests hold to transformers, are what they were).
+at::Tensor matmul_then_bias(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
 // The output shape of a gemm: A's shape with the last size replaced by N.
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features);
 

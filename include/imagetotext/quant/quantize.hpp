@@ -50,9 +50,9 @@ at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Te
 // A [..., K] times the transposed INT8 weight W = CB * SCB[row] / 127 ([N, K]), plus bias: [..., N] in A's dtype.
 at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                  const std::optional<at::Tensor>& bias = std::nullopt);
-// A [..., K] times the transposed dense weight [N, K] (A's dtype), plus bias: the dense layers' matmul. CUDA: the
-// GEMV of the formats above for one row, cuBLAS for more; CPU: at::matmul, then the bias added (the
-// composition the models' CPU oracle tests hold to transformers).
+// A [..., K] times the transposed dense weight [N, K] (A's dtype), plus bias: the dense layers' matmul. CUDA, one
+// row: the GEMV of the formats above; otherwise at::matmul, then the bias added (the composition the models'
+// CPU oracle tests hold to transformers).
 at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt);
 
 }  // namespace imagetotext::ops

@@ -16,7 +16,6 @@
 #include <ATen/Parallel.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
-#include <ATen/ops/matmul.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -321,12 +320,9 @@ void rows_int8_scalar(const FusedInt8Args& p, int64_t n) {
   }
 }
 
-// The dense layers' CPU matmul: at::matmul, then the bias (what the models' CPU oracle tests are held to).
 at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
   detail::check_gemm_dense(A, weight, bias);
-  at::Tensor out = at::matmul(A, weight.t());
-  if (bias) out.add_(*bias);
-  return out;
+  return detail::matmul_then_bias(A, weight, bias);
 }
 
 at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,

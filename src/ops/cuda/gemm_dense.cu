@@ -1,12 +1,12 @@
 // CUDA kernel of imagetotext::gemm_dense: for one row of A (a decode step of one sequence), the SIMT GEMV of the
-// quantized formats (gemv.cuh) with the weight read as it is stored; otherwise cuBLAS (at::linear, the bias
-// in its epilogue). At the decoders' shapes cuBLAS takes 3.6-6.5 us a call on the H100 at any M up to 16, the
-// GEMV 2.3-5.0 at M = 1; at M = 2 they tie and from M = 3 on the GEMV loses (its float32 FMAs grow with M):
-// benchmarks/results/quant_gemm_h100-2026-11-23-dense.md. The GEMV adds the bias in float32 before its one
-// rounding.
+// quantized formats (gemv.cuh) with the weight read as it is stored, the bias added in float32 before its one
+// rounding; otherwise the CPU's composition (cuBLAS, then the bias). At the decoders' shapes cuBLAS takes
+// 3.6-6.5 us a call on the H100 at any M up to 16, the GEMV 2.3-5.0 at M = 1; at M = 2 they tie and from M = 3
+// on the GEMV loses (its float32 FMAs grow with M): benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
+// (cuBLAS with the bias in its epilogue, at::linear, made no measurable difference to Florence-2's 3-beam
+// decode step, 0.99 ms a token either way, and changed its bf16 rounding.)
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/linear.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -46,7 +46,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const int weights_per_chunk = 16 / static_cast<int>(input.element_size());
   if (rows > kMaxDenseGemvRows ||
       !cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), input.data_ptr())) {
-    return at::linear(input, weight, bias);
+    return detail::matmul_then_bias(input, weight, bias);
   }
   at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
   if (rows == 0 || N == 0) return out;
