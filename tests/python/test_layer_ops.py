@@ -34,16 +34,21 @@ def close(ours, expected, dtype, device):
     assert (ours.float() - expected.float()).abs().max().item() <= bound * scale
 
 
+def llama_norm(size, eps, device, dtype):
+    """transformers' LlamaRMSNorm with a random weight (seeded by the caller)."""
+    module = LlamaRMSNorm(size, eps=eps)
+    with torch.no_grad():
+        module.weight.normal_()
+    return module.to(device, dtype)
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("shape", [(1, 1, 576), (2, 7, 960), (3, 64), (1, 5, 33), (2, 2560), (1, 3000)])
 def test_rms_norm_matches_llama(device, dtype, shape):
     needs(device)
     torch.manual_seed(0)
-    module = LlamaRMSNorm(shape[-1], eps=1e-5)
-    with torch.no_grad():
-        module.weight.normal_()
-    module = module.to(device, dtype)
+    module = llama_norm(shape[-1], 1e-5, device, dtype)
     x = (torch.randn(shape) * 3).to(device, dtype)
     with torch.no_grad():
         expected = module(x)
@@ -57,10 +62,7 @@ def test_add_rms_norm_is_the_residual_add_then_llama_norm(device, dtype, shape):
     """(1, 3000): longer than the 8 values per thread the CUDA kernel keeps, so the row is read twice."""
     needs(device)
     torch.manual_seed(6)
-    module = LlamaRMSNorm(shape[-1], eps=1e-6)
-    with torch.no_grad():
-        module.weight.normal_()
-    module = module.to(device, dtype)
+    module = llama_norm(shape[-1], 1e-6, device, dtype)
     residual, delta = (torch.randn(shape) * 3).to(device, dtype), torch.randn(shape).to(device, dtype)
     total, normed = ops.add_rms_norm(residual, delta, module.weight.detach(), 1e-6)
     assert torch.equal(total, residual + delta)  # one rounding of the float sum, on either device

@@ -53,7 +53,8 @@ at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, cons
 // A [..., K] times the transposed dense weight [N, K] (A's dtype), plus bias: the dense layers' matmul. CUDA, one
 // row: the GEMV of the formats above; otherwise at::matmul, then the bias added (the composition the models'
 // CPU oracle tests hold to transformers).
-at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias = std::nullopt);
+at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight,
+                      const std::optional<at::Tensor>& bias = std::nullopt);
 
 }  // namespace imagetotext::ops
 

@@ -206,7 +206,8 @@ __global__ void rotary_cache_write_kernel(const T* __restrict__ query, Strides4 
           static_cast<T>(rotated_element(base, ks.stride[3], d, half, c, s));
     } else {
       h -= kv_heads;
-      values[((b * kv_heads + h) * capacity + p) * dim + d] = value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
+      values[((b * kv_heads + h) * capacity + p) * dim + d] =
+          value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
     }
   }
 }
@@ -221,7 +222,8 @@ at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& ke
   const int64_t total = query.size(0) * (query.size(1) + 2 * key.size(1)) * query.size(3);
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_cache_write_cuda", [&] {
-    rotary_cache_write_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
+    const int64_t ctas = cuda::cta_count(total, cuda::kThreads);
+    rotary_cache_write_kernel<scalar_t><<<ctas, cuda::kThreads, 0, current_stream()>>>(
         query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(), strides_of(key),
         value.data_ptr<scalar_t>(), strides_of(value), cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(),
         cos.size(0) != 1, keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), keys.size(2),
