@@ -7,7 +7,8 @@
 #   - GPU_CHECK_CTEST=0 skips the C++ tests (and their build), to save device time on kernel-only runs,
 #   - GPU_CHECK_BENCH=1 runs the benchmarks into $OUT: bench_quant_gemm.py (GPU_CHECK_BENCH_ARGS adds its
 #     arguments), bench_florence2.py and bench_smolvlm.py (each with its profile), and the batch figures (images per
-#     second: "batch"); or name some: "smolvlm florence2 batch",
+#     second: "batch"); or name some: "smolvlm florence2 batch"; a name with "-plain" ("smolvlm-plain") runs that
+#     benchmark with IMAGETOTEXT_OVERLAP_LAUNCHES=0 (plain launches, src/ops/cuda/launch.cuh) for comparison,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -76,26 +77,29 @@ echo "== pytest (gpu-marked tests included)"
 bench=${GPU_CHECK_BENCH:-0}
 [ "$bench" = 1 ] && bench="quant florence2 smolvlm batch"
 site="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
-for name in $([ "$bench" = 0 ] || echo "$bench"); do
+for item in $([ "$bench" = 0 ] || echo "$bench"); do
+  # NAME-plain: the same benchmark with plain (not overlapped) kernel launches, results in *_plain_h100*.
+  name=${item%-plain} plain=""
+  if [ "$name" != "$item" ]; then plain=_plain; export IMAGETOTEXT_OVERLAP_LAUNCHES=0; else unset IMAGETOTEXT_OVERLAP_LAUNCHES; fi
   case $name in
     quant)
       echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
-      PYTHONPATH="$site" python3 benchmarks/bench_quant_gemm.py --out "$out/quant_gemm_h100.md" ${GPU_CHECK_BENCH_ARGS:-} \
+      PYTHONPATH="$site" python3 benchmarks/bench_quant_gemm.py --out "$out/quant_gemm${plain}_h100.md" ${GPU_CHECK_BENCH_ARGS:-} \
         || status=1 ;;
     florence2)
       echo "== benchmark: Florence-2 base/large, ours next to transformers bf16 (benchmarks/bench_florence2.py)"
-      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py --profile "$out/florence2_profile_h100.txt" \
-        | tee "$out/florence2_h100.md" || status=1 ;;
+      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py --profile "$out/florence2${plain}_profile_h100.txt" \
+        | tee "$out/florence2${plain}_h100.md" || status=1 ;;
     smolvlm)
       echo "== benchmark: SmolVLM 256M/500M, ours next to transformers bf16, and a profile (benchmarks/bench_smolvlm.py)"
-      PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --out "$out/smolvlm_h100.md" \
-        --profile "$out/smolvlm_profile_h100.txt" || status=1 ;;
+      PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --out "$out/smolvlm${plain}_h100.md" \
+        --profile "$out/smolvlm${plain}_profile_h100.txt" || status=1 ;;
     batch)
       echo "== benchmark: batches of 8 meme-sized images, images per second (bench_florence2.py, bench_smolvlm.py --batch 8)"
-      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py base --batch 8 | tee "$out/florence2_batch_h100.md" \
+      PYTHONPATH="$site" python3 benchmarks/bench_florence2.py base --batch 8 | tee "$out/florence2${plain}_batch_h100.md" \
         || status=1
       PYTHONPATH="$site" python3 benchmarks/bench_smolvlm.py --models 256M --batch 8 --distinct \
-        --out "$out/smolvlm_batch_h100.md" || status=1 ;;
+        --out "$out/smolvlm${plain}_batch_h100.md" || status=1 ;;
     *) echo "unknown benchmark '$name'"; status=1 ;;
   esac
 done

@@ -724,6 +724,48 @@ def test_cuda_graph_decoding_matches_eager(tiny, dtype):
         agree_up_to_a_near_tie(graph, graph_logits, eager, eager_logits, (height, width, new))
 
 
+# One process's decodings of the tiny checkpoint: IMAGETOTEXT_OVERLAP_LAUNCHES is read once per process.
+DECODE_IN_A_PROCESS = """
+import sys, torch
+from imagetotext import _C
+path, inputs_file, out_file, steps = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+args = torch.load(inputs_file)
+results = {}
+for quantization in ["none", "nf4", "int8"]:
+    model = _C.SmolVLM(path, quantization=quantization, device="cuda", dtype="bfloat16")
+    for decoding in ["eager", "graph"]:
+        tokens, logits = model.generate(*args, max_new_tokens=steps, keep_logits=True, decoding=decoding)
+        results[quantization + " " + decoding] = (tokens, logits.cpu())
+torch.save(results, out_file)
+"""
+
+
+@pytest.mark.gpu
+def test_cuda_overlapped_launches_change_no_bit(tiny, tmp_path):
+    """Overlapped kernel launches (src/ops/cuda/launch.cuh: each kernel starts before the previous one ends and
+    waits for it before it reads an activation) give bit for bit the plain launches' tokens and logits, eager
+    and replayed from a CUDA graph, dense and quantized: a kernel that read an activation before its wait would
+    read a stale one."""
+    import os
+    import subprocess
+    import sys
+    path, model, processor = tiny
+    inputs = sample_inputs(processor)
+    torch.save((inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"]), tmp_path / "inputs.pt")
+    results = {}
+    for overlap in ["1", "0"]:
+        out = tmp_path / f"overlap{overlap}.pt"
+        env = dict(os.environ, IMAGETOTEXT_OVERLAP_LAUNCHES=overlap)
+        subprocess.run([sys.executable, "-c", DECODE_IN_A_PROCESS, str(path), str(tmp_path / "inputs.pt"), str(out),
+                        str(STEPS)], env=env, check=True, timeout=600)
+        results[overlap] = torch.load(out)
+    assert results["1"].keys() == results["0"].keys()
+    for key, (tokens, logits) in results["1"].items():
+        plain_tokens, plain_logits = results["0"][key]
+        assert tokens == plain_tokens, key
+        assert torch.equal(logits, plain_logits), key
+
+
 def agree_up_to_a_near_tie(tokens, logits, reference_tokens, reference_logits, label):
     """Two bf16 decodings that round differently: up to the first token they disagree on, the logits agree within
     5e-2 of their magnitude (bf16's 2^-8 per rounding, a few dozen roundings a step), and that token is a near

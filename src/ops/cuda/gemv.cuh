@@ -6,7 +6,8 @@
 // kGemvUnroll chunks in flight before the first is used; it decodes a chunk into float registers with the
 // format's decoder and multiplies it with every row of A (at most kRows, a compile-time tile, so the
 // weights are read once for all rows). A is small and stays in L1/L2. Accumulation is float32; one warp
-// reduction per row, one rounding to A's dtype at the end (bias added in float32 first).
+// reduction per row, one rounding to A's dtype at the end (bias added in float32 first). Launched overlapped
+// (launch.cuh): the first chunks are loaded before the wait for the previous kernel.
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -15,6 +16,7 @@
 #include <optional>
 
 #include "blockwise.cuh"
+#include "launch.cuh"
 
 namespace imagetotext::ops::cuda {
 
@@ -55,25 +57,32 @@ template <typename Weights, typename scalar_t, int kRows>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const scalar_t* __restrict__ A, int rows, Weights weights, int64_t N, int64_t K,
                 const scalar_t* __restrict__ bias, scalar_t* __restrict__ out) {
+  let_next_kernel_start();
   weights.prepare();
   constexpr int kWeights = Weights::kWeightsPerChunk;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t n = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / kWarpSize;
-  if (n >= N) return;
+  if (n >= N) return;  // reads and writes nothing (warp 0 of CTA 0 always waits, see launch.cuh)
   const int64_t chunks = K / kWeights;
   const uint4* row = weights.row(n, chunks);
-  float acc[kRows];
+  uint4 raw[kGemvUnroll];
+  float scale[kGemvUnroll];
+  auto load_chunks = [&](int64_t first) {  // all loads first: kGemvUnroll chunks in flight per lane
 #pragma unroll
-  for (int m = 0; m < kRows; ++m) acc[m] = 0.0f;
-  for (int64_t first = lane; first < chunks; first += kWarpSize * kGemvUnroll) {
-    uint4 raw[kGemvUnroll];
-    float scale[kGemvUnroll];
-#pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {  // all loads first: kGemvUnroll chunks in flight per lane
+    for (int u = 0; u < kGemvUnroll; ++u) {
       const int64_t c = first + u * kWarpSize;
       raw[u] = c < chunks ? __ldcs(row + c) : make_uint4(0, 0, 0, 0);  // streamed: each byte is read once
       scale[u] = c < chunks ? weights.chunk_scale(n, K, c) : 0.0f;
     }
+  };
+  // The first weights depend on no earlier kernel: they are on their way while the previous one finishes.
+  load_chunks(lane);
+  wait_for_previous_kernels();
+  float acc[kRows];
+#pragma unroll
+  for (int m = 0; m < kRows; ++m) acc[m] = 0.0f;
+  for (int64_t first = lane; first < chunks; first += kWarpSize * kGemvUnroll) {
+    if (first != lane) load_chunks(first);
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u) {
       const int64_t c = first + u * kWarpSize;
@@ -110,9 +119,8 @@ template <typename Weights, typename scalar_t, int kRows>
 void launch_gemv_tile(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
                       const scalar_t* bias, at::Tensor& out) {
   const int64_t ctas = (N + kGemvWarps - 1) / kGemvWarps;
-  gemv_kernel<Weights, scalar_t, kRows><<<ctas, kGemvThreads, 0, current_stream()>>>(
-      A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, out.data_ptr<scalar_t>());
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_overlapped(&gemv_kernel<Weights, scalar_t, kRows>, dim3(static_cast<unsigned>(ctas)), dim3(kGemvThreads), 0,
+                    A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, out.data_ptr<scalar_t>());
 }
 
 // out [rows, N] (A's dtype) = A [rows, K] (contiguous, rows <= kMaxGemvRows) times the weights, plus bias.

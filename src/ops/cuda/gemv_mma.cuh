@@ -35,6 +35,7 @@
 #include <optional>
 
 #include "blockwise.cuh"
+#include "launch.cuh"
 
 namespace imagetotext::ops::cuda {
 
@@ -134,7 +135,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   extern __shared__ uint4 shared_words[];
   char* smem = reinterpret_cast<char*>(shared_words);
   float* partial = reinterpret_cast<float*>(smem + Weights::kSharedBytes);  // [warp][m][n], kMTiles * 8 m
-  weights.prepare(smem, partial);
+  let_next_kernel_start();
+  weights.prepare(smem, partial);  // the tables depend on no earlier kernel: built while the previous one ends
+  wait_for_previous_kernels();
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int chunks = K / kK;
@@ -245,10 +248,9 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
   }
   const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
   const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  kernel<<<ctas, kMmaThreads, kSharedBytes, current_stream()>>>(
-      A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias,
-      out.data_ptr<scalar_t>(), static_cast<int>(tiles));
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
+  launch_overlapped(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kMmaThreads), kSharedBytes, A.data_ptr<scalar_t>(),
+                    static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias,
+                    out.data_ptr<scalar_t>(), static_cast<int>(tiles));
 }
 
 // out [rows, N] = A [rows, K] (contiguous float16/bfloat16, rows <= kMaxMmaRows) times the weights, plus

@@ -1,6 +1,7 @@
 // CUDA kernels of the fused layer ops (src/ops/layer_ops.hpp). Each replaces several ATen launches in a
 // decode step; the rounding follows the ATen composition (float math, rounded to the dtype where ATen's
-// elementwise ops round), so results differ from the CPU side only in the order of float32 sums.
+// elementwise ops round), so results differ from the CPU side only in the order of float32 sums. All are
+// launched overlapped (launch.cuh): each waits for the previous kernel before it touches an activation.
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
@@ -14,12 +15,15 @@
 
 #include "../layer_ops.hpp"
 #include "blockwise.cuh"
+#include "launch.cuh"
 
 namespace imagetotext::ops {
 namespace {
 
-using cuda::current_stream;
 using cuda::kWarpSize;
+using cuda::launch_overlapped;
+using cuda::let_next_kernel_start;
+using cuda::wait_for_previous_kernels;
 
 template <typename T>
 __device__ __forceinline__ float rounded(float v) {
@@ -45,7 +49,15 @@ constexpr int kRmsCached = 8;
 template <typename T>
 __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum,
                                 const T* __restrict__ weight, T* __restrict__ out, int64_t n, float eps) {
+  let_next_kernel_start();
   const int64_t offset = blockIdx.x * n;
+  float gamma[kRmsCached];  // the norm's weight depends on no earlier kernel: loaded before the wait
+#pragma unroll
+  for (int c = 0; c < kRmsCached; ++c) {
+    const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
+    gamma[c] = i < n ? static_cast<float>(weight[i]) : 0.0f;
+  }
+  wait_for_previous_kernels();
   auto long_row_value = [&](int64_t i) {  // past the cached part: the value read (and summed) again
     const float v = static_cast<float>(x[offset + i]);
     return delta == nullptr ? v : rounded<T>(v + static_cast<float>(delta[offset + i]));
@@ -78,7 +90,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
-    if (i < n) out[offset + i] = static_cast<T>(static_cast<float>(weight[i]) * rounded<T>(cached[c] * inverse));
+    if (i < n) out[offset + i] = static_cast<T>(gamma[c] * rounded<T>(cached[c] * inverse));
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
     const float normed = rounded<T>(long_row_value(i) * inverse);
@@ -93,12 +105,11 @@ void launch_rms_norm(const at::Tensor& x, const at::Tensor* delta, at::Tensor* s
   if (rows == 0) return;
   const int threads = n >= 1024 ? 256 : 128;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_cuda", [&] {
-    rms_norm_kernel<scalar_t><<<rows, threads, 0, current_stream()>>>(
+    launch_overlapped(&rms_norm_kernel<scalar_t>, dim3(static_cast<unsigned>(rows)), dim3(threads), 0,
         x.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
         sum ? sum->data_ptr<scalar_t>() : nullptr, weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n,
         static_cast<float>(eps));
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
 at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
@@ -149,6 +160,8 @@ __device__ __forceinline__ float rotated_element(const T* __restrict__ base, int
 template <typename T>
 __global__ void rotary_kernel(const T* __restrict__ x, Strides4 xs, const T* __restrict__ cos_table,
                               const T* __restrict__ sin_table, int64_t table_row, T* __restrict__ out, int64_t total) {
+  let_next_kernel_start();
+  wait_for_previous_kernels();
   const int64_t dim = xs.size[3], half = dim / 2, length = xs.size[2], heads = xs.size[1];
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -168,11 +181,10 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos_in, const at::
   if (total == 0) return out;
   const Strides4 xs = strides_of(x);
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rotary_cuda", [&] {
-    rotary_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
-        x.data_ptr<scalar_t>(), xs, cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(), cos.size(1),
-        out.data_ptr<scalar_t>(), total);
+    launch_overlapped(&rotary_kernel<scalar_t>, dim3(cuda::cta_count(total, cuda::kThreads)), dim3(cuda::kThreads), 0,
+                      x.data_ptr<scalar_t>(), xs, cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(), cos.size(1),
+                      out.data_ptr<scalar_t>(), total);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -184,6 +196,8 @@ __global__ void rotary_cache_write_kernel(const T* __restrict__ query, Strides4 
                                           bool table_per_sequence, T* __restrict__ keys, T* __restrict__ values,
                                           int64_t capacity, const int64_t* __restrict__ position,
                                           T* __restrict__ query_out) {
+  let_next_kernel_start();
+  wait_for_previous_kernels();
   const int64_t batch = qs.size[0], heads = qs.size[1], kv_heads = ks.size[1], dim = qs.size[3], half = dim / 2;
   const int64_t per_sequence = (heads + 2 * kv_heads) * dim, total = batch * per_sequence;
   const int64_t p = *position;
@@ -223,13 +237,13 @@ at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& ke
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_cache_write_cuda", [&] {
     const int64_t ctas = cuda::cta_count(total, cuda::kThreads);
-    rotary_cache_write_kernel<scalar_t><<<ctas, cuda::kThreads, 0, current_stream()>>>(
-        query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(), strides_of(key),
-        value.data_ptr<scalar_t>(), strides_of(value), cos.data_ptr<scalar_t>(), sin.data_ptr<scalar_t>(),
-        cos.size(0) != 1, keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(), keys.size(2),
-        position.data_ptr<int64_t>(), out.data_ptr<scalar_t>());
+    launch_overlapped(&rotary_cache_write_kernel<scalar_t>, dim3(static_cast<unsigned>(ctas)), dim3(cuda::kThreads),
+                      0, query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(), strides_of(key),
+                      value.data_ptr<scalar_t>(), strides_of(value), cos.data_ptr<scalar_t>(),
+                      sin.data_ptr<scalar_t>(), cos.size(0) != 1, keys.data_ptr<scalar_t>(),
+                      values.data_ptr<scalar_t>(), keys.size(2), position.data_ptr<int64_t>(),
+                      out.data_ptr<scalar_t>());
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -239,6 +253,8 @@ at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& ke
 template <typename T>
 __global__ void silu_mul_kernel(const T* __restrict__ gate, int64_t gate_row_stride, const T* __restrict__ up,
                                 int64_t up_row_stride, T* __restrict__ out, int64_t width, int64_t total) {
+  let_next_kernel_start();
+  wait_for_previous_kernels();
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = i / width, column = i % width;
@@ -270,11 +286,10 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
   const int64_t total = gate.numel(), width = gate.dim() == 0 ? 1 : gate.size(-1);
   if (total == 0) return out;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, gate.scalar_type(), "silu_mul_cuda", [&] {
-    silu_mul_kernel<scalar_t><<<cuda::cta_count(total, cuda::kThreads), cuda::kThreads, 0, current_stream()>>>(
-        gate.data_ptr<scalar_t>(), gate_row_stride, up.data_ptr<scalar_t>(), up_row_stride,
-        out.data_ptr<scalar_t>(), width, total);
+    launch_overlapped(&silu_mul_kernel<scalar_t>, dim3(cuda::cta_count(total, cuda::kThreads)), dim3(cuda::kThreads),
+                      0, gate.data_ptr<scalar_t>(), gate_row_stride, up.data_ptr<scalar_t>(), up_row_stride,
+                      out.data_ptr<scalar_t>(), width, total);
   });
-  C10_CUDA_KERNEL_LAUNCH_CHECK();
   return out;
 }
 
@@ -326,6 +341,8 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
                               float* __restrict__ partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
+  let_next_kernel_start();
+  wait_for_previous_kernels();
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
   const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
@@ -413,6 +430,8 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
 template <typename T>
 __global__ void __launch_bounds__(kMaxSplits)
 decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict__ out, int dim, int splits) {
+  let_next_kernel_start();
+  wait_for_previous_kernels();
   const int64_t sequence_head = blockIdx.x;
   const float* states = partials + sequence_head * splits * (dim + 2);
   __shared__ float weight[kMaxSplits], warp_best[kMaxSplits / kWarpSize];
@@ -470,22 +489,20 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
       const bool vector = E % kPer == 0 && dim % E == 0 && (dim * sizeof(scalar_t)) % 16 == 0 &&
                           cuda::is_aligned_16(query.data_ptr()) && cuda::is_aligned_16(keys.data_ptr()) &&
                           cuda::is_aligned_16(values.data_ptr());
-      decode_attention_split_kernel<scalar_t, E>
-          <<<dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), kSplitThreads, 0,
-             current_stream()>>>(query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                                 position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
-                                 partials.data_ptr<float>(), heads, group, capacity,
-                                 static_cast<int>(dim), static_cast<float>(scale), static_cast<int>(chunk),
-                                 static_cast<int>(splits), vector);
-      C10_CUDA_KERNEL_LAUNCH_CHECK();
+      launch_overlapped(&decode_attention_split_kernel<scalar_t, E>,
+                        dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), dim3(kSplitThreads),
+                        0, query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
+                        position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
+                        partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
+                        static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
     };
     if (dim <= 32) launch(std::integral_constant<int, 4>{});
     else if (dim <= 64) launch(std::integral_constant<int, 8>{});
     else if (dim <= 128) launch(std::integral_constant<int, 16>{});
     else launch(std::integral_constant<int, 32>{});
-    decode_attention_merge_kernel<scalar_t><<<static_cast<unsigned>(batch * heads), kMaxSplits, 0, current_stream()>>>(
-        partials.data_ptr<float>(), out.data_ptr<scalar_t>(), static_cast<int>(dim), static_cast<int>(splits));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    launch_overlapped(&decode_attention_merge_kernel<scalar_t>, dim3(static_cast<unsigned>(batch * heads)),
+                      dim3(kMaxSplits), 0, partials.data_ptr<float>(), out.data_ptr<scalar_t>(),
+                      static_cast<int>(dim), static_cast<int>(splits));
   });
   return out;
 }
