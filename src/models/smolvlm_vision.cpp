@@ -44,9 +44,7 @@ VisionTransformer VisionTransformer::load(const nn::Weights& weights, const Smol
     const nn::Weights attn = layer["self_attn"];
     vision.layers_.push_back(VisionEncoderLayer{
         nn::LayerNorm::load(layer, "layer_norm1", width, config.layer_norm_eps),
-        nn::Linear::load(attn, "q_proj", policy, width, width),
-        nn::Linear::load(attn, "k_proj", policy, width, width),
-        nn::Linear::load(attn, "v_proj", policy, width, width),
+        nn::FusedLinear::load(attn, {"q_proj", "k_proj", "v_proj"}, policy, width, {width, width, width}),
         nn::Linear::load(attn, "out_proj", policy, width, width),
         nn::LayerNorm::load(layer, "layer_norm2", width, config.layer_norm_eps),
         nn::Linear::load(layer["mlp"], "fc1", policy, width, config.intermediate_size),
@@ -97,9 +95,8 @@ at::Tensor VisionTransformer::attention(const VisionEncoderLayer& layer, const a
   const std::int64_t tiles = x.size(0), length = x.size(1);
   const std::int64_t heads = config_.num_attention_heads, head_dim = config_.hidden_size / heads;
   auto split_heads = [&](const at::Tensor& t) { return t.view({tiles, length, heads, head_dim}).transpose(1, 2); };
-  const at::Tensor q = split_heads(layer.q_proj(x));
-  const at::Tensor k = split_heads(layer.k_proj(x));
-  const at::Tensor v = split_heads(layer.v_proj(x));
+  const std::vector<at::Tensor> qkv = layer.qkv_proj(x);
+  const at::Tensor q = split_heads(qkv[0]), k = split_heads(qkv[1]), v = split_heads(qkv[2]);
   const at::Tensor out = at::scaled_dot_product_attention(q, k, v, key_mask);
   return layer.out_proj(out.transpose(1, 2).reshape({tiles, length, config_.hidden_size}));
 }

@@ -23,7 +23,8 @@ namespace imagetotext::smolvlm {
 
 struct VisionEncoderLayer {
   nn::LayerNorm layer_norm1;
-  nn::Linear q_proj, k_proj, v_proj, out_proj;
+  nn::FusedLinear qkv_proj;  // q_proj, k_proj, v_proj: one GEMM
+  nn::Linear out_proj;
   nn::LayerNorm layer_norm2;
   nn::Linear fc1, fc2;
 };

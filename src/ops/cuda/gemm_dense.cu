@@ -1,12 +1,17 @@
-// CUDA kernel of imagetotext::gemm_dense: for one row of A (a decode step of one sequence), the SIMT GEMV of the
-// quantized formats (gemv.cuh) with the weight read as it is stored, the bias added in float32 before its one
-// rounding; otherwise the CPU's composition (cuBLAS, then the bias). At the decoders' shapes cuBLAS takes
-// 3.6-6.5 us a call on the H100 at any M up to 16, the GEMV 2.3-5.0 at M = 1; at M = 2 they tie and from M = 3
-// on the GEMV loses (its float32 FMAs grow with M): benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
-// (cuBLAS with the bias in its epilogue, at::linear, made no measurable difference to Florence-2's 3-beam
-// decode step, 0.99 ms a token either way, and changed its bf16 rounding.)
+// CUDA kernel of imagetotext::gemm_dense:
+// - one row of A (a decode step of one sequence): the SIMT GEMV of the quantized formats (gemv.cuh) with the
+//   weight read as it is stored, the bias added in float32 before its one rounding. At the decoders' shapes
+//   cuBLAS takes 3.6-6.5 us a call on the H100 at any M up to 16, the GEMV 2.3-5.0 at M = 1; at M = 2 they
+//   tie and from M = 3 on the GEMV loses (its float32 FMAs grow with M):
+//   benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
+// - a few rows (beams, small batches): the CPU's composition (cuBLAS, then the bias). cuBLAS with the bias in
+//   its epilogue made no measurable difference to Florence-2's 3-beam decode step (0.99 ms a token either way).
+// - kEpilogueRows rows and more (prefill, vision towers): cuBLAS with the bias in its epilogue (at::linear,
+//   as transformers' F.linear), which spares a pass over the whole output: SmolVLM's vision tower spent 365
+//   bias adds, 3.9 ms of GPU time, on a 17-tile caption (benchmarks/results/smolvlm-profile-h100-2026-11-23-*).
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/linear.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -18,6 +23,8 @@ namespace {
 
 // Rows of A up to which the GEMV runs; above, cuBLAS.
 constexpr int64_t kMaxDenseGemvRows = 1;
+// Rows of A from which cuBLAS adds the bias in its epilogue.
+constexpr int64_t kEpilogueRows = 64;
 
 // A dense weight row in 16-byte chunks of the weight's own dtype (A's dtype), widened to float.
 template <typename scalar_t>
@@ -44,6 +51,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const at::Tensor input = A.contiguous(), weight = weight_in.contiguous();
   const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
   const int weights_per_chunk = 16 / static_cast<int>(input.element_size());
+  if (rows >= kEpilogueRows) return at::linear(input, weight, bias);
   if (rows > kMaxDenseGemvRows ||
       !cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), input.data_ptr())) {
     return detail::matmul_then_bias(input, weight, bias);
