@@ -575,6 +575,33 @@ def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dt
             assert graph_score == pytest.approx(eager_score, rel=2e-2, abs=2e-2)
 
 
+def teacher_forced_log_probs(model, encoded, tokens):
+    """log p(tokens[t] | tokens[:t]) for t >= 1, from one teacher-forced pass (float32 logits)."""
+    logits = model.decoder_logits(encoded, torch.tensor([tokens[:-1]], device=encoded.device))[0].float().cpu()
+    return logits, logits.log_softmax(-1)[torch.arange(len(tokens) - 1), torch.tensor(tokens[1:])]
+
+
+def rescored(model, encoded, tokens, settings):
+    """A finished beam's score recomputed from a teacher-forced pass: the sum of its tokens' log-probabilities over
+    len(tokens) - 1 (length_penalty 1.0), where a step forced by forced_bos (the first) or forced_eos (the last at
+    max_new_tokens) counts 0, as its processor leaves the forced token (transformers' beam scoring)."""
+    assert settings.get("length_penalty", 1.0) == 1.0
+    _, log_probs = teacher_forced_log_probs(model, encoded, tokens)
+    forced = torch.zeros(len(tokens) - 1, dtype=torch.bool)
+    forced[0] = settings.get("forced_bos_token_id") is not None
+    forced[-1] |= settings.get("forced_eos_token_id") is not None and len(tokens) - 1 == settings["max_new_tokens"]
+    return float(log_probs[~forced].sum()) / (len(tokens) - 1)
+
+
+def assert_greedy_up_to_near_ties(model, encoded, tokens, label):
+    """Each greedy token is the best of the teacher-forced logits or within 5e-2 of their magnitude of it (bf16:
+    2^-8 per rounding, a few dozen roundings a step, as agree_up_to_a_near_tie in test_smolvlm)."""
+    logits, _ = teacher_forced_log_probs(model, encoded, tokens)
+    for step, token in enumerate(tokens[1:]):
+        row = logits[step]
+        assert float(row.max() - row[token]) <= 5e-2 * float(row.abs().max()), (label, step)
+
+
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("decoding", ["eager", "auto"])
@@ -584,9 +611,11 @@ def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_in
     scores within 1e-3 of their size (cuDNN runs the vision tower's convolutions in TF32, torch's default for
     convolutions, and picks another algorithm for 3 images than for 1: 1.2e-4 measured on the H100). bf16: the
     batch's GEMMs have M = 9 rows instead of 3 and round differently, and with random tiny weights many logits
-    are near-tied, so the two searches take different beams early (the H100 run: final scores 2.7 % and 6 %
-    apart): the first (forced) token must agree, the scores within 10 %, and the batch must give the same
-    result every time it runs."""
+    are near-tied, so the two searches may take different beams (H100 runs: final scores 2.7 %, 6 % and 11 %
+    apart), and their scores are not comparable. What must hold is that rows do not interact: each caption the
+    batch returns, scored by one teacher-forced pass over its image alone, gets the score the batch reports
+    (within bf16, as graph against eager above); a greedy row picks at each step the best token of its image's
+    logits or a near tie of it; and the batch gives the same result every time it runs."""
     ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype=dtype)
     pixel_values, input_ids, _ = batch_inputs
     prompt = input_ids[:, IMAGE_TOKENS:].cuda()
@@ -600,8 +629,12 @@ def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_in
                 assert tokens == single, (i, settings)
                 assert score == pytest.approx(single_score, rel=1e-3, abs=1e-4)
             else:
+                alone = ours.encode(pixel_values[i:i + 1].cuda(), prompt[:1])
                 assert tokens[:1] == single[:1], (i, settings)
-                assert score == pytest.approx(single_score, rel=1e-1, abs=2e-2)
+                if settings["num_beams"] > 1:
+                    assert score == pytest.approx(rescored(ours, alone, tokens, settings), rel=2e-2, abs=2e-2)
+                else:
+                    assert_greedy_up_to_near_ties(ours, alone, tokens, (i, settings))
         if dtype == "bfloat16":
             again = ours.generate_batch(ours.encode(pixel_values.cuda(), prompt), **our_settings(settings),
                                         decoding=decoding)

@@ -75,26 +75,38 @@ __global__ void __launch_bounds__(kGemvThreads)
       scale[u] = c < chunks ? weights.chunk_scale(n, K, c) : 0.0f;
     }
   };
-  // The first weights depend on no earlier kernel: they are on their way while the previous one finishes.
-  load_chunks(lane);
-  wait_for_previous_kernels();
   float acc[kRows];
 #pragma unroll
   for (int m = 0; m < kRows; ++m) acc[m] = 0.0f;
-  for (int64_t first = lane; first < chunks; first += kWarpSize * kGemvUnroll) {
-    if (first != lane) load_chunks(first);
+  auto accumulate = [&](int64_t c, const float* w, float chunk_scale) {
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
+    for (int m = 0; m < kRows; ++m) {
+      if (m < rows) acc[m] = fmaf(dot_chunk<scalar_t, kWeights>(A + m * K + c * kWeights, w), chunk_scale, acc[m]);
+    }
+  };
+  // Chunks u_begin.. of the batch loaded for `first`.
+  auto accumulate_batch = [&](int64_t first, int u_begin) {
+#pragma unroll
+    for (int u = u_begin; u < kGemvUnroll; ++u) {
       const int64_t c = first + u * kWarpSize;
       if (c < chunks) {
         float w[kWeights];
         weights.decode(raw[u], w);
-#pragma unroll
-        for (int m = 0; m < kRows; ++m) {
-          if (m < rows) acc[m] = fmaf(dot_chunk<scalar_t, kWeights>(A + m * K + c * kWeights, w), scale[u], acc[m]);
-        }
+        accumulate(c, w, scale[u]);
       }
     }
+  };
+  // The first weights depend on no earlier kernel: they are loaded, and the first chunk decoded, while the
+  // previous kernel finishes (at the decoders' small K that chunk is a lane's whole share).
+  load_chunks(lane);
+  float first_chunk[kWeights];
+  weights.decode(raw[0], first_chunk);
+  wait_for_previous_kernels();
+  if (lane < chunks) accumulate(lane, first_chunk, scale[0]);
+  accumulate_batch(lane, 1);
+  for (int64_t first = lane + kWarpSize * kGemvUnroll; first < chunks; first += kWarpSize * kGemvUnroll) {
+    load_chunks(first);
+    accumulate_batch(first, 0);
   }
   const float row_scale = weights.row_scale(n);
 #pragma unroll
