@@ -92,8 +92,8 @@ template <typename scalar_t>
 constexpr int kPerChunk = 16 / static_cast<int>(sizeof(scalar_t));
 
 template <typename scalar_t>
-__device__ __forceinline__ void load_chunk_as_float(const scalar_t* __restrict__ src, float* dst) {
-  const uint4 raw = __ldg(reinterpret_cast<const uint4*>(src));
+__device__ __forceinline__ void load_chunk_as_float(const scalar_t* src, float* dst) {
+  const uint4 raw = *reinterpret_cast<const uint4*>(src);  // a plain load: src may be a previous kernel's output
   const scalar_t* values = reinterpret_cast<const scalar_t*>(&raw);
 #pragma unroll
   for (int i = 0; i < kPerChunk<scalar_t>; ++i) dst[i] = static_cast<float>(values[i]);

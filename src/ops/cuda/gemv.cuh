@@ -33,7 +33,7 @@ constexpr int kGemvUnroll = 4;
 
 // sum_i a[i] * w[i] over one chunk of kWeights values of A's row, read as 16-byte loads.
 template <typename scalar_t, int kWeights>
-__device__ __forceinline__ float dot_chunk(const scalar_t* __restrict__ a, const float* w) {
+__device__ __forceinline__ float dot_chunk(const scalar_t* a, const float* w) {
   constexpr int kPer = kPerChunk<scalar_t>;
   float dot = 0.0f;
 #pragma unroll
@@ -55,7 +55,7 @@ __device__ __forceinline__ float dot_chunk(const scalar_t* __restrict__ a, const
 //   row_scale(n) -> float                  the scale of the whole row n (applied after the reduction).
 template <typename Weights, typename scalar_t, int kRows>
 __global__ void __launch_bounds__(kGemvThreads)
-    gemv_kernel(const scalar_t* __restrict__ A, int rows, Weights weights, int64_t N, int64_t K,
+    gemv_kernel(const scalar_t* A, int rows, Weights weights, int64_t N, int64_t K,
                 const scalar_t* __restrict__ bias, scalar_t* __restrict__ out) {
   let_next_kernel_start();
   weights.prepare();
@@ -101,7 +101,7 @@ __global__ void __launch_bounds__(kGemvThreads)
   load_chunks(lane);
   float first_chunk[kWeights];
   weights.decode(raw[0], first_chunk);
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(A);
   if (lane < chunks) accumulate(lane, first_chunk, scale[0]);
   accumulate_batch(lane, 1);
   for (int64_t first = lane + kWarpSize * kGemvUnroll; first < chunks; first += kWarpSize * kGemvUnroll) {

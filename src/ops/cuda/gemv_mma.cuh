@@ -123,7 +123,7 @@ struct Half2Ops<c10::Half> {
 //   row_scale(n) -> float                  applied to the float32 sum.
 template <typename Weights, typename scalar_t, int kMTiles>
 __global__ void __launch_bounds__(kMmaThreads, 2)
-    mma_gemv_kernel(const scalar_t* __restrict__ A, int rows, Weights weights, int N, int K,
+    mma_gemv_kernel(const scalar_t* A, int rows, Weights weights, int N, int K,
                     const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, int tiles) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync with 16-bit inputs needs sm_80; the host never launches this on older devices
@@ -137,7 +137,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   float* partial = reinterpret_cast<float*>(smem + Weights::kSharedBytes);  // [warp][m][n], kMTiles * 8 m
   let_next_kernel_start();
   weights.prepare(smem, partial);  // the tables depend on no earlier kernel: built while the previous one ends
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(A);
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int chunks = K / kK;
@@ -176,7 +176,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #pragma unroll
           for (int i = 0; i < kActLoads; ++i) {
             act[i] = (m < rows && c < chunks)
-                         ? __ldg(reinterpret_cast<const uint4*>(A + static_cast<int64_t>(m) * K + c * kK) + i)
+                         ? *(reinterpret_cast<const uint4*>(A + static_cast<int64_t>(m) * K + c * kK) + i)
                          : make_uint4(0, 0, 0, 0);
           }
           const uint32_t* act_words = reinterpret_cast<const uint32_t*>(act);

@@ -7,8 +7,10 @@
 // are visible; kernel i lets it start early with `let_next_kernel_start()`.
 //
 // The rules every kernel launched with `launch_overlapped` keeps:
-// - before `wait_for_previous_kernels()` it reads only what no kernel of the step writes (weights, norm
+// - before `wait_for_previous_kernels(...)` it reads only what no kernel of the step writes (weights, norm
 //   weights, tables) and writes nothing: an earlier kernel may still read or write any other buffer;
+// - it reads activations only through the pointers it passed to `wait_for_previous_kernels(...)`, never with
+//   __ldg, and its activation arguments are not __restrict__ (see there);
 // - every CTA that reads or writes activations calls it. Kernel i+1's completion then implies kernel i's,
 //   so a kernel further down the stream may rely on all earlier ones, as in plain stream order.
 // Kernels launched the ordinary way (ATen's, cuBLAS') wait for the whole previous kernel as always. On
@@ -23,10 +25,24 @@
 
 namespace imagetotext::ops::cuda {
 
-__device__ __forceinline__ void wait_for_previous_kernels() {
+// Waits, then hands back each activation pointer as a value the compiler cannot trace to the kernel argument.
+// Why the pointers: a load the compiler takes for read-only during the kernel (__ldg, or any load through a
+// const __restrict__ argument) may be hoisted above the wait, which is an asm statement, and may go through the
+// non-coherent read-only cache (ld.global.nc), which is only valid for data no grid writes while the kernel
+// lives; the previous kernel's outputs are such data. A load through a laundered pointer is a plain load
+// issued after the wait (asm volatile statements keep their order). Seen on the H100: a GEMV whose activation
+// loads were hoisted read stale rows, and a float32 decode diverged from its eager run at the second token.
+template <typename T>
+__device__ __forceinline__ void launder(T*& pointer) {
+  asm volatile("" : "+l"(pointer));
+}
+
+template <typename... T>
+__device__ __forceinline__ void wait_for_previous_kernels(T*&... activations) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.wait;" ::: "memory");
 #endif
+  (launder(activations), ...);
 }
 
 __device__ __forceinline__ void let_next_kernel_start() {

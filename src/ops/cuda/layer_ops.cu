@@ -47,8 +47,8 @@ __device__ __forceinline__ float cta_sum(float v) {
 constexpr int kRmsCached = 8;
 
 template <typename T>
-__global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ delta, T* __restrict__ sum,
-                                const T* __restrict__ weight, T* __restrict__ out, int64_t n, float eps) {
+__global__ void rms_norm_kernel(const T* x, const T* delta, T* sum,
+                                const T* __restrict__ weight, T* out, int64_t n, float eps) {
   let_next_kernel_start();
   const int64_t offset = blockIdx.x * n;
   float gamma[kRmsCached];  // the norm's weight depends on no earlier kernel: loaded before the wait
@@ -57,7 +57,7 @@ __global__ void rms_norm_kernel(const T* __restrict__ x, const T* __restrict__ d
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
     gamma[c] = i < n ? static_cast<float>(weight[i]) : 0.0f;
   }
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(x, delta);
   auto long_row_value = [&](int64_t i) {  // past the cached part: the value read (and summed) again
     const float v = static_cast<float>(x[offset + i]);
     return delta == nullptr ? v : rounded<T>(v + static_cast<float>(delta[offset + i]));
@@ -149,7 +149,7 @@ Strides4 strides_of(const at::Tensor& x) {
 // Element d of the rotation of the head that starts at `base` (elements `stride` apart), rounded as ATen's
 // x * cos + rotate_half(x) * sin rounds: each product, then the sum.
 template <typename T>
-__device__ __forceinline__ float rotated_element(const T* __restrict__ base, int64_t stride, int64_t d, int64_t half,
+__device__ __forceinline__ float rotated_element(const T* base, int64_t stride, int64_t d, int64_t half,
                                                  float c, float s) {
   const float value = static_cast<float>(base[d * stride]);
   const float partner = d < half ? -static_cast<float>(base[(d + half) * stride])
@@ -158,10 +158,10 @@ __device__ __forceinline__ float rotated_element(const T* __restrict__ base, int
 }
 
 template <typename T>
-__global__ void rotary_kernel(const T* __restrict__ x, Strides4 xs, const T* __restrict__ cos_table,
-                              const T* __restrict__ sin_table, int64_t table_row, T* __restrict__ out, int64_t total) {
+__global__ void rotary_kernel(const T* x, Strides4 xs, const T* cos_table,
+                              const T* sin_table, int64_t table_row, T* out, int64_t total) {
   let_next_kernel_start();
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(x, cos_table, sin_table);
   const int64_t dim = xs.size[3], half = dim / 2, length = xs.size[2], heads = xs.size[1];
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
@@ -190,14 +190,14 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos_in, const at::
 
 // ---- rotary_cache_write: one thread per element of the new token's query, key and value ---------------------
 template <typename T>
-__global__ void rotary_cache_write_kernel(const T* __restrict__ query, Strides4 qs, const T* __restrict__ key,
-                                          Strides4 ks, const T* __restrict__ value, Strides4 vs,
-                                          const T* __restrict__ cos_table, const T* __restrict__ sin_table,
-                                          bool table_per_sequence, T* __restrict__ keys, T* __restrict__ values,
-                                          int64_t capacity, const int64_t* __restrict__ position,
-                                          T* __restrict__ query_out) {
+__global__ void rotary_cache_write_kernel(const T* query, Strides4 qs, const T* key,
+                                          Strides4 ks, const T* value, Strides4 vs,
+                                          const T* cos_table, const T* sin_table,
+                                          bool table_per_sequence, T* keys, T* values,
+                                          int64_t capacity, const int64_t* position,
+                                          T* query_out) {
   let_next_kernel_start();
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(query, key, value, cos_table, sin_table, position);
   const int64_t batch = qs.size[0], heads = qs.size[1], kv_heads = ks.size[1], dim = qs.size[3], half = dim / 2;
   const int64_t per_sequence = (heads + 2 * kv_heads) * dim, total = batch * per_sequence;
   const int64_t p = *position;
@@ -251,10 +251,10 @@ at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& ke
 // gate and up as [rows, width] with their own row strides (the halves of a stacked gate/up projection are
 // such views): no copy to make them contiguous.
 template <typename T>
-__global__ void silu_mul_kernel(const T* __restrict__ gate, int64_t gate_row_stride, const T* __restrict__ up,
-                                int64_t up_row_stride, T* __restrict__ out, int64_t width, int64_t total) {
+__global__ void silu_mul_kernel(const T* gate, int64_t gate_row_stride, const T* up,
+                                int64_t up_row_stride, T* out, int64_t width, int64_t total) {
   let_next_kernel_start();
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(gate, up);
   for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = i / width, column = i % width;
@@ -308,7 +308,7 @@ constexpr int kMaxSplits = 128;
 
 // E elements of row `row` from dim index j*E on, as float; `vector`: the E values are 16-byte aligned and whole.
 template <typename T, int E>
-__device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int j, int dim, bool vector, float* out) {
+__device__ __forceinline__ void load_lane_values(const T* row, int j, int dim, bool vector, float* out) {
   if (vector) {
     constexpr int kPer = 16 / static_cast<int>(sizeof(T));
     if constexpr (E % kPer == 0) {
@@ -319,7 +319,7 @@ __device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int 
       }
 #pragma unroll
       for (int i = 0; i < E / kPer; ++i) {
-        const uint4 raw = __ldg(reinterpret_cast<const uint4*>(row + j * E) + i);
+        const uint4 raw = *(reinterpret_cast<const uint4*>(row + j * E) + i);  // plain: see launch.cuh
         const T* values = reinterpret_cast<const T*>(&raw);
 #pragma unroll
         for (int e = 0; e < kPer; ++e) out[i * kPer + e] = static_cast<float>(values[e]);
@@ -336,13 +336,13 @@ __device__ __forceinline__ void load_lane_values(const T* __restrict__ row, int 
 
 template <typename T, int E>
 __global__ void __launch_bounds__(kSplitThreads)
-decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__ keys, const T* __restrict__ values,
-                              const int64_t* __restrict__ position, const int64_t* __restrict__ first_position,
-                              float* __restrict__ partials, int64_t heads,
+decode_attention_split_kernel(const T* query, const T* keys, const T* values,
+                              const int64_t* position, const int64_t* first_position,
+                              float* partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
   let_next_kernel_start();
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(query, keys, values, position, first_position);
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
   const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
@@ -429,9 +429,9 @@ decode_attention_split_kernel(const T* __restrict__ query, const T* __restrict__
 // thread per dim sums the weighted outputs.
 template <typename T>
 __global__ void __launch_bounds__(kMaxSplits)
-decode_attention_merge_kernel(const float* __restrict__ partials, T* __restrict__ out, int dim, int splits) {
+decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits) {
   let_next_kernel_start();
-  wait_for_previous_kernels();
+  wait_for_previous_kernels(partials);
   const int64_t sequence_head = blockIdx.x;
   const float* states = partials + sequence_head * splits * (dim + 2);
   __shared__ float weight[kMaxSplits], warp_best[kMaxSplits / kWarpSize];
