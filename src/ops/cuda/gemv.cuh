@@ -11,7 +11,6 @@
 #pragma once
 
 #include <ATen/Dispatch.h>
-#include <c10/cuda/CUDAException.h>
 
 #include <optional>
 
