@@ -78,17 +78,17 @@ at::Tensor rotary_per_row(const at::Tensor& x, const at::Tensor& cos, const at::
 }
 }  // namespace
 
-at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache,
+at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, nn::KVCache& cache,
                                 const at::Tensor& cos, const at::Tensor& sin, const DeviceStep* step,
                                 const LeftPadding* padding) const {
-  const std::int64_t batch = x.size(0), length = x.size(1), head_dim = config_.head_dim;
+  const std::int64_t batch = h.size(0), length = h.size(1), head_dim = config_.head_dim;
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
   };
   auto rotate = [&](const at::Tensor& t) {
     return padding ? rotary_per_row(t, cos, sin) : nn::apply_rotary(t, cos, sin);
   };
-  const std::vector<at::Tensor> qkv = layer.qkv_proj(x);
+  const std::vector<at::Tensor> qkv = layer.qkv_proj(h, layer.input_layernorm.as_linear_input());
   const at::Tensor q = split_heads(qkv[0], config_.num_attention_heads);
   const at::Tensor k = split_heads(qkv[1], config_.num_key_value_heads);
   const at::Tensor v = split_heads(qkv[2], config_.num_key_value_heads);
@@ -107,7 +107,7 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& x, 
     // One new token attends to everything before it; a block of tokens attends causally.
     out = nn::scaled_dot_product_attention(rotate(q), keys, values, std::nullopt, /*causal=*/length > 1);
   }
-  return layer.o_proj(out.transpose(1, 2).reshape({batch, length, config_.num_attention_heads * head_dim}));
+  return out.transpose(1, 2).reshape({batch, length, config_.num_attention_heads * head_dim});
 }
 
 at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
@@ -115,19 +115,16 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
   if (cache.size() != layers_.size()) {
     throw InvalidArgumentError(fmt::format("the cache has {} layers, the model {}", cache.size(), layers_.size()));
   }
-  if (layers_.empty()) return norm_(h);
-  // Each residual step runs fused with the norm after it: the layer's post-attention norm, the next layer's
-  // input norm, and after the last layer the final norm.
-  at::Tensor x = layers_.front().input_layernorm(h);
+  // Each norm runs as the input of the linear layer that reads it, the gated activation as the down
+  // projection's input, and each residual step as the residual of the layer that ends it (ops::GemmFusion):
+  // in the decode step of one sequence none of them has a kernel of its own.
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
-    const at::Tensor attended = attention(layer, x, cache[i], cos, sin, step, padding);
-    std::tie(h, x) = layer.post_attention_layernorm.after_residual(h, attended);
-    const std::vector<at::Tensor> gate_up = layer.gate_up_proj(x);
-    const nn::RMSNorm& next_norm = i + 1 < layers_.size() ? layers_[i + 1].input_layernorm : norm_;
-    std::tie(h, x) = next_norm.after_residual(h, layer.down_proj(ops::silu_mul(gate_up[0], gate_up[1])));
+    h = layer.o_proj(attention(layer, h, cache[i], cos, sin, step, padding), {.residual = h});
+    const at::Tensor gate_up = layer.gate_up_proj.joined(h, layer.post_attention_layernorm.as_linear_input());
+    h = layer.down_proj(gate_up, {.gated = true, .residual = h});
   }
-  return x;
+  return h;
 }
 
 at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,
@@ -136,7 +133,7 @@ at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,
   const std::int64_t start = cache.front().length(), length = embeddings.size(1);
   if (!padding) {
     const auto [cos, sin] = rotary_.at_positions(start, length);
-    return layers_forward(embeddings, cache, cos, sin, nullptr, nullptr);
+    return norm_(layers_forward(embeddings, cache, cos, sin, nullptr, nullptr));
   }
   const std::int64_t batch = embeddings.size(0);
   if (padding->dim() != 1 || padding->size(0) != batch) {
@@ -159,7 +156,7 @@ at::Tensor TextModel::forward(const at::Tensor& embeddings, TextCache& cache,
                               .logical_and(key_at.ge(first.view({batch, 1, 1})).logical_or(key_at.eq(query_col)))
                               .unsqueeze(1);
   const LeftPadding left{first.view({batch}), mask};
-  return layers_forward(embeddings, cache, cos, sin, nullptr, &left);
+  return norm_(layers_forward(embeddings, cache, cos, sin, nullptr, &left));
 }
 
 at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& position, TextCache& cache,
@@ -172,12 +169,12 @@ at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& pos
   const DeviceStep step{position};
   if (!padding) {
     const auto [cos, sin] = rotary_.at_positions(position);
-    return logits(layers_forward(embed(token), cache, cos, sin, &step, nullptr).select(1, 0));
+    return final_logits(layers_forward(embed(token), cache, cos, sin, &step, nullptr).select(1, 0));
   }
   // Each row at its own position: the step's cache position less the row's padding.
   const auto [cos, sin] = rotary_.at_positions(position - *padding);
   const LeftPadding left{*padding, at::Tensor()};
-  return logits(layers_forward(embed(token), cache, cos, sin, &step, &left).select(1, 0));
+  return final_logits(layers_forward(embed(token), cache, cos, sin, &step, &left).select(1, 0));
 }
 
 bool TextModel::capturable() const {

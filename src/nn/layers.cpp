@@ -22,10 +22,6 @@ RMSNorm RMSNorm::load(const Weights& weights, std::string_view name, std::int64_
 
 at::Tensor RMSNorm::operator()(const at::Tensor& x) const { return ops::rms_norm(x, weight, eps); }
 
-std::pair<at::Tensor, at::Tensor> RMSNorm::after_residual(const at::Tensor& residual, const at::Tensor& delta) const {
-  return ops::add_rms_norm(residual, delta, weight, eps);
-}
-
 Embedding Embedding::load(const Weights& weights, std::string_view name, std::int64_t num_embeddings,
                           std::int64_t dim) {
   return Embedding{weights[name].get("weight", {num_embeddings, dim})};

@@ -1,5 +1,6 @@
 #include "imagetotext/nn/linear.hpp"
 
+#include <ATen/ops/cat.h>
 #include <c10/util/Exception.h>
 #include <fmt/format.h>
 
@@ -91,12 +92,20 @@ FusedLinear FusedLinear::load(const Weights& weights, const std::vector<std::str
   return fused;
 }
 
-std::vector<at::Tensor> FusedLinear::operator()(const at::Tensor& x) const {
-  if (stacked_) return (*stacked_)(x).split_with_sizes(widths_, -1);
+std::vector<at::Tensor> FusedLinear::operator()(const at::Tensor& x, const ops::GemmFusion& input) const {
+  TORCH_CHECK_VALUE(!input.residual, "FusedLinear: a residual has no one output to go to");
+  if (stacked_) return (*stacked_)(x, input).split_with_sizes(widths_, -1);
+  const at::Tensor shared = ops::gemm_input(x, input);  // composed once for every part
   std::vector<at::Tensor> outputs;
   outputs.reserve(parts_.size());
-  for (const Linear& part : parts_) outputs.push_back(part(x));
+  for (const Linear& part : parts_) outputs.push_back(part(shared));
   return outputs;
+}
+
+at::Tensor FusedLinear::joined(const at::Tensor& x, const ops::GemmFusion& input) const {
+  TORCH_CHECK_VALUE(!input.residual, "FusedLinear: a residual has no one output to go to");
+  if (stacked_) return (*stacked_)(x, input);
+  return at::cat((*this)(x, input), -1);
 }
 
 std::vector<const quant::QuantizedLinear*> FusedLinear::layers() const {

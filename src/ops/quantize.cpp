@@ -6,6 +6,7 @@
 #include <c10/util/Exception.h>
 
 #include "imagetotext/quant/quantize.hpp"
+#include "layer_ops.hpp"
 
 namespace imagetotext::ops::detail {
 namespace {
@@ -189,6 +190,44 @@ at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& pa
   return at::linear(A, weight, bias);
 }
 
+GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std::optional<at::Tensor>& norm_weight,
+                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+  TORCH_CHECK_VALUE(!(norm_weight && gated), op, ": norm_weight and gated cannot both be given");
+  if (norm_weight) {
+    check_dtype(op, "norm_weight", *norm_weight, A.scalar_type());
+    check_same_device(op, "norm_weight", *norm_weight, "A", A);
+    TORCH_CHECK_VALUE(A.dim() >= 1 && norm_weight->dim() == 1 && norm_weight->size(0) == A.size(-1), op,
+                      ": norm_weight must be [K] for A [..., K], got shape ", norm_weight->sizes(), " for A ",
+                      A.sizes());
+    TORCH_CHECK_VALUE(norm_eps >= 0.0, op, ": norm_eps must be >= 0, got ", norm_eps);
+  }
+  if (gated) {
+    TORCH_CHECK_VALUE(A.dim() >= 1 && A.size(-1) % 2 == 0, op,
+                      ": gated needs A [..., 2K] (gate, then up), got shape ", A.sizes());
+  }
+  if (residual) {
+    check_dtype(op, "residual", *residual, A.scalar_type());
+    check_same_device(op, "residual", *residual, "A", A);
+  }
+  return {norm_weight, norm_eps, gated, residual};
+}
+
+at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion) {
+  return fusion.gated ? A.narrow(-1, 0, A.size(-1) / 2) : A;
+}
+
+void check_gemm_residual(std::string_view op, const GemmFusion& fusion, c10::IntArrayRef out_shape) {
+  if (!fusion.residual) return;
+  TORCH_CHECK_VALUE(fusion.residual->sizes() == out_shape, op, ": residual must have the output's shape ", out_shape,
+                    ", got ", fusion.residual->sizes());
+}
+
+at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion) {
+  if (!fusion.residual) return out;
+  check_gemm_residual(op, fusion, out.sizes());
+  return *fusion.residual + out;
+}
+
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features) {
   std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end());
   shape.back() = out_features;
@@ -279,30 +318,46 @@ at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) 
   return op.call(CB, SCB);
 }
 
+at::Tensor gemm_input(const at::Tensor& A, const GemmFusion& fusion) {
+  if (fusion.norm_weight) return rms_norm(A, *fusion.norm_weight, fusion.norm_eps);
+  if (!fusion.gated) return A;
+  const int64_t K = A.size(-1) / 2;
+  return silu_mul(A.narrow(-1, 0, K), A.narrow(-1, K, K));
+}
+
+// The fusion's arguments as the gemm schemas take them (registration.cpp).
+#define IMAGETOTEXT_FUSION_TYPES \
+  const std::optional<at::Tensor>&, double, bool, const std::optional<at::Tensor>&
+#define IMAGETOTEXT_FUSION_VALUES(f) f.norm_weight, f.norm_eps, f.gated, f.residual
+
 at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                      const std::string& quant_type, const std::vector<int64_t>& weight_shape,
-                     const std::optional<at::Tensor>& bias) {
+                     const std::optional<at::Tensor>& bias, const GemmFusion& fusion) {
   static const auto op = find_op("imagetotext::gemm_4bit")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, int64_t,
                                                c10::string_view, c10::ArrayRef<int64_t>,
-                                               const std::optional<at::Tensor>&)>();
-  return op.call(A, packed, absmax, blocksize, quant_type, weight_shape, bias);
+                                               const std::optional<at::Tensor>&, IMAGETOTEXT_FUSION_TYPES)>();
+  return op.call(A, packed, absmax, blocksize, quant_type, weight_shape, bias, IMAGETOTEXT_FUSION_VALUES(fusion));
 }
 
 at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
-                                 const std::optional<at::Tensor>& bias) {
+                                 const std::optional<at::Tensor>& bias, const GemmFusion& fusion) {
   static const auto op = find_op("imagetotext::gemm_int8_weight_only")
                              .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                                               const std::optional<at::Tensor>&)>();
-  return op.call(A, CB, SCB, bias);
+                                               const std::optional<at::Tensor>&, IMAGETOTEXT_FUSION_TYPES)>();
+  return op.call(A, CB, SCB, bias, IMAGETOTEXT_FUSION_VALUES(fusion));
 }
 
-at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  static const auto op =
-      find_op("imagetotext::gemm_dense")
-          .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&)>();
-  return op.call(A, weight, bias);
+at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                      const GemmFusion& fusion) {
+  static const auto op = find_op("imagetotext::gemm_dense")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, const std::optional<at::Tensor>&,
+                                               IMAGETOTEXT_FUSION_TYPES)>();
+  return op.call(A, weight, bias, IMAGETOTEXT_FUSION_VALUES(fusion));
 }
+
+#undef IMAGETOTEXT_FUSION_TYPES
+#undef IMAGETOTEXT_FUSION_VALUES
 
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias) {

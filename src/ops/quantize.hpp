@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "imagetotext/quant/formats.hpp"
+#include "imagetotext/quant/quantize.hpp"
 
 namespace imagetotext::ops::detail {
 
@@ -65,6 +66,18 @@ WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, cons
 // gemm_dense's composition, on the CPU and for more rows than the CUDA GEMV takes: at::matmul, then the bias
 // added (so CPU results, which the models' oracle tests hold to transformers, are what they were).
 at::Tensor matmul_then_bias(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
+
+// A gemm's fusion arguments (ops::GemmFusion) checked against A: norm_weight [A.size(-1)] and residual of A's
+// dtype and device, A's last size even when gated, not both norm_weight and gated.
+GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std::optional<at::Tensor>& norm_weight,
+                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual);
+// A view with the shape, dtype and device of what the weight multiplies (A, or its first half when gated):
+// what the gemm's own checks take.
+at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion);
+// The residual, if any, has the output's shape.
+void check_gemm_residual(std::string_view op, const GemmFusion& fusion, c10::IntArrayRef out_shape);
+// out, plus the residual if any (checked), rounded to the dtype as ATen's add: the composed residual step.
+at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion);
 
 // The output shape of a gemm: A's shape with the last size replaced by N.
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features);

@@ -19,6 +19,10 @@ Quantization parse_format(const std::string& name) {
                     name, "'");
 }
 
+// forward without a fusion: the fused forms are for the models' decode steps (torch.ops.imagetotext.gemm_* take
+// them for tests).
+at::Tensor forward(const quant::QuantizedLinear& layer, const at::Tensor& x) { return layer.forward(x); }
+
 }  // namespace
 
 void bind_quantized_linear(py::module_& m) {
@@ -48,8 +52,8 @@ void bind_quantized_linear(py::module_& m) {
           py::arg("state_dict"), py::arg("prefix") = "", py::arg("format") = "nf4",
           py::arg("threshold") = quant::kDefaultOutlierThreshold,
           "Load the layout bitsandbytes' Linear4bit / Linear8bitLt (or nn.Linear) save, keys '<prefix>weight', ...")
-      .def("forward", &QuantizedLinear::forward, py::arg("x"), py::call_guard<py::gil_scoped_release>())
-      .def("__call__", &QuantizedLinear::forward, py::arg("x"), py::call_guard<py::gil_scoped_release>())
+      .def("forward", &forward, py::arg("x"), py::call_guard<py::gil_scoped_release>())
+      .def("__call__", &forward, py::arg("x"), py::call_guard<py::gil_scoped_release>())
       .def("state_dict", &QuantizedLinear::state_dict, py::arg("prefix") = "",
            "The tensors bitsandbytes would save for this layer, keyed '<prefix><name>'.")
       .def("dequantized_weight", &QuantizedLinear::dequantized_weight, py::call_guard<py::gil_scoped_release>())

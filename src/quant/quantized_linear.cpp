@@ -277,23 +277,27 @@ void QuantizedLinear::prepare_forward() {
   if (is_4bit(format_)) float_absmax_ = state_.float_absmax().contiguous();
 }
 
-at::Tensor QuantizedLinear::forward(const at::Tensor& x) const {
-  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == in_features, "QuantizedLinear.forward: x must be [..., ",
-                    in_features, "], got shape ", x.sizes());
+at::Tensor QuantizedLinear::forward(const at::Tensor& x, const ops::GemmFusion& fusion) const {
+  const int64_t width = fusion.gated ? 2 * in_features : in_features;
+  TORCH_CHECK_VALUE(x.dim() >= 1 && x.size(-1) == width, "QuantizedLinear.forward: x must be [..., ", width,
+                    "], got shape ", x.sizes());
   TORCH_CHECK_VALUE(x.scalar_type() == at::kFloat || x.scalar_type() == at::kHalf ||
                         x.scalar_type() == at::kBFloat16,
                     "QuantizedLinear.forward: x must be float32, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.device() == weight_.device(), "QuantizedLinear.forward: x is on ", x.device(),
                     " but the weight is on ", weight_.device());
-  if (format_ == Quantization::llm_int8) return llm_int8_matmul(x, weight_, scb_, bias_, threshold_);
+  if (format_ == Quantization::llm_int8) {
+    const at::Tensor out = llm_int8_matmul(ops::gemm_input(x, fusion), weight_, scb_, bias_, threshold_);
+    return fusion.residual ? *fusion.residual + out : out;
+  }
 
   // The gemm ops pick their path per device and row count (fused kernels for few rows, dequantize + BLAS
   // for many): src/ops/cpu/quant_gemm.cpp, src/ops/cuda/gemm_*.cu.
   const std::optional<at::Tensor> bias = bias_ ? std::optional<at::Tensor>(bias_->to(x.scalar_type())) : std::nullopt;
-  if (format_ == Quantization::none) return ops::gemm_dense(x, weight_.to(x.scalar_type()), bias);
-  if (format_ == Quantization::int8) return ops::gemm_int8_weight_only(x, weight_, scb_, bias);
+  if (format_ == Quantization::none) return ops::gemm_dense(x, weight_.to(x.scalar_type()), bias, fusion);
+  if (format_ == Quantization::int8) return ops::gemm_int8_weight_only(x, weight_, scb_, bias, fusion);
   return ops::gemm_4bit(x, weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type), state_.shape,
-                        bias);
+                        bias, fusion);
 }
 
 at::Tensor QuantizedLinear::dequantized_weight() const {

@@ -21,6 +21,8 @@ by about |a_k w_k| for a single k, far more than u * S when the error is systema
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
@@ -181,6 +183,120 @@ def test_gemm_meta_shapes_and_device_mix():
     assert out.shape == (3, 8) and out.dtype == torch.float32
     with pytest.raises(ValueError, match="weight must be on the device of A"):
         ops.gemm_dense(A64.to(META), torch.empty(8, 64), None)
+
+
+# ---- fusions: the input normed or gated, a residual added (ops::GemmFusion) ----------------------
+# The composition is the definition: rms_norm and silu_mul are held to transformers' LlamaRMSNorm and
+# act_fn(gate) * up in test_layer_ops.py, and the sum rounds as ATen's add. CPU kernels compose it; the CUDA
+# GEMV fuses it for one row.
+
+FUSIONS = {
+    "norm": dict(norm=True),
+    "gated": dict(gated=True),
+    "residual": dict(residual=True),
+    "norm+residual": dict(norm=True, residual=True),
+    "gated+residual": dict(gated=True, residual=True),
+}
+
+
+def fusion_arguments(fusion, M, N, K, dtype, device, seed=0):
+    """(A, keyword arguments of the gemm ops) for a FUSIONS entry: A [M, 2K] when gated."""
+    A = random_tensor((M, 2 * K if fusion.get("gated") else K), dtype, seed=seed + M, device=device)
+    kwargs = {}
+    if fusion.get("norm"):
+        kwargs["norm_weight"] = (1 + random_tensor((K,), dtype, seed=seed + 1, scale=0.2)).to(device)
+        kwargs["norm_eps"] = 1e-5
+    if fusion.get("gated"):
+        kwargs["gated"] = True
+    if fusion.get("residual"):
+        kwargs["residual"] = random_tensor((M, N), dtype, seed=seed + 2, device=device)
+    return A, kwargs
+
+
+def composed_input(A, norm_weight=None, norm_eps=1e-6, gated=False, residual=None):
+    if norm_weight is not None:
+        return ops.rms_norm(A, norm_weight, norm_eps)
+    if gated:
+        K = A.shape[-1] // 2
+        return ops.silu_mul(A[..., :K], A[..., K:])
+    return A
+
+
+def gemm_of_kind(kind, weights, A, bias=None, **kwargs):
+    """The gemm op of a weight kind ('dense' weights are float32, used in A's dtype)."""
+    if kind == "dense":
+        return ops.gemm_dense(A, weights.to(A.dtype), bias, **kwargs)
+    if kind == "int8":
+        CB, SCB, _ = weights
+        return ops.gemm_int8_weight_only(A, CB, SCB, bias, **kwargs)
+    packed, state, _ = weights
+    positional = [state.blocksize, kind, list(state.shape)]
+    return ops.gemm_4bit(A, packed, plain_absmax(state), *positional, bias, **kwargs)
+
+
+def plain_absmax(state):
+    if not state.nested:
+        return state.absmax
+    nested = state.state2
+    return ops.dequantize_blockwise(state.absmax, nested.absmax, nested.code, 256, torch.float32) + state.offset
+
+
+def composed_gemm(kind, weights, A, bias=None, residual=None, **input_kwargs):
+    out = gemm_of_kind(kind, weights, composed_input(A, **input_kwargs), bias)
+    return out if residual is None else residual + out
+
+
+def weights_of_kind(kind, N, K, device):
+    if kind == "int8":
+        return quantized_int8(N, K, device=device)
+    if kind == "dense":
+        return random_tensor((N, K), torch.float32, seed=N + K, scale=0.05, device=device)
+    return quantized_4bit(N, K, kind, device=device)
+
+
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+@pytest.mark.parametrize("M", [1, 3])
+@pytest.mark.parametrize("kind", ["nf4", "int8", "dense"])
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_gemm_fusion_cpu_is_the_composition(dtype, kind, M, fusion):
+    N, K = 40, 128
+    weights = weights_of_kind(kind, N, K, "cpu")
+    A, kwargs = fusion_arguments(FUSIONS[fusion], M, N, K, dtype, "cpu")
+    bias = random_tensor((N,), dtype, seed=5)
+    assert torch.equal(gemm_of_kind(kind, weights, A, bias, **kwargs), composed_gemm(kind, weights, A, bias, **kwargs))
+
+
+@pytest.mark.parametrize(
+    "kwargs,message",
+    [
+        (dict(norm_weight=torch.ones(32)), "norm_weight must be \\[K\\] for A \\[..., K\\]"),
+        (dict(norm_weight=torch.ones(64).half()), "norm_weight must be Float"),
+        (dict(norm_weight=torch.ones(64), gated=True), "norm_weight and gated cannot both be given"),
+        (dict(norm_weight=torch.ones(64), norm_eps=-1.0), "norm_eps must be >= 0"),
+        (dict(residual=torch.zeros(2, 9)), "residual must have the output's shape \\[2, 8\\]"),
+        (dict(residual=torch.zeros(2, 8).half()), "residual must be Float"),
+    ],
+)
+@pytest.mark.parametrize("kind", ["nf4", "int8", "dense"])
+def test_gemm_fusion_bad_arguments_raise_value_error(kind, kwargs, message):
+    weights = {"nf4": (PACKED, STATE, None), "int8": (CB8, SCB8, None), "dense": torch.randn(8, 64)}[kind]
+    with pytest.raises(ValueError, match=message):
+        gemm_of_kind(kind, weights, A64, **kwargs)
+    with pytest.raises(ValueError, match=message):  # the meta kernels check alike
+        meta_state = SimpleNamespace(absmax=STATE.absmax.to(META), blocksize=64, shape=STATE.shape, nested=False)
+        meta_weights = {"nf4": (PACKED.to(META), meta_state, None), "int8": (CB8.to(META), SCB8.to(META), None),
+                        "dense": torch.empty(8, 64, device=META)}[kind]
+        meta_kwargs = {key: value.to(META) if torch.is_tensor(value) else value for key, value in kwargs.items()}
+        gemm_of_kind(kind, meta_weights, A64.to(META), **meta_kwargs)
+
+
+def test_gemm_fusion_gated_needs_an_even_width_and_twice_k():
+    with pytest.raises(ValueError, match="gated needs A \\[..., 2K\\]"):
+        ops.gemm_dense(torch.randn(2, 63), torch.randn(8, 64), None, gated=True)
+    with pytest.raises(ValueError, match="A must be \\[..., K\\] with K = 64"):
+        ops.gemm_dense(A64, torch.randn(8, 64), None, gated=True)  # the halves are 32 wide
+    out = ops.gemm_dense(torch.empty(2, 128, device=META), torch.empty(8, 64, device=META), None, gated=True)
+    assert out.shape == (2, 8)
 
 
 # ---- GPU: the CUDA kernels ----------------------------------------------------------------------
@@ -365,3 +481,55 @@ def test_cuda_gemm_device_mix_raises_value_error():
         ops.gemm_dense(A, torch.randn(8, 64), None)
     with pytest.raises(ValueError, match="bias must be on the device of A"):
         quant.gemm_int8_weight_only(A, CB.cuda(), SCB.cuda(), torch.randn(8))
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("fusion", list(FUSIONS))
+@pytest.mark.parametrize("M", [1, 3, 16])
+@pytest.mark.parametrize("N,K", [(960, 576), (576, 1536), (72, 320)])
+@pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "dense"])
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cuda_gemm_fusion_matches_the_composition(dtype, kind, N, K, M, fusion):
+    """One row runs the fused GEMV, more rows the composition (the tensor-core GEMV adds the residual itself).
+
+    Gated and residual fusions round each value as the composition does and leave the GEMV's sums as they are:
+    bit for bit the composition. The fused norm sums the squares in another order, so its 1 / rms may differ
+    in the last bit, and a normed value by one rounding (2u relative) on either side: |fused - composed| <=
+    4u * sum_k |x_k w_k| + 2u * |composed| (both outputs rounded once more).
+    """
+    weights = weights_of_kind(kind, N, K, "cuda")
+    A, kwargs = fusion_arguments(FUSIONS[fusion], M, N, K, dtype, "cuda", seed=K)
+    bias = random_tensor((N,), dtype, seed=N, device="cuda") if M != 3 else None
+    fused = gemm_of_kind(kind, weights, A, bias, **kwargs)
+    composed = composed_gemm(kind, weights, A, bias, **kwargs)
+    assert fused.shape == composed.shape and fused.dtype == dtype
+    if "norm" not in fusion:
+        assert torch.equal(fused, composed)
+        return
+    weight = weights.float() if kind == "dense" else weights[2].float()
+    x = composed_input(A, **{k: v for k, v in kwargs.items() if k != "residual"}).double()
+    u = UNIT_ROUNDOFF[dtype]
+    bound = 4 * u * (x.abs() @ weight.double().abs().T) + 2 * u * composed.double().abs()
+    if "residual" in kwargs:
+        bound = bound + 2 * u * kwargs["residual"].double().abs()
+    error = (fused.double() - composed.double()).abs()
+    assert (error <= bound).all(), f"max error {error.max().item():.3g} over the bound"
+
+
+@pytest.mark.gpu
+def test_cuda_gemm_fusion_in_a_cuda_graph_replays_the_eager_result():
+    """The decode step records fused GEMVs in a CUDA graph: a replay on new inputs gives what eager gives."""
+    weights = weights_of_kind("int8", 576, 576, "cuda")
+    A, kwargs = fusion_arguments(FUSIONS["norm+residual"], 1, 576, 576, torch.bfloat16, "cuda")
+    static_A, static_residual = A.clone(), kwargs["residual"].clone()
+    graph_kwargs = dict(kwargs, residual=static_residual)
+    gemm_of_kind("int8", weights, static_A, **graph_kwargs)  # warm-up outside the capture
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        recorded = gemm_of_kind("int8", weights, static_A, **graph_kwargs)
+    A2, kwargs2 = fusion_arguments(FUSIONS["norm+residual"], 1, 576, 576, torch.bfloat16, "cuda", seed=9)
+    static_A.copy_(A2)
+    static_residual.copy_(kwargs2["residual"])
+    graph.replay()
+    assert torch.equal(recorded, gemm_of_kind("int8", weights, A2, **dict(kwargs, residual=kwargs2["residual"])))

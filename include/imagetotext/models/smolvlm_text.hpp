@@ -83,10 +83,14 @@ class TextModel {
     at::Tensor first;
     at::Tensor mask;
   };
+  // The decoder layers on h: the residual stream after the last layer (before the final norm).
   at::Tensor layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
                             const DeviceStep* step, const LeftPadding* padding) const;
-  at::Tensor attention(const DecoderLayer& layer, const at::Tensor& x, nn::KVCache& cache, const at::Tensor& cos,
+  // The attention block of `layer` on the residual stream h (its input norm included, o_proj not).
+  at::Tensor attention(const DecoderLayer& layer, const at::Tensor& h, nn::KVCache& cache, const at::Tensor& cos,
                        const at::Tensor& sin, const DeviceStep* step, const LeftPadding* padding) const;
+  // lm_head on the final norm of the residual stream, the norm fused into lm_head's input.
+  at::Tensor final_logits(const at::Tensor& h) const { return (*lm_head_)(h, norm_.as_linear_input()); }
 
   SmolVLMTextConfig config_;
   nn::Embedding embed_tokens_;

@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "imagetotext/nn/weights.hpp"
+#include "imagetotext/quant/quantize.hpp"
 
 namespace imagetotext::nn {
 
@@ -30,8 +31,9 @@ struct RMSNorm {
 
   static RMSNorm load(const Weights& weights, std::string_view name, std::int64_t size, double eps);
   at::Tensor operator()(const at::Tensor& x) const;
-  // A residual step and this norm after it: {residual + delta, norm(residual + delta)} (one kernel on CUDA).
-  std::pair<at::Tensor, at::Tensor> after_residual(const at::Tensor& residual, const at::Tensor& delta) const;
+  // This norm as the input fusion of the linear layer that reads its output (ops::GemmFusion): in a decode
+  // step the layer's GEMV norms as it loads, with no kernel of the norm's own.
+  ops::GemmFusion as_linear_input() const { return {weight, eps}; }
 };
 
 // torch.nn.Embedding: rows of a [num_embeddings, dim] table.

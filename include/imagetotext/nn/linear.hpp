@@ -41,7 +41,10 @@ class Linear {
   static Linear load(const Weights& weights, std::string_view name, const LinearPolicy& policy,
                      std::int64_t in_features = 0, std::int64_t out_features = 0);
 
-  at::Tensor operator()(const at::Tensor& x) const { return layer_.forward(x); }
+  // x [..., in] -> [..., out]; `fusion` as QuantizedLinear::forward takes it (norm or gate first, residual after).
+  at::Tensor operator()(const at::Tensor& x, const ops::GemmFusion& fusion = {}) const {
+    return layer_.forward(x, fusion);
+  }
   const quant::QuantizedLinear& layer() const noexcept { return layer_; }
 
  private:
@@ -60,8 +63,11 @@ class FusedLinear {
                           const LinearPolicy& policy, std::int64_t in_features,
                           const std::vector<std::int64_t>& out_features);
 
-  // x [..., in_features] -> one [..., out_features[i]] per part (views of one output when stacked).
-  std::vector<at::Tensor> operator()(const at::Tensor& x) const;
+  // x [..., in_features] -> one [..., out_features[i]] per part (views of one output when stacked). `input`: an
+  // input fusion (norm or gate, no residual), fused into the stacked GEMV or composed once for the parts.
+  std::vector<at::Tensor> operator()(const at::Tensor& x, const ops::GemmFusion& input = {}) const;
+  // The same outputs side by side, [..., sum of out_features] (the stacked output itself when stacked).
+  at::Tensor joined(const at::Tensor& x, const ops::GemmFusion& input = {}) const;
 
   // The layers that run: the stacked one, or the parts.
   std::vector<const quant::QuantizedLinear*> layers() const;

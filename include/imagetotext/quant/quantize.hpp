@@ -40,21 +40,38 @@ at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias);
 
+// What a gemm does around its matmul, for a decoder layer's norm, gated activation and residual step: fused
+// into the GEMV's kernel for one row of A on CUDA (the decode step of one sequence: no kernel of their own
+// between two GEMVs), and composed from rms_norm, silu_mul and an add everywhere else, rounded alike.
+//   norm_weight: the weight multiplies rms_norm(A, norm_weight, norm_eps) (norm_weight [K], A's dtype);
+//   gated:       A is [..., 2K] and the weight multiplies silu_mul(A[..., :K], A[..., K:]);
+//   residual:    the result is residual + (input @ W^T + bias), each rounded to the dtype (residual [..., N]).
+// At most one of norm_weight and gated.
+struct GemmFusion {
+  std::optional<at::Tensor> norm_weight = std::nullopt;
+  double norm_eps = 1e-6;
+  bool gated = false;
+  std::optional<at::Tensor> residual = std::nullopt;
+};
+
+// What the weight multiplies: A, rms_norm(A) or silu_mul of A's halves (the composition).
+at::Tensor gemm_input(const at::Tensor& A, const GemmFusion& fusion);
+
 // A [..., K] (float32/float16/bfloat16) times the transposed 4-bit weight [N, K] packed as quantize_4bit
 // packs it (absmax float32, already de-nested), plus bias [N]: [..., N] in A's dtype. Few rows of A run
 // fused kernels that never write W out dense (CPU: up to 16 rows, SIMD; CUDA: a tensor-core GEMV up to 64
 // rows of float16/bfloat16); more rows dequantize + BLAS (docs/quantization.md).
 at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                      const std::string& quant_type, const std::vector<int64_t>& weight_shape,
-                     const std::optional<at::Tensor>& bias = std::nullopt);
+                     const std::optional<at::Tensor>& bias = std::nullopt, const GemmFusion& fusion = {});
 // A [..., K] times the transposed INT8 weight W = CB * SCB[row] / 127 ([N, K]), plus bias: [..., N] in A's dtype.
 at::Tensor gemm_int8_weight_only(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
-                                 const std::optional<at::Tensor>& bias = std::nullopt);
+                                 const std::optional<at::Tensor>& bias = std::nullopt, const GemmFusion& fusion = {});
 // A [..., K] times the transposed dense weight [N, K] (A's dtype), plus bias: the dense layers' matmul. CUDA, one
 // row: the GEMV of the formats above; otherwise at::matmul, then the bias added (the composition the models'
 // CPU oracle tests hold to transformers).
 at::Tensor gemm_dense(const at::Tensor& A, const at::Tensor& weight,
-                      const std::optional<at::Tensor>& bias = std::nullopt);
+                      const std::optional<at::Tensor>& bias = std::nullopt, const GemmFusion& fusion = {});
 
 }  // namespace imagetotext::ops
 

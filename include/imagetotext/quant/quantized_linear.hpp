@@ -48,8 +48,10 @@ class QuantizedLinear {
   // keeps the 4-bit absmax as float32 (not double-quantized): it is for forward, not for saving.
   static std::optional<QuantizedLinear> stack_rows(const std::vector<const QuantizedLinear*>& parts);
 
-  // x [..., in_features] float32/float16/bfloat16 -> [..., out_features] of x's dtype.
-  at::Tensor forward(const at::Tensor& x) const;
+  // x [..., in_features] float32/float16/bfloat16 -> [..., out_features] of x's dtype. With a fusion
+  // (ops::GemmFusion: x normed or gated first, a residual added after; x [..., 2 * in_features] when gated),
+  // the gemm ops fuse it into their one-row GEMV and compose it elsewhere.
+  at::Tensor forward(const at::Tensor& x, const ops::GemmFusion& fusion = {}) const;
 
   // The tensors bitsandbytes' Linear4bit / Linear8bitLt (or nn.Linear for dense) put in a state dict,
   // keyed `<prefix><name>`.

@@ -230,9 +230,11 @@ at::Tensor finish_fused(const at::Tensor& A, at::Tensor out, const std::optional
   return out.to(A.scalar_type()).view(detail::gemm_output_shape(A, out.size(1)));
 }
 
-at::Tensor gemm_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
-                         c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
-                         const std::optional<at::Tensor>& bias) {
+// Each gemm composes its fusion (ops::GemmFusion): the op's checks on what the weight multiplies, that input
+// (rms_norm or silu_mul), the matmul, then the residual.
+at::Tensor gemm_4bit_plain(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
+                           const std::optional<at::Tensor>& bias) {
   const detail::WeightShape shape = detail::check_gemm_4bit(A, packed, absmax, blocksize, quant_type, weight_shape, bias);
   const int64_t N = shape.out_features, K = shape.in_features;
   const at::Tensor rows = A.reshape({-1, K});
@@ -320,13 +322,8 @@ void rows_int8_scalar(const FusedInt8Args& p, int64_t n) {
   }
 }
 
-at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias) {
-  detail::check_gemm_dense(A, weight, bias);
-  return detail::matmul_then_bias(A, weight, bias);
-}
-
-at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
-                                     const std::optional<at::Tensor>& bias) {
+at::Tensor gemm_int8_weight_only_plain(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                       const std::optional<at::Tensor>& bias) {
   const detail::WeightShape shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
   const int64_t N = shape.out_features, K = shape.in_features;
   const at::Tensor rows = A.reshape({-1, K});
@@ -357,6 +354,37 @@ at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, 
     }
   });
   return finish_fused(A, out, bias);
+}
+
+at::Tensor gemm_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
+                         c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
+                         const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
+                         double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_4bit";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type, weight_shape, bias);
+  const at::Tensor out =
+      gemm_4bit_plain(gemm_input(A, fusion), packed, absmax, blocksize, quant_type, weight_shape, bias);
+  return detail::add_gemm_residual(op, out, fusion);
+}
+
+at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
+                                     const std::optional<at::Tensor>& bias,
+                                     const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
+                                     const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_int8_weight_only";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
+  return detail::add_gemm_residual(op, gemm_int8_weight_only_plain(gemm_input(A, fusion), CB, SCB, bias), fusion);
+}
+
+at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
+                          const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
+                          const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_dense";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight, bias);
+  return detail::add_gemm_residual(op, detail::matmul_then_bias(gemm_input(A, fusion), weight, bias), fusion);
 }
 
 }  // namespace

@@ -99,6 +99,12 @@ __device__ __forceinline__ void load_chunk_as_float(const scalar_t* src, float* 
   for (int i = 0; i < kPerChunk<scalar_t>; ++i) dst[i] = static_cast<float>(values[i]);
 }
 
+// v rounded to T and back: where ATen's elementwise ops in T round an intermediate.
+template <typename T>
+__device__ __forceinline__ float rounded(float v) {
+  return static_cast<float>(static_cast<T>(v));
+}
+
 // log2 of a 4-bit blocksize (a power of two): kernels index absmax with a shift.
 inline int log2_of(int64_t power_of_two) {
   int log2 = 0;

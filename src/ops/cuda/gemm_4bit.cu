@@ -122,33 +122,52 @@ struct MakeNf4Fp4MmaWeights {
 
 at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
-                          const std::optional<at::Tensor>& bias) {
-  const detail::WeightShape shape = detail::check_gemm_4bit(A, packed, absmax, blocksize, quant_type, weight_shape, bias);
+                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
+                          double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_4bit";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const detail::WeightShape shape = detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax,
+                                                            blocksize, quant_type, weight_shape, bias);
   const c10::cuda::CUDAGuard guard(A.device());
-  const at::Tensor input = A.contiguous(), bytes = packed.contiguous(), scales = absmax.contiguous();
-  const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
+  const at::Tensor a = A.contiguous(), bytes = packed.contiguous(), scales = absmax.contiguous();
+  const int64_t rows = cuda::leading_rows(a), N = shape.out_features, K = shape.in_features;
   const cuda::CodeTable4bit codes = cuda::code_table_4bit(quant::parse_quant_type(std::string(quant_type)));
+  const Nf4Fp4Weights simt_weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
+                                   codes};
   // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one or two rows of a small
   // weight run faster on the SIMT GEMV (it builds no 32 KB table: ~2 us less on the models' layers); the
   // tensor-core GEMV beats dequantize + cuBLAS up to 32 rows everywhere, and up to 64 from 8M weights on.
   const int64_t weight_count = N * K;
   const bool simt_first = rows <= 2 && rows * weight_count <= (int64_t{4} << 20);
   const int64_t mma_rows = weight_count >= (int64_t{8} << 20) ? 64 : 32;
+  // The SIMT GEMV norms or gates one row as it loads it; elsewhere the input is composed, and the GEMVs add the
+  // residual.
+  if (simt_first && (fusion.norm_weight || fusion.gated) &&
+      cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), a.data_ptr(), fusion)) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
+    return out;
+  }
+  const at::Tensor input = gemm_input(a, fusion).contiguous();
+  const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
   if (!simt_first &&
       cuda::mma_gemv_applies(input, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
     const MakeNf4Fp4MmaWeights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
                                        codes};
-    cuda::launch_mma_gemv(input, rows, weights, N, K, bias, out);
+    cuda::launch_mma_gemv(input, rows, weights, N, K, bias, fusion.residual, out);
     return out;
   }
   if (cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    const Nf4Fp4Weights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize), codes};
-    cuda::launch_gemv(input, rows, weights, N, K, bias, out);
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
     return out;
   }
-  return detail::dequantize_4bit_then_linear(input, bytes, scales, blocksize, quant_type, shape, bias);
+  const at::Tensor out = detail::dequantize_4bit_then_linear(input, bytes, scales, blocksize, quant_type, shape, bias);
+  return detail::add_gemm_residual(op, out, fusion);
 }
 
 }  // namespace

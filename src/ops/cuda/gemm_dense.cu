@@ -45,27 +45,34 @@ struct DenseRowWeights {
   __device__ __forceinline__ float row_scale(int64_t) const { return 1.0f; }
 };
 
-at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias) {
-  const detail::WeightShape shape = detail::check_gemm_dense(A, weight_in, bias);
+at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias,
+                           const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
+                           const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_dense";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const detail::WeightShape shape = detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight_in, bias);
   const c10::cuda::CUDAGuard guard(A.device());
-  const at::Tensor input = A.contiguous(), weight = weight_in.contiguous();
-  const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
-  const int weights_per_chunk = 16 / static_cast<int>(input.element_size());
-  if (rows >= kEpilogueRows) return at::linear(input, weight, bias);
-  if (rows > kMaxDenseGemvRows ||
-      !cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), input.data_ptr())) {
-    return detail::matmul_then_bias(input, weight, bias);
+  const at::Tensor a = A.contiguous(), weight = weight_in.contiguous();
+  const int64_t rows = cuda::leading_rows(a), N = shape.out_features, K = shape.in_features;
+  const int weights_per_chunk = 16 / static_cast<int>(a.element_size());
+  if (rows <= kMaxDenseGemvRows &&
+      cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), a.data_ptr(), fusion)) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    if (rows == 0 || N == 0) return out;
+    const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gemm_dense_cuda", [&] {
+      static_assert(kMaxDenseGemvRows == 1, "launch the row tiles of launch_gemv for more rows");
+      cuda::launch_gemv_tile<DenseRowWeights<scalar_t>, scalar_t, 1>(
+          a, rows, DenseRowWeights<scalar_t>{weight.data_ptr<scalar_t>()}, N, K,
+          bias ? bias_values.data_ptr<scalar_t>() : nullptr, fusion, out);
+    });
+    return out;
   }
-  at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-  if (rows == 0 || N == 0) return out;
-  const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gemm_dense_cuda", [&] {
-    static_assert(kMaxDenseGemvRows == 1, "launch the row tiles of launch_gemv for more rows");
-    cuda::launch_gemv_tile<DenseRowWeights<scalar_t>, scalar_t, 1>(
-        input, rows, DenseRowWeights<scalar_t>{weight.data_ptr<scalar_t>()}, N, K,
-        bias ? bias_values.data_ptr<scalar_t>() : nullptr, out);
-  });
-  return out;
+  const at::Tensor input = gemm_input(a, fusion);
+  const at::Tensor out =
+      rows >= kEpilogueRows ? at::linear(input, weight, bias) : detail::matmul_then_bias(input, weight, bias);
+  return detail::add_gemm_residual(op, out, fusion);
 }
 
 }  // namespace

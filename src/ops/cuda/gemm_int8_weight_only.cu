@@ -77,27 +77,46 @@ struct MakeInt8RowMmaWeights {
 };
 
 at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
-                                      const std::optional<at::Tensor>& bias) {
-  const detail::WeightShape shape = detail::check_gemm_int8_weight_only(A, CB, SCB, bias);
+                                      const std::optional<at::Tensor>& bias,
+                                      const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
+                                      const std::optional<at::Tensor>& residual) {
+  constexpr std::string_view op = "gemm_int8_weight_only";
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const detail::WeightShape shape =
+      detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
   const c10::cuda::CUDAGuard guard(A.device());
-  const at::Tensor input = A.contiguous(), codes = CB.contiguous(), scales = SCB.contiguous();
-  const int64_t rows = cuda::leading_rows(input), N = shape.out_features, K = shape.in_features;
-  // Measured on the H100 (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one row runs faster on
-  // the SIMT GEMV (at the memory floor there), 2 to 64 rows on the tensor-core GEMV.
+  const at::Tensor a = A.contiguous(), codes = CB.contiguous(), scales = SCB.contiguous();
+  const int64_t rows = cuda::leading_rows(a), N = shape.out_features, K = shape.in_features;
+  const Int8RowWeights simt_weights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()};
+  // One row with a fused input: the SIMT GEMV, which norms or gates as it loads.
+  if ((fusion.norm_weight || fusion.gated) &&
+      cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), a.data_ptr(), fusion)) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
+    return out;
+  }
+  // Otherwise the input is composed, and the GEMVs add the residual. Measured on the H100
+  // (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one row runs faster on the SIMT GEMV (at the
+  // memory floor there), 2 to 64 rows on the tensor-core GEMV.
+  const at::Tensor input = gemm_input(a, fusion).contiguous();
+  const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
   if (rows > 1 &&
       cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,
-                          bias, out);
+                          bias, fusion.residual, out);
     return out;
   }
   if (cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    cuda::launch_gemv(input, rows, Int8RowWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K, bias,
-                      out);
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
     return out;
   }
-  return at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
+  const at::Tensor out = at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
+  return detail::add_gemm_residual(op, out, fusion);
 }
 
 }  // namespace

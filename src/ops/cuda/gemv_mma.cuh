@@ -16,7 +16,8 @@
 // k pair (2t, 2t+1) is the chunk's elements 4j, 4j+1 and its pair (2t+8, 2t+9) is 4j+2, 4j+3 — in both
 // operands. Then each lane needs A only at its own chunk's k range (16-byte loads, L1/L2 hits) and a 4-bit
 // chunk lies in one quantization block (K % 32 == 0, blocksize >= 32). Partial sums of the warps meet in
-// shared memory; the format's row scale, the bias and one rounding to A's dtype finish.
+// shared memory; the format's row scale, the bias and one rounding to A's dtype finish (then a residual, if
+// given, is added and the sum rounded again: ops::GemmFusion's residual step).
 //
 // Numerics: products and sums in float32 on the tensor cores. A 4-bit weight is the 16-bit code value times
 // the block's absmax in A's dtype (code value, absmax and product each rounded once, as bitsandbytes'
@@ -124,7 +125,8 @@ struct Half2Ops<c10::Half> {
 template <typename Weights, typename scalar_t, int kMTiles>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     mma_gemv_kernel(const scalar_t* A, int rows, Weights weights, int N, int K,
-                    const scalar_t* __restrict__ bias, scalar_t* __restrict__ out, int tiles) {
+                    const scalar_t* __restrict__ bias, const scalar_t* residual, scalar_t* __restrict__ out,
+                    int tiles) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync with 16-bit inputs needs sm_80; the host never launches this on older devices
 #else
@@ -137,7 +139,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
   float* partial = reinterpret_cast<float*>(smem + Weights::kSharedBytes);  // [warp][m][n], kMTiles * 8 m
   let_next_kernel_start();
   weights.prepare(smem, partial);  // the tables depend on no earlier kernel: built while the previous one ends
-  wait_for_previous_kernels(A);
+  wait_for_previous_kernels(A, residual);
 
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int chunks = K / kK;
@@ -208,6 +210,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         for (int w = 0; w < kMmaWarps; ++w) sum += partial[w * kRowsPadded * kMmaTileN + i];
         sum *= weights.row_scale(n);
         if (bias != nullptr) sum += static_cast<float>(bias[n]);
+        if (residual != nullptr) sum = static_cast<float>(residual[static_cast<int64_t>(m) * N + n]) + rounded<scalar_t>(sum);
         out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(sum);
       }
     }
@@ -230,7 +233,7 @@ inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t max_rows
 
 template <typename Weights, typename scalar_t, int kMTiles>
 void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
-                           const scalar_t* bias, at::Tensor& out) {
+                           const scalar_t* bias, const scalar_t* residual, at::Tensor& out) {
   auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles>;
   constexpr int kSharedBytes = Weights::kSharedBytes + kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
   // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
@@ -249,30 +252,33 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
   const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
   const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   launch_overlapped(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kMmaThreads), kSharedBytes, A.data_ptr<scalar_t>(),
-                    static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias,
+                    static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias, residual,
                     out.data_ptr<scalar_t>(), static_cast<int>(tiles));
 }
 
 // out [rows, N] = A [rows, K] (contiguous float16/bfloat16, rows <= kMaxMmaRows) times the weights, plus
-// bias; MakeWeights::make<scalar_t>() builds the format's decoder for A's dtype. The m-tile count is the
+// bias, plus residual (out's shape) if given; MakeWeights::make<scalar_t>() builds the format's decoder for A's dtype. The m-tile count is the
 // smallest of 1, 2, 4, 8 that holds `rows`.
 template <typename MakeWeights>
 void launch_mma_gemv(const at::Tensor& A, int64_t rows, const MakeWeights& make_weights, int64_t N, int64_t K,
-                     const std::optional<at::Tensor>& bias, at::Tensor& out) {
+                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
+                     at::Tensor& out) {
   if (rows == 0 || N == 0) return;
   const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
+  const at::Tensor residual_values = residual ? residual->contiguous() : at::Tensor();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(A.scalar_type(), "mma_gemv", [&] {
     const auto weights = make_weights.template make<scalar_t>();
     const scalar_t* bias_ptr = bias ? bias_values.data_ptr<scalar_t>() : nullptr;
+    const scalar_t* residual_ptr = residual ? residual_values.data_ptr<scalar_t>() : nullptr;
     static_assert(kMaxMmaRows == 8 * kMmaTileM, "add an m-tile count for the new kMaxMmaRows");
     if (rows <= kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 1>(A, rows, weights, N, K, bias_ptr, out);
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 1>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
     } else if (rows <= 2 * kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 2>(A, rows, weights, N, K, bias_ptr, out);
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 2>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
     } else if (rows <= 4 * kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 4>(A, rows, weights, N, K, bias_ptr, out);
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 4>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
     } else {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 8>(A, rows, weights, N, K, bias_ptr, out);
+      launch_mma_gemv_tiles<decltype(weights), scalar_t, 8>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
     }
   });
 }

@@ -21,13 +21,9 @@ namespace {
 
 using cuda::kWarpSize;
 using cuda::launch_overlapped;
+using cuda::rounded;
 using cuda::let_next_kernel_start;
 using cuda::wait_for_previous_kernels;
-
-template <typename T>
-__device__ __forceinline__ float rounded(float v) {
-  return static_cast<float>(static_cast<T>(v));
-}
 
 __device__ __forceinline__ float cta_sum(float v) {
   __shared__ float partial[32];
