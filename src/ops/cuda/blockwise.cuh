@@ -99,6 +99,18 @@ __device__ __forceinline__ void load_chunk_as_float(const scalar_t* src, float* 
   for (int i = 0; i < kPerChunk<scalar_t>; ++i) dst[i] = static_cast<float>(values[i]);
 }
 
+// The sum of v over the CTA (every thread gets it; every thread must call it).
+__device__ __forceinline__ float block_sum(float v) {
+  __shared__ float partial[32];
+  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
+  v = warp_sum(v);
+  __syncthreads();
+  if (lane == 0) partial[warp] = v;
+  __syncthreads();
+  v = lane < static_cast<int>(blockDim.x / kWarpSize) ? partial[lane] : 0.0f;
+  return warp_sum(v);
+}
+
 // v rounded to T and back: where ATen's elementwise ops in T round an intermediate.
 template <typename T>
 __device__ __forceinline__ float rounded(float v) {

@@ -143,7 +143,7 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   // The SIMT GEMV norms or gates one row as it loads it; elsewhere the input is composed, and the GEMVs add the
   // residual.
   if (simt_first && (fusion.norm_weight || fusion.gated) &&
-      cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), a.data_ptr(), fusion)) {
+      cuda::gemv_applies(a, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), fusion)) {
     at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
@@ -160,7 +160,7 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
     cuda::launch_mma_gemv(input, rows, weights, N, K, bias, fusion.residual, out);
     return out;
   }
-  if (cuda::gemv_applies(rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), input.data_ptr())) {
+  if (cuda::gemv_applies(input, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);

@@ -56,7 +56,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const int64_t rows = cuda::leading_rows(a), N = shape.out_features, K = shape.in_features;
   const int weights_per_chunk = 16 / static_cast<int>(a.element_size());
   if (rows <= kMaxDenseGemvRows &&
-      cuda::gemv_applies(rows, K, weights_per_chunk, weight.data_ptr(), a.data_ptr(), fusion)) {
+      cuda::gemv_applies(a, rows, K, weights_per_chunk, weight.data_ptr(), fusion)) {
     at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     if (rows == 0 || N == 0) return out;

@@ -90,7 +90,7 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   const Int8RowWeights simt_weights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()};
   // One row with a fused input: the SIMT GEMV, which norms or gates as it loads.
   if ((fusion.norm_weight || fusion.gated) &&
-      cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), a.data_ptr(), fusion)) {
+      cuda::gemv_applies(a, rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), fusion)) {
     at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
@@ -109,7 +109,7 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
                           bias, fusion.residual, out);
     return out;
   }
-  if (cuda::gemv_applies(rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), input.data_ptr())) {
+  if (cuda::gemv_applies(input, rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);

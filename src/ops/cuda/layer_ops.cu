@@ -25,17 +25,6 @@ using cuda::rounded;
 using cuda::let_next_kernel_start;
 using cuda::wait_for_previous_kernels;
 
-__device__ __forceinline__ float cta_sum(float v) {
-  __shared__ float partial[32];
-  const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize;
-  v = cuda::warp_sum(v);
-  __syncthreads();
-  if (lane == 0) partial[warp] = v;
-  __syncthreads();
-  v = lane < static_cast<int>(blockDim.x / kWarpSize) ? partial[lane] : 0.0f;
-  return cuda::warp_sum(v);
-}
-
 // ---- rms_norm, add_rms_norm: one CTA per row --------------------------------------------------------------------
 // Rows of up to kRmsCached * blockDim.x values are read once (kept in registers); longer rows read twice.
 // With `delta`, the row is x + delta rounded to the dtype (ATen's add), written to `sum` before it is normed.
@@ -81,7 +70,7 @@ __global__ void rms_norm_kernel(const T* x, const T* delta, T* sum,
     if (delta != nullptr) sum[offset + i] = static_cast<T>(v);
     squares += v * v;
   }
-  const float inverse = rsqrtf(cta_sum(squares) / static_cast<float>(n) + eps);
+  const float inverse = rsqrtf(cuda::block_sum(squares) / static_cast<float>(n) + eps);
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
@@ -440,7 +429,7 @@ decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits
   best = -FLT_MAX;
   for (int w = 0; w < kMaxSplits / kWarpSize; ++w) best = fmaxf(best, warp_best[w]);
   weight[s] = sum > 0.0f ? expf(max - best) : 0.0f;
-  const float total = cta_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // cta_sum synchronizes: weight is visible
+  const float total = cuda::block_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // block_sum synchronizes: weight is visible
   constexpr int kMergeUnroll = 8;  // splits whose outputs are loaded together (the loads, not the sums, are slow)
   for (int d = threadIdx.x; d < dim; d += blockDim.x) {
     float value = 0.0f;
