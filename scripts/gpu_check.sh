@@ -9,6 +9,10 @@
 #     arguments), bench_florence2.py and bench_smolvlm.py (each with its profile), and the batch figures (images per
 #     second: "batch"); or name some: "smolvlm florence2 batch"; a name with "-plain" ("smolvlm-plain") runs that
 #     benchmark with IMAGETOTEXT_OVERLAP_LAUNCHES=0 (plain launches, src/ops/cuda/launch.cuh) for comparison,
+#     and a name with "-baseline" ("smolvlm-baseline") runs it on the wheel built from the source tree in
+#     GPU_CHECK_BASELINE (an earlier commit, unpacked beside the checkout with
+#     `git archive COMMIT | tar -x -C DIR`, so it travels with the call), results in *_baseline_h100*: a change
+#     measured against its parent in one run,
 #   - writes the log to $OUT/gpu_check.log (or build/gpu_check.log).
 # Needs there: python3 with torch (CUDA), scikit-build-core, pybind11 matching torch's, CMake, nvcc and
 # Catch2; carry .whl (the pybind11 wheel) and .deps (nlohmann-json and PCRE2 packages): docs/gpu.md.
@@ -76,11 +80,23 @@ echo "== pytest (gpu-marked tests included)"
 # GPU_CHECK_BENCH: 1 (all) or a list of quant, florence2, smolvlm, batch (images per second of both families).
 bench=${GPU_CHECK_BENCH:-0}
 [ "$bench" = 1 ] && bench="quant florence2 smolvlm batch"
-site="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+current_site="$PWD/build/gpu-site${PYTHONPATH:+:$PYTHONPATH}"
+if [ -n "${GPU_CHECK_BASELINE:-}" ]; then
+  echo "== build of the baseline in $GPU_CHECK_BASELINE (wheel, no tests)"
+  rm -rf build/gpu-baseline build/gpu-baseline-dist build/gpu-baseline-site
+  (cd "$GPU_CHECK_BASELINE" && IMAGETOTEXT_BUILD_TESTS=OFF IMAGETOTEXT_CUDA_ARCHITECTURES=90 python3 -m pip wheel -q \
+     --no-build-isolation --no-deps -w "$OLDPWD/build/gpu-baseline-dist" -Cbuild-dir="$OLDPWD/build/gpu-baseline" .) &&
+    python3 -m pip install -q --no-deps --no-compile --target build/gpu-baseline-site build/gpu-baseline-dist/imagetotext-*.whl ||
+    status=1
+fi
 for item in $([ "$bench" = 0 ] || echo "$bench"); do
-  # NAME-plain: the same benchmark with plain (not overlapped) kernel launches, results in *_plain_h100*.
-  name=${item%-plain} plain=""
+  # NAME-plain: the same benchmark with plain (not overlapped) kernel launches, results in *_plain_h100*;
+  # NAME-baseline: on the baseline's wheel, results in *_baseline_h100*.
+  name=${item%-plain} plain="" site=$current_site
   if [ "$name" != "$item" ]; then plain=_plain; export IMAGETOTEXT_OVERLAP_LAUNCHES=0; else unset IMAGETOTEXT_OVERLAP_LAUNCHES; fi
+  if [ "${name%-baseline}" != "$name" ]; then
+    name=${name%-baseline} plain=_baseline site="$PWD/build/gpu-baseline-site${PYTHONPATH:+:$PYTHONPATH}"
+  fi
   case $name in
     quant)
       echo "== benchmark: quantized GEMM (benchmarks/bench_quant_gemm.py)"
