@@ -73,8 +73,7 @@ at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, con
     const auto [keys, values] = cache.write_at(key, value, step->position);
     // One kernel over positions 0 .. position of the fixed-capacity cache (the rest is never read).
     own = ops::decode_attention(query, keys, values, step->position,
-                                1.0 / std::sqrt(static_cast<double>(query.size(3))), std::nullopt,
-                                cache.attention_arrivals());
+                                1.0 / std::sqrt(static_cast<double>(query.size(3))));
   } else {
     const auto [keys, values] = cache.append(key, value);
     own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/x.size(1) > 1);

@@ -63,8 +63,7 @@ TextCache TextModel::new_cache(std::int64_t batch, std::int64_t capacity) const 
   cache.reserve(layers_.size());
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     cache.emplace_back(batch, config_.num_key_value_heads, capacity, config_.head_dim,
-                       at::TensorOptions().device(placement.device).dtype(placement.dtype),
-                       config_.num_attention_heads);
+                       at::TensorOptions().device(placement.device).dtype(placement.dtype));
   }
   return cache;
 }
@@ -99,8 +98,7 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, 
     const at::Tensor q_rotated = cache.rotate_and_write_at(q, k, v, cos, sin, step->position);
     out = ops::decode_attention(q_rotated, cache.keys(), cache.values(), step->position,
                                 1.0 / std::sqrt(static_cast<double>(head_dim)),
-                                padding ? std::optional<at::Tensor>(padding->first) : std::nullopt,
-                                cache.attention_arrivals());
+                                padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
   } else if (padding) {
     const auto [keys, values] = cache.append(rotate(k), v);
     out = nn::scaled_dot_product_attention(rotate(q), keys, values, padding->mask, /*causal=*/false);

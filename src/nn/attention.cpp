@@ -17,12 +17,11 @@
 namespace imagetotext::nn {
 
 KVCache::KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
-                 const at::TensorOptions& options, std::int64_t query_heads)
+                 const at::TensorOptions& options)
     // Zeros, not uninitialised memory: a fixed-shape step reads the whole buffer with the unfilled part masked,
     // and a NaN there would survive the mask (0 * NaN).
     : keys_(at::zeros({batch, kv_heads, capacity, head_dim}, options)),
-      values_(at::zeros({batch, kv_heads, capacity, head_dim}, options)),
-      arrivals_(at::zeros({batch * (query_heads > 0 ? query_heads : kv_heads)}, options.dtype(at::kInt))) {}
+      values_(at::zeros({batch, kv_heads, capacity, head_dim}, options)) {}
 
 std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const at::Tensor& value) {
   const std::int64_t added = key.size(2);

@@ -76,8 +76,7 @@ void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position, const std::optional<at::Tensor>& first,
-                            const std::optional<at::Tensor>& arrivals) {
+                            const at::Tensor& position, const std::optional<at::Tensor>& first) {
   TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, "decode_attention: query must be [batch, heads, 1, "
                     "head_dim], got ", query.sizes());
   TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == query.size(0) &&
@@ -95,14 +94,6 @@ void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, con
                           first->device() == query.device(),
                       "decode_attention: first must be int64 [", query.size(0), "] on ", query.device(), ", got ",
                       first->sizes(), " ", first->scalar_type(), " on ", first->device());
-  }
-  if (arrivals) {
-    const int64_t rows = query.size(0) * query.size(1);
-    TORCH_CHECK_VALUE(arrivals->scalar_type() == at::kInt && arrivals->dim() == 1 && arrivals->size(0) == rows &&
-                          arrivals->is_contiguous() && arrivals->device() == query.device(),
-                      "decode_attention: arrivals must be contiguous int32 [", rows, "] (batch * heads) on ",
-                      query.device(), ", got ", arrivals->sizes(), " ", arrivals->scalar_type(), " on ",
-                      arrivals->device());
   }
 }
 
@@ -151,13 +142,11 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position, double scale, const std::optional<at::Tensor>& first,
-                            const std::optional<at::Tensor>& arrivals) {
+                            const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
   static const auto op =
       find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>(
-          "imagetotext::decode_attention");
-  return op.call(query, keys, values, position, scale, first, arrivals);
+                         const std::optional<at::Tensor>&)>("imagetotext::decode_attention");
+  return op.call(query, keys, values, position, scale, first);
 }
 
 }  // namespace imagetotext::ops

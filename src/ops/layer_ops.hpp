@@ -41,12 +41,9 @@ at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 // buffers is ignored), heads / kv_heads queries per key/value head. Returns [batch, heads, 1, head_dim].
 // `first` (int64 [batch] on the device, each in 0 .. position): row b attends to first[b] .. position only, the
 // positions before being the left padding of a batch of prompts of different lengths.
-// `arrivals` (int32 [batch * heads] of zeros on the device, left zero after the call): the CUDA kernel's count of
-// finished position chunks, kept by the caller (nn::KVCache) so a decode step allocates and zeroes nothing.
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& position, double scale,
-                            const std::optional<at::Tensor>& first = std::nullopt,
-                            const std::optional<at::Tensor>& arrivals = std::nullopt);
+                            const std::optional<at::Tensor>& first = std::nullopt);
 
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
@@ -58,8 +55,7 @@ void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, co
                               const at::Tensor& values, const at::Tensor& position);
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
 void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                            const at::Tensor& position, const std::optional<at::Tensor>& first,
-                            const std::optional<at::Tensor>& arrivals);
+                            const at::Tensor& position, const std::optional<at::Tensor>& first);
 }  // namespace detail
 
 }  // namespace imagetotext::ops

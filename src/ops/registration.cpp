@@ -40,9 +40,7 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("rotary_cache_write(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "
         "Tensor(b!) values, Tensor position) -> Tensor");
   m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
-  // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0. arrivals: int32
-  // [batch * heads] of zeros that the CUDA kernel counts in and sets back to zero (a KV cache keeps them), or
-  // none (zeroed for the call); the CPU ignores them.
+  // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
   m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "
-        "Tensor? first=None, Tensor(a!)? arrivals=None) -> Tensor");
+        "Tensor? first=None) -> Tensor");
 }

@@ -189,11 +189,6 @@ def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, di
     scale = expected.abs().max().item()
     bound = 1e-5 if dtype == torch.float32 else 2 ** -7
     assert (ours.float() - expected).abs().max().item() <= bound * scale
-    # Counts kept by the caller (a KV cache): the same result, every call, and the counts are left at zero.
-    arrivals = torch.zeros(batch * heads, dtype=torch.int32, device=device)
-    for _ in range(2):
-        assert torch.equal(ops.decode_attention(query, keys, values, where, dim ** -0.5, None, arrivals), ours)
-        assert not arrivals.any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -255,10 +250,6 @@ def test_bad_arguments_name_the_problem():
         ops.decode_attention(torch.randn(1, 6, 2, 8), kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0)
     with pytest.raises(ValueError, match="first must be int64"):
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, torch.tensor([0, 0]))
-    with pytest.raises(ValueError, match="arrivals must be contiguous int32 \\[6\\]"):
-        ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, None, torch.zeros(5, dtype=torch.int32))
-    with pytest.raises(ValueError, match="arrivals must be contiguous int32"):
-        ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, None, torch.zeros(6))
     with pytest.raises(ValueError, match="add_rms_norm: residual and delta must share"):
         ops.add_rms_norm(x, torch.randn(2, 7), torch.ones(8), 1e-5)
     with pytest.raises(ValueError, match="rms_norm: weight must be"):
@@ -276,27 +267,3 @@ def test_bad_arguments_name_the_problem():
         ops.rotary_cache_write(q, k1, k1, cs.double(), cs, cache, cache.clone(), at)
     with pytest.raises(ValueError, match="rotary_cache_write: position must be one int64"):
         ops.rotary_cache_write(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]))
-
-
-@pytest.mark.gpu
-def test_cuda_decode_attention_in_a_graph_merges_every_replay():
-    """The last CTA of a head merges and zeroes its count: replays at new positions give the eager results."""
-    needs("cuda")
-    torch.manual_seed(5)
-    heads, kv_heads, dim, capacity = 9, 3, 64, 1200
-    query = torch.randn(1, heads, 1, dim, device="cuda", dtype=torch.bfloat16)
-    keys = torch.randn(1, kv_heads, capacity, dim, device="cuda", dtype=torch.bfloat16)
-    values = torch.randn(1, kv_heads, capacity, dim, device="cuda", dtype=torch.bfloat16)
-    where = torch.tensor([0], device="cuda")
-    arrivals = torch.zeros(heads, dtype=torch.int32, device="cuda")
-    ops.decode_attention(query, keys, values, where, dim ** -0.5, None, arrivals)  # warm-up outside the capture
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        recorded = ops.decode_attention(query, keys, values, where, dim ** -0.5, None, arrivals)
-    for position in [5, 700, 64, 1199]:
-        where.fill_(position)
-        query.normal_()
-        graph.replay()
-        assert torch.equal(recorded, ops.decode_attention(query, keys, values, where, dim ** -0.5))
-        assert not arrivals.any()

@@ -12,13 +12,12 @@
 namespace imagetotext::nn {
 
 // Keys and values of one attention layer for `batch` sequences (beams count as sequences) of up to
-// `capacity` positions: [batch, kv_heads, capacity, head_dim] each, filled from position 0. `query_heads`
-// (kv_heads when 0) sizes the counts ops::decode_attention keeps between decode steps.
+// `capacity` positions: [batch, kv_heads, capacity, head_dim] each, filled from position 0.
 class KVCache {
  public:
   KVCache() = default;
   KVCache(std::int64_t batch, std::int64_t kv_heads, std::int64_t capacity, std::int64_t head_dim,
-          const at::TensorOptions& options, std::int64_t query_heads = 0);
+          const at::TensorOptions& options);
 
   // Writes `key`/`value` [batch, kv_heads, new, head_dim] at positions [length, length + new) and returns
   // views of the filled part [.., 0 : length + new, ..]. Throws InvalidArgumentError past capacity.
@@ -45,13 +44,10 @@ class KVCache {
   // The whole buffers (for kernels that read the cache in place, with their own length).
   const at::Tensor& keys() const noexcept { return keys_; }
   const at::Tensor& values() const noexcept { return values_; }
-  // ops::decode_attention's `arrivals` for this layer: int32 [batch * query_heads], zero between calls.
-  const at::Tensor& attention_arrivals() const noexcept { return arrivals_; }
 
  private:
   at::Tensor keys_;
   at::Tensor values_;
-  at::Tensor arrivals_;
   std::int64_t length_ = 0;
 };
 

@@ -60,9 +60,8 @@ at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
 }
 
 at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
-                                const at::Tensor& position, double scale, const std::optional<at::Tensor>& first,
-                                const std::optional<at::Tensor>& arrivals) {
-  detail::check_decode_attention(query, keys, values, position, first, arrivals);  // arrivals: CUDA's only
+                                const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
+  detail::check_decode_attention(query, keys, values, position, first);
   const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
   // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
   const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;

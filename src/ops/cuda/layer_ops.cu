@@ -5,7 +5,6 @@
 #include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/zeros.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
 
@@ -281,17 +280,15 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
 // ---- decode_attention: split over the positions (flash-decoding) ---------------------------------------------
 // One CTA per (sequence, head) left 120 of the H100's 132 SMs idle (SmolVLM-256M has 9 heads) and took 32 us a
 // call over a 1,100-token cache. Here the positions are cut into `splits` chunks of `chunk` (fixed by the
-// capacity, so a CUDA graph can record the launch; chunks past the current position record an empty state),
-// and each CTA reduces its chunk to a partial softmax state (max, sum, unnormalized output); the last CTA of a
-// (sequence, head) to finish, counted in `arrivals`, merges them (a second kernel did it before: one launch a
-// layer more in every decode step). In a CTA, groups of 8 lanes take one position each: lane j
+// capacity, so a CUDA graph can record the launch; chunks past the current position exit at once), and
+// each CTA reduces its chunk to a partial softmax state (max, sum, unnormalized output); a second kernel
+// merges the partials of a (sequence, head). In a CTA, groups of 8 lanes take one position each: lane j
 // holds dims [j*E, j*E + E) of the query, key and value (16-byte loads where the layout allows), the dot
 // product is reduced over the 8 lanes, and each group keeps an online softmax over its positions.
 constexpr int kSplitThreads = 128;
 constexpr int kSplitGroups = kSplitThreads / 8;  // positions in flight per CTA round
 constexpr int kSplitUnroll = 4;                 // rounds whose loads are issued together
 constexpr int kMaxSplits = 128;
-static_assert(kSplitThreads == kMaxSplits, "the merging CTA has one thread per split");
 
 // E elements of row `row` from dim index j*E on, as float; `vector`: the E values are 16-byte aligned and whole.
 template <typename T, int E>
@@ -321,48 +318,11 @@ __device__ __forceinline__ void load_lane_values(const T* row, int j, int dim, b
   }
 }
 
-// out_row[dim] = the merged partial states of a (sequence, head)'s splits (a split with sum 0 attended nothing,
-// and its output was never written). Called by the last CTA of the (sequence, head) to finish, every one of
-// its kMaxSplits threads: one thread per split reads the states at once, then one thread per dim sums the
-// weighted outputs. The states are other CTAs' writes of this kernel: read from L2 (__ldcg), past L1.
-template <typename T>
-__device__ __forceinline__ void merge_splits(const float* states, T* out_row, int dim, int splits) {
-  __shared__ float weight[kMaxSplits], warp_best[kMaxSplits / kWarpSize];
-  const int s = threadIdx.x, warp = s / kWarpSize, lane = s % kWarpSize;
-  const float sum = s < splits ? __ldcg(states + s * (dim + 2) + 1) : 0.0f;
-  const float max = sum > 0.0f ? __ldcg(states + s * (dim + 2)) : -FLT_MAX;
-  float best = max;
-  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, offset));
-  if (lane == 0) warp_best[warp] = best;
-  __syncthreads();
-  best = -FLT_MAX;
-  for (int w = 0; w < kMaxSplits / kWarpSize; ++w) best = fmaxf(best, warp_best[w]);
-  weight[s] = sum > 0.0f ? expf(max - best) : 0.0f;
-  const float total = cuda::block_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // block_sum synchronizes: weight is visible
-  constexpr int kMergeUnroll = 8;  // splits whose outputs are loaded together (the loads, not the sums, are slow)
-  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
-    float value = 0.0f;
-    for (int base = 0; base < splits; base += kMergeUnroll) {
-      float part[kMergeUnroll];
-#pragma unroll
-      for (int u = 0; u < kMergeUnroll; ++u) {
-        const int split = base + u;
-        part[u] = split < splits && weight[split] != 0.0f ? __ldcg(states + split * (dim + 2) + 2 + d) : 0.0f;
-      }
-#pragma unroll
-      for (int u = 0; u < kMergeUnroll; ++u) {
-        if (base + u < splits) value += part[u] * weight[base + u];
-      }
-    }
-    out_row[d] = static_cast<T>(value / total);
-  }
-}
-
 template <typename T, int E>
 __global__ void __launch_bounds__(kSplitThreads)
 decode_attention_split_kernel(const T* query, const T* keys, const T* values,
                               const int64_t* position, const int64_t* first_position,
-                              float* partials, int* arrivals, T* out, int64_t heads,
+                              float* partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
   let_next_kernel_start();
@@ -380,89 +340,118 @@ decode_attention_split_kernel(const T* query, const T* keys, const T* values,
       partial[0] = -FLT_MAX;
       partial[1] = 0.0f;
     }
-  } else {
-    const int gid = threadIdx.x / 8, j = threadIdx.x % 8;
-    float q[E];
-    load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
-  #pragma unroll
-    for (int e = 0; e < E; ++e) q[e] *= scale;
-    const T* key_rows = keys + (sequence * (heads / group) + head / group) * capacity * dim;
-    const T* value_rows = values + (sequence * (heads / group) + head / group) * capacity * dim;
+    return;
+  }
+  const int gid = threadIdx.x / 8, j = threadIdx.x % 8;
+  float q[E];
+  load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
+#pragma unroll
+  for (int e = 0; e < E; ++e) q[e] *= scale;
+  const T* key_rows = keys + (sequence * (heads / group) + head / group) * capacity * dim;
+  const T* value_rows = values + (sequence * (heads / group) + head / group) * capacity * dim;
 
-    float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
-    // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
-    // position lies past the chunk's end takes part with a dead position.
-    for (int64_t round = begin; round < end; round += kSplitGroups * kSplitUnroll) {
-      const int64_t first = round + gid;
-      float k[kSplitUnroll][E], v[kSplitUnroll][E];
-  #pragma unroll
-      for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
-        const int64_t p = first + u * kSplitGroups;
-        if (p < end) {
-          load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
-          load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
-        }
-      }
-  #pragma unroll
-      for (int u = 0; u < kSplitUnroll; ++u) {
-        const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group, not the warp
-        float dot = 0.0f;
-  #pragma unroll
-        for (int e = 0; e < E; ++e) dot += q[e] * (live ? k[u][e] : 0.0f);
-        dot += __shfl_xor_sync(0xffffffffu, dot, 1);
-        dot += __shfl_xor_sync(0xffffffffu, dot, 2);
-        dot += __shfl_xor_sync(0xffffffffu, dot, 4);
-        if (live) {
-          const float new_max = fmaxf(running_max, dot);
-          const float correction = expf(running_max - new_max), weight = expf(dot - new_max);
-  #pragma unroll
-          for (int e = 0; e < E; ++e) acc[e] = acc[e] * correction + weight * v[u][e];
-          running_sum = running_sum * correction + weight;
-          running_max = new_max;
-        }
+  float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
+  // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
+  // position lies past the chunk's end takes part with a dead position.
+  for (int64_t round = begin; round < end; round += kSplitGroups * kSplitUnroll) {
+    const int64_t first = round + gid;
+    float k[kSplitUnroll][E], v[kSplitUnroll][E];
+#pragma unroll
+    for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
+      const int64_t p = first + u * kSplitGroups;
+      if (p < end) {
+        load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
+        load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
       }
     }
-    // Merge the groups: their states in shared memory, then one thread per dim.
-    __shared__ float group_max[kSplitGroups], group_sum[kSplitGroups];
-    __shared__ float group_acc[kSplitGroups][8 * E];
-    if (j == 0) {
-      group_max[gid] = running_max;
-      group_sum[gid] = running_sum;
-    }
-  #pragma unroll
-    for (int e = 0; e < E; ++e) group_acc[gid][j * E + e] = acc[e];
-    __syncthreads();
-    float best = -FLT_MAX;
-    for (int g = 0; g < kSplitGroups; ++g) best = fmaxf(best, group_max[g]);
-    if (threadIdx.x == 0) {
-      float total = 0.0f;
-      for (int g = 0; g < kSplitGroups; ++g) total += group_sum[g] * expf(group_max[g] - best);
-      partial[0] = best;
-      partial[1] = total;
-    }
-    for (int d = threadIdx.x; d < dim; d += kSplitThreads) {
-      float value = 0.0f;
-      for (int g = 0; g < kSplitGroups; ++g) value += group_acc[g][d] * expf(group_max[g] - best);
-      partial[2 + d] = value;
+#pragma unroll
+    for (int u = 0; u < kSplitUnroll; ++u) {
+      const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group, not the warp
+      float dot = 0.0f;
+#pragma unroll
+      for (int e = 0; e < E; ++e) dot += q[e] * (live ? k[u][e] : 0.0f);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 1);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 2);
+      dot += __shfl_xor_sync(0xffffffffu, dot, 4);
+      if (live) {
+        const float new_max = fmaxf(running_max, dot);
+        const float correction = expf(running_max - new_max), weight = expf(dot - new_max);
+#pragma unroll
+        for (int e = 0; e < E; ++e) acc[e] = acc[e] * correction + weight * v[u][e];
+        running_sum = running_sum * correction + weight;
+        running_max = new_max;
+      }
     }
   }
-  // The last CTA of the (sequence, head) to finish merges the splits' states (no second kernel), then sets the
-  // count back to 0 for the next call: arrivals are zero between calls, so a CUDA graph replays this as it is.
-  __threadfence();  // this CTA's state is visible to the CTA that merges
+  // Merge the groups: their states in shared memory, then one thread per dim.
+  __shared__ float group_max[kSplitGroups], group_sum[kSplitGroups];
+  __shared__ float group_acc[kSplitGroups][8 * E];
+  if (j == 0) {
+    group_max[gid] = running_max;
+    group_sum[gid] = running_sum;
+  }
+#pragma unroll
+  for (int e = 0; e < E; ++e) group_acc[gid][j * E + e] = acc[e];
   __syncthreads();
-  __shared__ int arrived_before;
-  if (threadIdx.x == 0) arrived_before = atomicAdd(arrivals + sequence_head, 1);
+  float best = -FLT_MAX;
+  for (int g = 0; g < kSplitGroups; ++g) best = fmaxf(best, group_max[g]);
+  if (threadIdx.x == 0) {
+    float total = 0.0f;
+    for (int g = 0; g < kSplitGroups; ++g) total += group_sum[g] * expf(group_max[g] - best);
+    partial[0] = best;
+    partial[1] = total;
+  }
+  for (int d = threadIdx.x; d < dim; d += kSplitThreads) {
+    float value = 0.0f;
+    for (int g = 0; g < kSplitGroups; ++g) value += group_acc[g][d] * expf(group_max[g] - best);
+    partial[2 + d] = value;
+  }
+}
+
+// out[sequence, head] = the merged partial states of its splits (a split with sum 0 attended nothing, and its
+// output was never written). One thread per split reads the states at once (kMaxSplits threads), then one
+// thread per dim sums the weighted outputs.
+template <typename T>
+__global__ void __launch_bounds__(kMaxSplits)
+decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits) {
+  let_next_kernel_start();
+  wait_for_previous_kernels(partials);
+  const int64_t sequence_head = blockIdx.x;
+  const float* states = partials + sequence_head * splits * (dim + 2);
+  __shared__ float weight[kMaxSplits], warp_best[kMaxSplits / kWarpSize];
+  const int s = threadIdx.x, warp = s / kWarpSize, lane = s % kWarpSize;
+  const float sum = s < splits ? states[s * (dim + 2) + 1] : 0.0f;
+  const float max = sum > 0.0f ? states[s * (dim + 2)] : -FLT_MAX;
+  float best = max;
+  for (int offset = kWarpSize / 2; offset > 0; offset >>= 1) best = fmaxf(best, __shfl_xor_sync(0xffffffffu, best, offset));
+  if (lane == 0) warp_best[warp] = best;
   __syncthreads();
-  if (arrived_before != splits - 1) return;
-  __threadfence();
-  merge_splits<T>(partials + sequence_head * splits * (dim + 2), out + sequence_head * dim, dim, splits);
-  if (threadIdx.x == 0) arrivals[sequence_head] = 0;
+  best = -FLT_MAX;
+  for (int w = 0; w < kMaxSplits / kWarpSize; ++w) best = fmaxf(best, warp_best[w]);
+  weight[s] = sum > 0.0f ? expf(max - best) : 0.0f;
+  const float total = cuda::block_sum(sum > 0.0f ? sum * weight[s] : 0.0f);  // block_sum synchronizes: weight is visible
+  constexpr int kMergeUnroll = 8;  // splits whose outputs are loaded together (the loads, not the sums, are slow)
+  for (int d = threadIdx.x; d < dim; d += blockDim.x) {
+    float value = 0.0f;
+    for (int base = 0; base < splits; base += kMergeUnroll) {
+      float part[kMergeUnroll];
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        const int split = base + u;
+        part[u] = split < splits && weight[split] != 0.0f ? states[split * (dim + 2) + 2 + d] : 0.0f;
+      }
+#pragma unroll
+      for (int u = 0; u < kMergeUnroll; ++u) {
+        if (base + u < splits) value += part[u] * weight[base + u];
+      }
+    }
+    out[sequence_head * dim + d] = static_cast<T>(value / total);
+  }
 }
 
 at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& keys_in, const at::Tensor& values_in,
-                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in,
-                                 const std::optional<at::Tensor>& arrivals_in) {
-  detail::check_decode_attention(query_in, keys_in, values_in, position, first_in, arrivals_in);
+                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in) {
+  detail::check_decode_attention(query_in, keys_in, values_in, position, first_in);
   const int64_t dim = query_in.size(3);
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
   const c10::cuda::CUDAGuard guard(query_in.device());
@@ -477,8 +466,6 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
   const int64_t chunk = ((capacity + splits - 1) / splits + kSplitGroups - 1) / kSplitGroups * kSplitGroups;
   TORCH_CHECK(batch * heads < 65536, "decode_attention: batch * heads above 65535");
   at::Tensor partials = at::empty({batch * heads * splits * (dim + 2)}, query.options().dtype(at::kFloat));
-  // Without the caller's counts (a KV cache keeps them between steps), zeroed ones for this call.
-  const at::Tensor arrivals = arrivals_in ? *arrivals_in : at::zeros({batch * heads}, query.options().dtype(at::kInt));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
     auto launch = [&](auto per_lane) {
       constexpr int E = decltype(per_lane)::value;
@@ -490,14 +477,16 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
                         dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), dim3(kSplitThreads),
                         0, query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
                         position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
-                        partials.data_ptr<float>(), arrivals.data_ptr<int>(), out.data_ptr<scalar_t>(), heads,
-                        group, capacity, static_cast<int>(dim),
+                        partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
                         static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
     };
     if (dim <= 32) launch(std::integral_constant<int, 4>{});
     else if (dim <= 64) launch(std::integral_constant<int, 8>{});
     else if (dim <= 128) launch(std::integral_constant<int, 16>{});
     else launch(std::integral_constant<int, 32>{});
+    launch_overlapped(&decode_attention_merge_kernel<scalar_t>, dim3(static_cast<unsigned>(batch * heads)),
+                      dim3(kMaxSplits), 0, partials.data_ptr<float>(), out.data_ptr<scalar_t>(),
+                      static_cast<int>(dim), static_cast<int>(splits));
   });
   return out;
 }
