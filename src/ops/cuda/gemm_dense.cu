@@ -4,8 +4,11 @@
 //   cuBLAS takes 3.6-6.5 us a call on the H100 at any M up to 16, the GEMV 2.3-5.0 at M = 1; at M = 2 they
 //   tie and from M = 3 on the GEMV loses (its float32 FMAs grow with M):
 //   benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
-// - a few rows (beams, small batches): the CPU's composition (cuBLAS, then the bias). cuBLAS with the bias in
-//   its epilogue made no measurable difference to Florence-2's 3-beam decode step (0.99 ms a token either way).
+// - 2 to kMaxDenseMmaRows rows of float16/bfloat16 A (beams, small batches): the tensor-core GEMV of the
+//   quantized formats (gemv_mma.cuh) with the stored weight as its pairs, the bias and a residual in its
+//   epilogue: one kernel where cuBLAS and a bias add were two (cuBLAS with the bias in its epilogue had made no
+//   measurable difference to Florence-2's 3-beam decode step, 0.99 ms a token either way).
+// - otherwise, below kEpilogueRows: the CPU's composition (cuBLAS, then the bias).
 // - kEpilogueRows rows and more (prefill, vision towers): cuBLAS with the bias in its epilogue (at::linear,
 //   as transformers' F.linear), which spares a pass over the whole output: SmolVLM's vision tower spent 365
 //   bias adds, 3.9 ms of GPU time, on a 17-tile caption (benchmarks/results/smolvlm-profile-h100-2026-11-23-*).
@@ -17,12 +20,15 @@
 
 #include "../quantize.hpp"
 #include "gemv.cuh"
+#include "gemv_mma.cuh"
 
 namespace imagetotext::ops {
 namespace {
 
 // Rows of A up to which the GEMV runs; above, cuBLAS.
 constexpr int64_t kMaxDenseGemvRows = 1;
+// Rows of A up to which the tensor-core GEMV runs (from 2).
+constexpr int64_t kMaxDenseMmaRows = 8;
 // Rows of A from which cuBLAS adds the bias in its epilogue.
 constexpr int64_t kEpilogueRows = 64;
 
@@ -43,6 +49,37 @@ struct DenseRowWeights {
     for (int i = 0; i < kWeightsPerChunk; ++i) w[i] = static_cast<float>(values[i]);
   }
   __device__ __forceinline__ float row_scale(int64_t) const { return 1.0f; }
+};
+
+// The same rows for the tensor-core GEMV: a 16-byte chunk is 8 values, already the 16-bit pairs the mma takes
+// (elements 4j, 4j+1 in word 2j, 4j+2, 4j+3 in word 2j+1).
+template <typename scalar_t>
+struct DenseMmaWeights {
+  static constexpr int kK = 8;
+  static constexpr int kSharedBytes = 0;
+  const scalar_t* weight;
+
+  __device__ __forceinline__ void prepare(char*, float*) const {}
+  __device__ __forceinline__ uint4 load(int n, int chunks, int c) const {
+    return __ldcs(reinterpret_cast<const uint4*>(weight) + static_cast<int64_t>(n) * chunks + c);
+  }
+  __device__ __forceinline__ float chunk_scale(int, int, int) const { return 1.0f; }
+  __device__ __forceinline__ void decode(const char*, uint4 raw, float, uint32_t (&lo)[kK / 4],
+                                         uint32_t (&hi)[kK / 4]) const {
+    lo[0] = raw.x;
+    hi[0] = raw.y;
+    lo[1] = raw.z;
+    hi[1] = raw.w;
+  }
+  __device__ __forceinline__ float row_scale(int) const { return 1.0f; }
+};
+
+struct MakeDenseMmaWeights {
+  const void* weight;
+  template <typename scalar_t>
+  DenseMmaWeights<scalar_t> make() const {
+    return {static_cast<const scalar_t*>(weight)};
+  }
 };
 
 at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias,
@@ -69,7 +106,14 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
     });
     return out;
   }
-  const at::Tensor input = gemm_input(a, fusion);
+  const at::Tensor input = gemm_input(a, fusion).contiguous();
+  if (rows >= 2 && rows <= kMaxDenseMmaRows &&
+      cuda::mma_gemv_applies(input, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
+    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
+    detail::check_gemm_residual(op, fusion, out.sizes());
+    cuda::launch_mma_gemv(input, rows, MakeDenseMmaWeights{weight.data_ptr()}, N, K, bias, fusion.residual, out);
+    return out;
+  }
   const at::Tensor out =
       rows >= kEpilogueRows ? at::linear(input, weight, bias) : detail::matmul_then_bias(input, weight, bias);
   return detail::add_gemm_residual(op, out, fusion);
