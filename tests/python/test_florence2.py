@@ -569,10 +569,18 @@ def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dt
             assert graph == eager, (len(prompt), settings)
             assert graph_score == pytest.approx(eager_score, rel=1e-5, abs=1e-5)
         else:
-            # bf16: the recorded step's attention kernel rounds differently from the eager one, so a long search
-            # may take another of two near-tied paths; it must start the same and score the same within bf16.
-            assert graph[:8] == eager[:8], (len(prompt), settings)
-            assert graph_score == pytest.approx(eager_score, rel=2e-2, abs=2e-2)
+            # bf16: the recorded step's attention kernel rounds differently from the eager one, and with random
+            # tiny weights many logits are near-tied, so the two searches may take different paths (an H100 run:
+            # one ended at its 6th token, the other went on). Each must be what its scores say: a beam caption's
+            # reported score is its teacher-forced rescoring within the rounding of bf16 logits, a greedy caption
+            # picks the best token or a near tie of it at every step.
+            assert graph[:1] == eager[:1], (len(prompt), settings)
+            for tokens, score in [(graph, graph_score), (eager, eager_score)]:
+                if settings["num_beams"] > 1:
+                    own, rounding = rescored(ours, encoded, tokens, settings)
+                    assert abs(score - own) <= rounding, (len(prompt), settings, score, own, rounding)
+                else:
+                    assert_greedy_up_to_near_ties(ours, encoded, tokens, (len(prompt), settings))
 
 
 def teacher_forced_log_probs(model, encoded, tokens):
@@ -583,19 +591,18 @@ def teacher_forced_log_probs(model, encoded, tokens):
 
 def rescored(model, encoded, tokens, settings):
     """A finished beam's score recomputed from a teacher-forced pass: the sum of its tokens' log-probabilities over
-    len(tokens) - 1 (length_penalty 1.0), where a step forced by forced_bos (the first) or forced_eos (the last at
+    (len(tokens) - 1) ** length_penalty, where a step forced by forced_bos (the first) or forced_eos (the last at
     max_new_tokens) counts 0, as its processor leaves the forced token (transformers' beam scoring). Also returns
     the rounding of bf16 logits in those terms: a log-probability moves by up to twice its logits' error, and a
     bf16 logit carries up to 2^-8 of the largest logit's magnitude per rounding; two roundings a step apart."""
-    assert settings.get("length_penalty", 1.0) == 1.0
+    length = (len(tokens) - 1) ** settings.get("length_penalty", 1.0)
     logits, log_probs = teacher_forced_log_probs(model, encoded, tokens)
     forced = torch.zeros(len(tokens) - 1, dtype=torch.bool)
     forced[0] = settings.get("forced_bos_token_id") is not None
     forced[-1] |= settings.get("forced_eos_token_id") is not None and len(tokens) - 1 == settings["max_new_tokens"]
     counted = ~forced
     rounding = 2 * 2 * 2.0 ** -8 * logits.abs().amax(-1)
-    return (float(log_probs[counted].sum()) / (len(tokens) - 1),
-            float(rounding[counted].sum()) / (len(tokens) - 1))
+    return float(log_probs[counted].sum()) / length, float(rounding[counted].sum()) / length
 
 
 def assert_greedy_up_to_near_ties(model, encoded, tokens, label):
