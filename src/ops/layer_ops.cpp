@@ -3,8 +3,6 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
-#include <tuple>
-
 namespace imagetotext::ops {
 namespace detail {
 
@@ -16,14 +14,6 @@ void check_rms_norm(const at::Tensor& x, const at::Tensor& weight) {
                     "rms_norm: x and weight must share one floating dtype, got ", x.scalar_type(), " and ",
                     weight.scalar_type());
   TORCH_CHECK_VALUE(weight.device() == x.device(), "rms_norm: x is on ", x.device(), ", weight on ", weight.device());
-}
-
-void check_add_rms_norm(const at::Tensor& residual, const at::Tensor& delta, const at::Tensor& weight) {
-  TORCH_CHECK_VALUE(delta.sizes() == residual.sizes() && delta.scalar_type() == residual.scalar_type() &&
-                        delta.device() == residual.device(),
-                    "add_rms_norm: residual and delta must share shape, dtype and device, got ", residual.sizes(), " ",
-                    residual.scalar_type(), " and ", delta.sizes(), " ", delta.scalar_type());
-  check_rms_norm(residual, weight);
 }
 
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -109,15 +99,6 @@ auto find_op(const char* name) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("imagetotext::rms_norm");
   return op.call(x, weight, eps);
-}
-
-std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
-                                               const at::Tensor& weight, double eps) {
-  static const auto op =
-      find_op<std::tuple<at::Tensor, at::Tensor>(const at::Tensor&, const at::Tensor&, const at::Tensor&, double)>(
-          "imagetotext::add_rms_norm");
-  auto [sum, normed] = op.call(residual, delta, weight, eps);
-  return {std::move(sum), std::move(normed)};
 }
 
 at::Tensor rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,

@@ -6,18 +6,12 @@
 #include <ATen/core/Tensor.h>
 
 #include <optional>
-#include <utility>
 
 namespace imagetotext::ops {
 
 // weight * (x * rsqrt(mean(x^2, -1) + eps)), the statistics in float32 and the normed value cast to x's dtype
 // before the weight multiplies it (transformers' LlamaRMSNorm). x [..., n], weight [n].
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
-
-// The residual step and the norm after it in one: sum = residual + delta (rounded to the dtype, as ATen's add),
-// normed = rms_norm(sum, weight, eps). Returns {sum, normed}; residual and delta share one shape.
-std::pair<at::Tensor, at::Tensor> add_rms_norm(const at::Tensor& residual, const at::Tensor& delta,
-                                               const at::Tensor& weight, double eps);
 
 // x * cos + rotate_half(x) * sin for x [batch, heads, length, head_dim] (any strides) and cos, sin
 // [length, head_dim]; each product and the sum rounded to x's dtype as ATen's elementwise ops round them.
@@ -48,7 +42,6 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
 void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
-void check_add_rms_norm(const at::Tensor& residual, const at::Tensor& delta, const at::Tensor& weight);
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                               const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,

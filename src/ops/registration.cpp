@@ -34,7 +34,6 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("int8_scaled_mm(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias) -> Tensor");
   // Fused layer ops (src/ops/layer_ops.hpp): one CUDA kernel each; on the CPU the ATen composition.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
-  m.def("add_rms_norm(Tensor residual, Tensor delta, Tensor weight, float eps) -> (Tensor sum, Tensor normed)");
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
   // Writes rotary(key) and value into keys, values at position; returns rotary(query).
   m.def("rotary_cache_write(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "

@@ -8,7 +8,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <tuple>
 
 #include "../layer_ops.hpp"
 
@@ -20,14 +19,6 @@ at::Tensor rms_norm_cpu(const at::Tensor& x, const at::Tensor& weight, double ep
   const at::Tensor x32 = x.to(at::kFloat);
   const at::Tensor normed = x32 * at::rsqrt(x32.pow(2).mean(-1, /*keepdim=*/true) + eps);
   return weight * normed.to(x.scalar_type());
-}
-
-std::tuple<at::Tensor, at::Tensor> add_rms_norm_cpu(const at::Tensor& residual, const at::Tensor& delta,
-                                                    const at::Tensor& weight, double eps) {
-  detail::check_add_rms_norm(residual, delta, weight);
-  at::Tensor sum = residual + delta;
-  at::Tensor normed = rms_norm_cpu(sum, weight, eps);
-  return {std::move(sum), std::move(normed)};
 }
 
 // x * cos + rotate_half(x) * sin; cos and sin broadcast against x.
@@ -80,7 +71,6 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
 
 TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cpu);
-  m.impl("add_rms_norm", &imagetotext::ops::add_rms_norm_cpu);
   m.impl("rotary", &imagetotext::ops::rotary_cpu);
   m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cpu);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cpu);

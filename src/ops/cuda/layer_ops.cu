@@ -10,7 +10,6 @@
 
 #include <algorithm>
 #include <cfloat>
-#include <tuple>
 
 #include "../layer_ops.hpp"
 #include "blockwise.cuh"
@@ -25,14 +24,12 @@ using cuda::rounded;
 using cuda::let_next_kernel_start;
 using cuda::wait_for_previous_kernels;
 
-// ---- rms_norm, add_rms_norm: one CTA per row --------------------------------------------------------------------
+// ---- rms_norm: one CTA per row ----------------------------------------------------------------------------------
 // Rows of up to kRmsCached * blockDim.x values are read once (kept in registers); longer rows read twice.
-// With `delta`, the row is x + delta rounded to the dtype (ATen's add), written to `sum` before it is normed.
 constexpr int kRmsCached = 8;
 
 template <typename T>
-__global__ void rms_norm_kernel(const T* x, const T* delta, T* sum,
-                                const T* __restrict__ weight, T* out, int64_t n, float eps) {
+__global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out, int64_t n, float eps) {
   let_next_kernel_start();
   const int64_t offset = blockIdx.x * n;
   float gamma[kRmsCached];  // the norm's weight depends on no earlier kernel: loaded before the wait
@@ -41,33 +38,18 @@ __global__ void rms_norm_kernel(const T* x, const T* delta, T* sum,
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
     gamma[c] = i < n ? static_cast<float>(weight[i]) : 0.0f;
   }
-  wait_for_previous_kernels(x, delta);
-  auto long_row_value = [&](int64_t i) {  // past the cached part: the value read (and summed) again
-    const float v = static_cast<float>(x[offset + i]);
-    return delta == nullptr ? v : rounded<T>(v + static_cast<float>(delta[offset + i]));
-  };
-  // Every load of the cached part is issued before the first store (a store between them would keep the
-  // compiler from overlapping their latencies).
-  float cached[kRmsCached], added[kRmsCached];
+  wait_for_previous_kernels(x);
+  float cached[kRmsCached];
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
     cached[c] = i < n ? static_cast<float>(x[offset + i]) : 0.0f;
-    added[c] = i < n && delta != nullptr ? static_cast<float>(delta[offset + i]) : 0.0f;
   }
   float squares = 0.0f;
 #pragma unroll
-  for (int c = 0; c < kRmsCached; ++c) {
-    const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
-    if (delta != nullptr) {
-      cached[c] = rounded<T>(cached[c] + added[c]);
-      if (i < n) sum[offset + i] = static_cast<T>(cached[c]);
-    }
-    squares += cached[c] * cached[c];
-  }
+  for (int c = 0; c < kRmsCached; ++c) squares += cached[c] * cached[c];
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    const float v = long_row_value(i);
-    if (delta != nullptr) sum[offset + i] = static_cast<T>(v);
+    const float v = static_cast<float>(x[offset + i]);
     squares += v * v;
   }
   const float inverse = rsqrtf(cuda::block_sum(squares) / static_cast<float>(n) + eps);
@@ -77,23 +59,9 @@ __global__ void rms_norm_kernel(const T* x, const T* delta, T* sum,
     if (i < n) out[offset + i] = static_cast<T>(gamma[c] * rounded<T>(cached[c] * inverse));
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    const float normed = rounded<T>(long_row_value(i) * inverse);
+    const float normed = rounded<T>(static_cast<float>(x[offset + i]) * inverse);
     out[offset + i] = static_cast<T>(static_cast<float>(weight[i]) * normed);
   }
-}
-
-// out = rms_norm(x (+ delta)), and sum = x + delta when delta is given.
-void launch_rms_norm(const at::Tensor& x, const at::Tensor* delta, at::Tensor* sum, const at::Tensor& weight,
-                     at::Tensor& out, double eps) {
-  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
-  if (rows == 0) return;
-  const int threads = n >= 1024 ? 256 : 128;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_cuda", [&] {
-    launch_overlapped(&rms_norm_kernel<scalar_t>, dim3(static_cast<unsigned>(rows)), dim3(threads), 0,
-        x.data_ptr<scalar_t>(), delta ? delta->data_ptr<scalar_t>() : nullptr,
-        sum ? sum->data_ptr<scalar_t>() : nullptr, weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n,
-        static_cast<float>(eps));
-  });
 }
 
 at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, double eps) {
@@ -101,18 +69,15 @@ at::Tensor rms_norm_cuda(const at::Tensor& x_in, const at::Tensor& weight_in, do
   const c10::cuda::CUDAGuard guard(x_in.device());
   const at::Tensor x = x_in.contiguous(), weight = weight_in.contiguous();
   at::Tensor out = at::empty_like(x);
-  launch_rms_norm(x, nullptr, nullptr, weight, out, eps);
+  const int64_t n = x.size(-1), rows = n == 0 ? 0 : x.numel() / n;
+  if (rows == 0) return out;
+  const int threads = n >= 1024 ? 256 : 128;
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "rms_norm_cuda", [&] {
+    launch_overlapped(&rms_norm_kernel<scalar_t>, dim3(static_cast<unsigned>(rows)), dim3(threads), 0,
+                      x.data_ptr<scalar_t>(), weight.data_ptr<scalar_t>(), out.data_ptr<scalar_t>(), n,
+                      static_cast<float>(eps));
+  });
   return out;
-}
-
-std::tuple<at::Tensor, at::Tensor> add_rms_norm_cuda(const at::Tensor& residual_in, const at::Tensor& delta_in,
-                                                     const at::Tensor& weight_in, double eps) {
-  detail::check_add_rms_norm(residual_in, delta_in, weight_in);
-  const c10::cuda::CUDAGuard guard(residual_in.device());
-  const at::Tensor residual = residual_in.contiguous(), delta = delta_in.contiguous(), weight = weight_in.contiguous();
-  at::Tensor sum = at::empty_like(residual), out = at::empty_like(residual);
-  launch_rms_norm(residual, &delta, &sum, weight, out, eps);
-  return {std::move(sum), std::move(out)};
 }
 
 // ---- rotary: one thread per output element of a contiguous [batch, heads, length, dim] ------------------------
@@ -496,7 +461,6 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
 
 TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cuda);
-  m.impl("add_rms_norm", &imagetotext::ops::add_rms_norm_cuda);
   m.impl("rotary", &imagetotext::ops::rotary_cuda);
   m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cuda);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cuda);
