@@ -362,7 +362,8 @@ at::Tensor gemm_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at
                          double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
   constexpr std::string_view op = "gemm_4bit";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
-  detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type, weight_shape, bias);
+  detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type, weight_shape,
+                          bias);
   const at::Tensor out =
       gemm_4bit_plain(gemm_input(A, fusion), packed, absmax, blocksize, quant_type, weight_shape, bias);
   return detail::add_gemm_residual(op, out, fusion);

@@ -102,7 +102,8 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   const at::Tensor input = gemm_input(a, fusion).contiguous();
   const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
   if (rows > 1 &&
-      cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
+      cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK,
+                             codes.data_ptr())) {
     at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
     detail::check_gemm_residual(op, fusion, out.sizes());
     cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,

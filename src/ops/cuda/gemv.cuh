@@ -10,8 +10,8 @@
 // (launch.cuh): the first chunks are loaded before the wait for the previous kernel.
 //
 // Fusions (ops::GemmFusion): a residual added to the rounded output, at any row count; and for one row of A,
-// the input itself: rms_norm(A) (each warp sums A's squares itself, then norms each value as it loads it) or
-// silu_mul of A's two halves. A decode step then runs no norm or activation kernel between its GEMVs.
+// the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared memory (see
+// stage_input). A decode step then runs no norm or activation kernel between its GEMVs.
 #pragma once
 
 #include <ATen/Dispatch.h>

@@ -210,8 +210,9 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         for (int w = 0; w < kMmaWarps; ++w) sum += partial[w * kRowsPadded * kMmaTileN + i];
         sum *= weights.row_scale(n);
         if (bias != nullptr) sum += static_cast<float>(bias[n]);
-        if (residual != nullptr) sum = static_cast<float>(residual[static_cast<int64_t>(m) * N + n]) + rounded<scalar_t>(sum);
-        out[static_cast<int64_t>(m) * N + n] = static_cast<scalar_t>(sum);
+        const int64_t index = static_cast<int64_t>(m) * N + n;
+        if (residual != nullptr) sum = static_cast<float>(residual[index]) + rounded<scalar_t>(sum);
+        out[index] = static_cast<scalar_t>(sum);
       }
     }
     __syncthreads();  // partial is rewritten by the next tile
