@@ -1,6 +1,7 @@
 #include "quantize.hpp"
 
 #include <ATen/core/dispatch/Dispatcher.h>
+#include <ATen/ops/empty.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <c10/util/Exception.h>
@@ -216,10 +217,18 @@ at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion) {
   return fusion.gated ? A.narrow(-1, 0, A.size(-1) / 2) : A;
 }
 
+namespace {
 void check_gemm_residual(std::string_view op, const GemmFusion& fusion, c10::IntArrayRef out_shape) {
   if (!fusion.residual) return;
   TORCH_CHECK_VALUE(fusion.residual->sizes() == out_shape, op, ": residual must have the output's shape ", out_shape,
                     ", got ", fusion.residual->sizes());
+}
+}  // namespace
+
+at::Tensor gemm_output(std::string_view op, const at::Tensor& A, int64_t out_features, const GemmFusion& fusion) {
+  at::Tensor out = at::empty(gemm_output_shape(A, out_features), A.options());
+  check_gemm_residual(op, fusion, out.sizes());
+  return out;
 }
 
 at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion) {

@@ -74,8 +74,8 @@ GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std
 // A view with the shape, dtype and device of what the weight multiplies (A, or its first half when gated):
 // what the gemm's own checks take.
 at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion);
-// The residual, if any, has the output's shape.
-void check_gemm_residual(std::string_view op, const GemmFusion& fusion, c10::IntArrayRef out_shape);
+// An empty output [..., N] for A (its leading sizes), the fusion's residual, if any, checked to have its shape.
+at::Tensor gemm_output(std::string_view op, const at::Tensor& A, int64_t out_features, const GemmFusion& fusion);
 // out, plus the residual if any (checked), rounded to the dtype as ATen's add: the composed residual step.
 at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion);
 

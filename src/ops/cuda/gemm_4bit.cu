@@ -144,8 +144,7 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   // residual.
   if (simt_first && (fusion.norm_weight || fusion.gated) &&
       cuda::gemv_applies(a, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), fusion)) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
     return out;
   }
@@ -153,16 +152,14 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
   if (!simt_first &&
       cuda::mma_gemv_applies(input, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, input, N, fusion);
     const MakeNf4Fp4MmaWeights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
                                        codes};
     cuda::launch_mma_gemv(input, rows, weights, N, K, bias, fusion.residual, out);
     return out;
   }
   if (cuda::gemv_applies(input, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr())) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, input, N, fusion);
     cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
     return out;
   }

@@ -94,8 +94,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const int weights_per_chunk = 16 / static_cast<int>(a.element_size());
   if (rows <= kMaxDenseGemvRows &&
       cuda::gemv_applies(a, rows, K, weights_per_chunk, weight.data_ptr(), fusion)) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
     if (rows == 0 || N == 0) return out;
     const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
     AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gemm_dense_cuda", [&] {
@@ -109,8 +108,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const at::Tensor input = gemm_input(a, fusion).contiguous();
   if (rows >= 2 && rows <= kMaxDenseMmaRows &&
       cuda::mma_gemv_applies(input, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, input, N, fusion);
     cuda::launch_mma_gemv(input, rows, MakeDenseMmaWeights{weight.data_ptr()}, N, K, bias, fusion.residual, out);
     return out;
   }

@@ -91,8 +91,7 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   // One row with a fused input: the SIMT GEMV, which norms or gates as it loads.
   if ((fusion.norm_weight || fusion.gated) &&
       cuda::gemv_applies(a, rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr(), fusion)) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(a, N), a.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
     return out;
   }
@@ -104,15 +103,13 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   if (rows > 1 &&
       cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK,
                              codes.data_ptr())) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, input, N, fusion);
     cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,
                           bias, fusion.residual, out);
     return out;
   }
   if (cuda::gemv_applies(input, rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr())) {
-    at::Tensor out = at::empty(detail::gemm_output_shape(input, N), input.options());
-    detail::check_gemm_residual(op, fusion, out.sizes());
+    at::Tensor out = detail::gemm_output(op, input, N, fusion);
     cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
     return out;
   }

@@ -41,13 +41,6 @@ at::Tensor int8_vectorwise_dequant_meta(const at::Tensor& CB, const at::Tensor& 
   return at::empty(CB.sizes(), CB.options().dtype(at::kFloat));
 }
 
-// The gemms' output, with the fusion's arguments checked (ops::GemmFusion).
-at::Tensor gemm_output_meta(std::string_view op, const at::Tensor& A, int64_t out_features, const GemmFusion& fusion) {
-  at::Tensor out = at::empty(detail::gemm_output_shape(A, out_features), A.options());
-  detail::check_gemm_residual(op, fusion, out.sizes());
-  return out;
-}
-
 at::Tensor gemm_4bit_meta(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
@@ -56,7 +49,7 @@ at::Tensor gemm_4bit_meta(const at::Tensor& A, const at::Tensor& packed, const a
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
   const auto shape = detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type,
                                              weight_shape, bias);
-  return gemm_output_meta(op, A, shape.out_features, fusion);
+  return detail::gemm_output(op, A, shape.out_features, fusion);
 }
 
 at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
@@ -66,7 +59,7 @@ at::Tensor gemm_int8_weight_only_meta(const at::Tensor& A, const at::Tensor& CB,
   constexpr std::string_view op = "gemm_int8_weight_only";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
   const auto shape = detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
-  return gemm_output_meta(op, A, shape.out_features, fusion);
+  return detail::gemm_output(op, A, shape.out_features, fusion);
 }
 
 at::Tensor gemm_dense_meta(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
@@ -75,7 +68,7 @@ at::Tensor gemm_dense_meta(const at::Tensor& A, const at::Tensor& weight, const 
   constexpr std::string_view op = "gemm_dense";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
   const auto shape = detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight, bias);
-  return gemm_output_meta(op, A, shape.out_features, fusion);
+  return detail::gemm_output(op, A, shape.out_features, fusion);
 }
 
 at::Tensor int8_scaled_mm_meta(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA,
