@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "../ops/quantize.hpp"
 #include "imagetotext/core/error.hpp"
 
 namespace imagetotext::quant {
@@ -286,9 +287,11 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x, const ops::GemmFusion& 
                     "QuantizedLinear.forward: x must be float32, float16 or bfloat16, got ", x.scalar_type());
   TORCH_CHECK_VALUE(x.device() == weight_.device(), "QuantizedLinear.forward: x is on ", x.device(),
                     " but the weight is on ", weight_.device());
-  if (format_ == Quantization::llm_int8) {
+  if (format_ == Quantization::llm_int8) {  // no gemm op: the fusion composed as the ops compose it
+    constexpr std::string_view op = "QuantizedLinear.forward";
+    ops::detail::check_gemm_fusion(op, x, fusion.norm_weight, fusion.norm_eps, fusion.gated, fusion.residual);
     const at::Tensor out = llm_int8_matmul(ops::gemm_input(x, fusion), weight_, scb_, bias_, threshold_);
-    return fusion.residual ? *fusion.residual + out : out;
+    return ops::detail::add_gemm_residual(op, out, fusion);
   }
 
   // The gemm ops pick their path per device and row count (fused kernels for few rows, dequantize + BLAS
