@@ -95,10 +95,8 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, 
   at::Tensor out;
   if (step) {
     // cos, sin: one row at the step's position, or one per row of a left-padded batch.
-    const at::Tensor q_rotated = cache.rotate_and_write_at(q, k, v, cos, sin, step->position);
-    out = ops::decode_attention(q_rotated, cache.keys(), cache.values(), step->position,
-                                1.0 / std::sqrt(static_cast<double>(head_dim)),
-                                padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
+    out = cache.rotary_attend_at(q, k, v, cos, sin, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)),
+                                 padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
   } else if (padding) {
     const auto [keys, values] = cache.append(rotate(k), v);
     out = nn::scaled_dot_product_attention(rotate(q), keys, values, padding->mask, /*causal=*/false);

@@ -42,9 +42,10 @@ std::pair<at::Tensor, at::Tensor> KVCache::write_at(const at::Tensor& key, const
   return {keys_, values_};
 }
 
-at::Tensor KVCache::rotate_and_write_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                        const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position) {
-  return ops::rotary_cache_write(query, key, value, cos, sin, keys_, values_, position);
+at::Tensor KVCache::rotary_attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                    const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
+                                    double scale, const std::optional<at::Tensor>& first) {
+  return ops::rotary_decode_attention(query, key, value, cos, sin, keys_, values_, position, scale, first);
 }
 
 void KVCache::reorder(const at::Tensor& order) {

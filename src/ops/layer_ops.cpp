@@ -27,35 +27,34 @@ void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   }
 }
 
-void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                              const at::Tensor& values, const at::Tensor& position) {
+void check_rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& position,
+                                   const std::optional<at::Tensor>& first) {
   TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1 && query.size(3) % 2 == 0,
-                    "rotary_cache_write: query must be [batch, heads, 1, even head_dim], got ", query.sizes());
+                    "rotary_decode_attention: query must be [batch, heads, 1, even head_dim], got ", query.sizes());
   const int64_t batch = query.size(0), dim = query.size(3);
   TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == batch && keys.size(3) == dim,
-                    "rotary_cache_write: keys and values must be [", batch, ", kv_heads, capacity, ", dim, "], got ",
+                    "rotary_decode_attention: keys and values must be [", batch, ", kv_heads, capacity, ", dim, "], got ",
                     keys.sizes(), " and ", values.sizes());
   TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(),
-                    "rotary_cache_write: keys and values must be contiguous (they are written in place)");
+                    "rotary_decode_attention: keys and values must be contiguous (they are written in place)");
   for (const at::Tensor* t : {&key, &value}) {
     TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == keys.size(1) && t->size(2) == 1 &&
                           t->size(3) == dim,
-                      "rotary_cache_write: key and value must be [", batch, ", ", keys.size(1), ", 1, ", dim,
+                      "rotary_decode_attention: key and value must be [", batch, ", ", keys.size(1), ", 1, ", dim,
                       "], got ", key.sizes(), " and ", value.sizes());
   }
   for (const at::Tensor* t : {&cos, &sin}) {
     TORCH_CHECK_VALUE(t->dim() == 2 && (t->size(0) == 1 || t->size(0) == batch) && t->size(1) == dim,
-                      "rotary_cache_write: cos and sin must be [1 or ", batch, ", ", dim, "], got ", t->sizes());
+                      "rotary_decode_attention: cos and sin must be [1 or ", batch, ", ", dim, "], got ", t->sizes());
   }
   for (const at::Tensor* t : {&key, &value, &cos, &sin, &keys, &values}) {
     TORCH_CHECK_VALUE(t->scalar_type() == query.scalar_type() && t->device() == query.device(),
-                      "rotary_cache_write: every tensor must match the query's dtype and device (",
+                      "rotary_decode_attention: every tensor must match the query's dtype and device (",
                       query.scalar_type(), ", ", query.device(), "), got ", t->scalar_type(), " on ", t->device());
   }
-  TORCH_CHECK_VALUE(position.scalar_type() == at::kLong && position.numel() == 1 && position.device() == query.device(),
-                    "rotary_cache_write: position must be one int64 on ", query.device(), ", got ", position.sizes(),
-                    " ", position.scalar_type(), " on ", position.device());
+  check_decode_attention("rotary_decode_attention", query, keys, values, position, first);
 }
 
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
@@ -65,24 +64,24 @@ void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
                     gate.scalar_type(), " and ", up.sizes(), " ", up.scalar_type());
 }
 
-void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+void check_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& position, const std::optional<at::Tensor>& first) {
-  TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, "decode_attention: query must be [batch, heads, 1, "
+  TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, op, ": query must be [batch, heads, 1, "
                     "head_dim], got ", query.sizes());
   TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == query.size(0) &&
                         keys.size(3) == query.size(3) && keys.size(1) > 0 && query.size(1) % keys.size(1) == 0,
-                    "decode_attention: keys and values must be [", query.size(0), ", kv_heads dividing ",
+                    op, ": keys and values must be [", query.size(0), ", kv_heads dividing ",
                     query.size(1), ", capacity, ", query.size(3), "], got ", keys.sizes(), " and ", values.sizes());
   TORCH_CHECK_VALUE(keys.scalar_type() == query.scalar_type() && values.scalar_type() == query.scalar_type() &&
                         keys.device() == query.device() && values.device() == query.device(),
-                    "decode_attention: query, keys and values must share dtype and device");
+                    op, ": query, keys and values must share dtype and device");
   TORCH_CHECK_VALUE(position.scalar_type() == at::kLong && position.numel() == 1 && position.device() == query.device(),
-                    "decode_attention: position must be one int64 on ", query.device(), ", got ", position.sizes(),
+                    op, ": position must be one int64 on ", query.device(), ", got ", position.sizes(),
                     " ", position.scalar_type(), " on ", position.device());
   if (first) {
     TORCH_CHECK_VALUE(first->scalar_type() == at::kLong && first->dim() == 1 && first->size(0) == query.size(0) &&
                           first->device() == query.device(),
-                      "decode_attention: first must be int64 [", query.size(0), "] on ", query.device(), ", got ",
+                      op, ": first must be int64 [", query.size(0), "] on ", query.device(), ", got ",
                       first->sizes(), " ", first->scalar_type(), " on ", first->device());
   }
 }
@@ -99,16 +98,6 @@ auto find_op(const char* name) {
 at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps) {
   static const auto op = find_op<at::Tensor(const at::Tensor&, const at::Tensor&, double)>("imagetotext::rms_norm");
   return op.call(x, weight, eps);
-}
-
-at::Tensor rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                              const at::Tensor& values, const at::Tensor& position) {
-  static const auto op =
-      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&)>(
-          "imagetotext::rotary_cache_write");
-  return op.call(query, key, value, cos, sin, keys, values, position);
 }
 
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin) {
@@ -128,6 +117,17 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
       find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
                          const std::optional<at::Tensor>&)>("imagetotext::decode_attention");
   return op.call(query, keys, values, position, scale, first);
+}
+
+at::Tensor rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& position, double scale,
+                                   const std::optional<at::Tensor>& first) {
+  static const auto op =
+      find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
+                         const std::optional<at::Tensor>&)>("imagetotext::rotary_decode_attention");
+  return op.call(query, key, value, cos, sin, keys, values, position, scale, first);
 }
 
 }  // namespace imagetotext::ops

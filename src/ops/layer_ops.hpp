@@ -17,16 +17,6 @@ at::Tensor rms_norm(const at::Tensor& x, const at::Tensor& weight, double eps);
 // [length, head_dim]; each product and the sum rounded to x's dtype as ATen's elementwise ops round them.
 at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
 
-// A decode step's rotary embedding and cache write in one: query [batch, heads, 1, head_dim] and key, value
-// [batch, kv_heads, 1, head_dim] (any strides), cos and sin [1 or batch, head_dim] (one row for every sequence, or
-// a row each). Writes rotary(key) and value at `position` (int64 [1] on the device) of the caches keys, values
-// [batch, kv_heads, capacity, head_dim] (contiguous) and returns rotary(query) [batch, heads, 1, head_dim]: what
-// rotary + index_copy_ give, rounded alike. A position outside the caches writes nothing on CUDA (the host keeps
-// the step inside the capacity) and throws on the CPU.
-at::Tensor rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                              const at::Tensor& values, const at::Tensor& position);
-
 // silu(gate) * up, silu rounded to the dtype before the product (as at::silu(gate) * up).
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
@@ -39,15 +29,30 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
                             const at::Tensor& position, double scale,
                             const std::optional<at::Tensor>& first = std::nullopt);
 
+// A decode step's attention with the new token's rotary embedding and cache write: query [batch, heads, 1,
+// head_dim] and key, value [batch, kv_heads, 1, head_dim] as the projection gives them (any strides), cos and sin
+// [1 or batch, head_dim] (one row for every sequence, or a row each). Writes rotary(key) and value at `position`
+// of the caches keys, values [batch, kv_heads, capacity, head_dim] (contiguous, written in place) and returns
+// decode_attention(rotary(query), keys, values, position, scale, first): what rotary, index_copy_ and
+// decode_attention give, rounded alike. On CUDA one pass of decode_attention's kernels (the rotation and the
+// write happen in its split kernel). A position outside the caches writes nothing on CUDA (the host keeps the
+// step inside the capacity) and throws on the CPU.
+at::Tensor rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& position, double scale,
+                                   const std::optional<at::Tensor>& first = std::nullopt);
+
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
 void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-void check_rotary_cache_write(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                              const at::Tensor& values, const at::Tensor& position);
+void check_rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                   const at::Tensor& values, const at::Tensor& position,
+                                   const std::optional<at::Tensor>& first);
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
-void check_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+// `op`: the name the messages give (decode_attention or rotary_decode_attention).
+void check_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& position, const std::optional<at::Tensor>& first);
 }  // namespace detail
 

@@ -35,11 +35,11 @@ TORCH_LIBRARY(imagetotext, m) {
   // Fused layer ops (src/ops/layer_ops.hpp): one CUDA kernel each; on the CPU the ATen composition.
   m.def("rms_norm(Tensor x, Tensor weight, float eps) -> Tensor");
   m.def("rotary(Tensor x, Tensor cos, Tensor sin) -> Tensor");
-  // Writes rotary(key) and value into keys, values at position; returns rotary(query).
-  m.def("rotary_cache_write(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "
-        "Tensor(b!) values, Tensor position) -> Tensor");
   m.def("silu_mul(Tensor gate, Tensor up) -> Tensor");
   // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
   m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "
         "Tensor? first=None) -> Tensor");
+  // Writes rotary(key) and value into keys, values at position; returns decode_attention of rotary(query).
+  m.def("rotary_decode_attention(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "
+        "Tensor(b!) values, Tensor position, float scale, Tensor? first=None) -> Tensor");
 }

@@ -1,5 +1,5 @@
-"""The fused layer ops (torch.ops.imagetotext.rms_norm, rotary, rotary_cache_write, silu_mul,
-decode_attention) against the modules they replace: transformers' LlamaRMSNorm and
+"""The fused layer ops (torch.ops.imagetotext.rms_norm, rotary, silu_mul, decode_attention,
+rotary_decode_attention) against the modules they replace: transformers' LlamaRMSNorm and
 apply_rotary_pos_emb (before the cache's index_copy_), F.silu, and F.scaled_dot_product_attention over the
 filled part of the cache with the key/value heads repeated (transformers' repeat_kv). On the CPU the
 ops are the ATen compositions the layers used (bit-identical); on CUDA one kernel each, within float32
@@ -53,53 +53,6 @@ def test_rms_norm_matches_llama(device, dtype, shape):
     with torch.no_grad():
         expected = module(x)
     close(ops.rms_norm(x, module.weight.detach(), 1e-5), expected, dtype, device)
-
-
-@pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-@pytest.mark.parametrize("batch, heads, kv_heads, dim, per_sequence", [(1, 9, 3, 64, False), (3, 4, 2, 16, True),
-                                                                       (2, 2, 2, 6, False)])
-def test_rotary_cache_write_is_rotary_then_index_copy(device, dtype, batch, heads, kv_heads, dim, per_sequence):
-    """As the decoder calls it: q, k, v views of one stacked projection [batch, 1, (heads + 2 kv_heads) dim], cos
-    and sin for the step's position (one row) or for each row of a left-padded batch (a row each)."""
-    needs(device)
-    torch.manual_seed(7)
-    capacity, position = 12, 5
-    stacked = torch.randn(batch, 1, (heads + 2 * kv_heads) * dim).to(device, dtype)
-    q, k, v = (t.view(batch, 1, -1, dim).transpose(1, 2) for t in stacked.split([heads * dim, kv_heads * dim,
-                                                                                kv_heads * dim], -1))
-    angles = torch.rand(batch if per_sequence else 1, dim // 2) * 50
-    angles = torch.cat([angles, angles], -1)
-    cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
-    keys, values = (torch.randn(batch, kv_heads, capacity, dim).to(device, dtype) for _ in range(2))
-    before_keys, before_values = keys.clone(), values.clone()
-    query = ops.rotary_cache_write(q, k, v, cos, sin, keys, values, torch.tensor([position], device=device))
-    # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.
-    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos[:, None], sin[:, None], unsqueeze_dim=1)
-    close(query, expected_q, dtype, device)
-    close(keys[:, :, position:position + 1], expected_k, dtype, device)
-    assert torch.equal(values[:, :, position:position + 1], v)
-    others = [p for p in range(capacity) if p != position]
-    assert torch.equal(keys[:, :, others], before_keys[:, :, others])
-    assert torch.equal(values[:, :, others], before_values[:, :, others])
-
-
-@pytest.mark.parametrize("device", DEVICES)
-def test_rotary_cache_write_past_the_capacity(device):
-    """The host keeps a step inside the cache: on the CPU a position past it throws, on CUDA (where the position
-    lives on the device) nothing is written and nothing outside the buffers is touched."""
-    needs(device)
-    q, k = torch.randn(1, 2, 1, 8, device=device), torch.randn(1, 1, 1, 8, device=device)
-    cos, sin = torch.ones(1, 8, device=device), torch.zeros(1, 8, device=device)
-    keys, values = torch.zeros(1, 1, 4, 8, device=device), torch.zeros(1, 1, 4, 8, device=device)
-    position = torch.tensor([4], device=device)
-    if device == "cpu":
-        with pytest.raises(IndexError):
-            ops.rotary_cache_write(q, k, k, cos, sin, keys, values, position)
-        return
-    query = ops.rotary_cache_write(q, k, k, cos, sin, keys, values, position)
-    torch.testing.assert_close(query, q)  # cos 1, sin 0: the identity
-    assert not keys.any() and not values.any()
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -175,6 +128,81 @@ def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, di
     assert (ours.float() - expected).abs().max().item() <= bound * scale
 
 
+def decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_sequence, seed):
+    """q, k, v as the decoder has them (views of one stacked projection [batch, 1, (heads + 2 kv_heads) dim]),
+    cos and sin for the step's position (one row) or for each row of a left-padded batch (a row each), and
+    random caches."""
+    torch.manual_seed(seed)
+    stacked = torch.randn(batch, 1, (heads + 2 * kv_heads) * dim).to(device, dtype)
+    q, k, v = (t.view(batch, 1, -1, dim).transpose(1, 2) for t in stacked.split([heads * dim, kv_heads * dim,
+                                                                                kv_heads * dim], -1))
+    angles = torch.rand(batch if per_sequence else 1, dim // 2) * 50
+    angles = torch.cat([angles, angles], -1)
+    cos, sin = angles.cos().to(device, dtype), angles.sin().to(device, dtype)
+    keys, values = (torch.randn(batch, kv_heads, capacity, dim).to(device, dtype) for _ in range(2))
+    return q, k, v, cos, sin, keys, values
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("batch, heads, kv_heads, dim, per_sequence", [(1, 9, 3, 64, False), (3, 4, 2, 16, True),
+                                                                       (2, 2, 2, 6, False), (1, 15, 5, 64, False),
+                                                                       (2, 4, 2, 80, True)])
+@pytest.mark.parametrize("position", [0, 5, 70, 199])
+@pytest.mark.parametrize("padded", [False, True])
+def test_rotary_decode_attention_is_rotary_then_index_copy_then_attention(device, dtype, batch, heads, kv_heads,
+                                                                          dim, per_sequence, position, padded):
+    """The cache holds transformers' rotated key and the value at the position and nothing else changed; the
+    output is decode_attention of transformers' rotated query over that cache (bit for bit where the rotation
+    rounds alike: everywhere but float32 on CUDA, whose products fuse into FMAs)."""
+    needs(device)
+    capacity = 200
+    q, k, v, cos, sin, keys, values = decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_sequence,
+                                                   seed=7 + position)
+    before_keys, before_values = keys.clone(), values.clone()
+    first = torch.tensor([min(r * 3, position) for r in range(batch)], device=device) if padded else None
+    where = torch.tensor([position], device=device)
+    ours = ops.rotary_decode_attention(q, k, v, cos, sin, keys, values, where, dim ** -0.5, first)
+    # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.
+    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos[:, None], sin[:, None], unsqueeze_dim=1)
+    close(keys[:, :, position:position + 1], expected_k, dtype, device)
+    assert torch.equal(values[:, :, position:position + 1], v)
+    others = [p for p in range(capacity) if p != position]
+    assert torch.equal(keys[:, :, others], before_keys[:, :, others])
+    assert torch.equal(values[:, :, others], before_values[:, :, others])
+    expected = ops.decode_attention(expected_q.contiguous(), keys, values, where, dim ** -0.5, first)
+    assert ours.shape == expected.shape and ours.dtype == dtype
+    if device == "cuda" and dtype == torch.float32:
+        close(ours, expected, dtype, device)
+    else:
+        assert torch.equal(ours, expected)
+    if not padded:  # and the attention itself against SDPA
+        reference = reference_attention(expected_q, keys, values, position)
+        assert (ours.float() - reference).abs().max().item() <= (1e-5 if dtype == torch.float32 else 2 ** -7) * \
+            reference.abs().max().item()
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_rotary_decode_attention_past_the_capacity(device):
+    """The host keeps a step inside the cache: on the CPU a position past it throws, on CUDA (where the position
+    lives on the device) nothing is written, nothing outside the buffers is touched, and the step attends to the
+    whole cache as decode_attention does."""
+    needs(device)
+    torch.manual_seed(9)
+    q, k = torch.randn(1, 2, 1, 8, device=device), torch.randn(1, 1, 1, 8, device=device)
+    cos, sin = torch.ones(1, 8, device=device), torch.zeros(1, 8, device=device)
+    keys, values = torch.randn(1, 1, 4, 8, device=device), torch.randn(1, 1, 4, 8, device=device)
+    before_keys, before_values = keys.clone(), values.clone()
+    position = torch.tensor([4], device=device)
+    if device == "cpu":
+        with pytest.raises(IndexError):
+            ops.rotary_decode_attention(q, k, k, cos, sin, keys, values, position, 1.0)
+        return
+    ours = ops.rotary_decode_attention(q, k, k, cos, sin, keys, values, position, 1.0)  # cos 1, sin 0: no rotation
+    assert torch.equal(keys, before_keys) and torch.equal(values, before_values)
+    torch.testing.assert_close(ours, ops.decode_attention(q.contiguous(), keys, values, position, 1.0))
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("heads, kv_heads, dim", [(9, 3, 64), (4, 2, 16)])
@@ -235,15 +263,20 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="first must be int64"):
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, torch.tensor([0, 0]))
     k1, cache, cs, at = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 8), torch.tensor([3])
-    with pytest.raises(ValueError, match="rotary_cache_write: query must be"):
-        ops.rotary_cache_write(torch.randn(1, 6, 2, 8), k1, k1, cs, cs, cache, cache.clone(), at)
+    rda = ops.rotary_decode_attention
+    with pytest.raises(ValueError, match="rotary_decode_attention: query must be"):
+        rda(torch.randn(1, 6, 2, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="key and value must be"):
-        ops.rotary_cache_write(q, kv[:, :1, :1], k1, cs, cs, cache, cache.clone(), at)
+        rda(q, kv[:, :1, :1], k1, cs, cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="cos and sin must be"):
-        ops.rotary_cache_write(q, k1, k1, torch.randn(2, 8), cs, cache, cache.clone(), at)
+        rda(q, k1, k1, torch.randn(2, 8), cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="must be contiguous"):
-        ops.rotary_cache_write(q, k1, k1, cs, cs, cache.transpose(1, 2).contiguous().transpose(1, 2), cache, at)
+        rda(q, k1, k1, cs, cs, cache.transpose(1, 2).contiguous().transpose(1, 2), cache, at, 1.0)
     with pytest.raises(ValueError, match="match the query's dtype"):
-        ops.rotary_cache_write(q, k1, k1, cs.double(), cs, cache, cache.clone(), at)
-    with pytest.raises(ValueError, match="rotary_cache_write: position must be one int64"):
-        ops.rotary_cache_write(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]))
+        rda(q, k1, k1, cs.double(), cs, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="rotary_decode_attention: position must be one int64"):
+        rda(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]), 1.0)
+    with pytest.raises(ValueError, match="rotary_decode_attention: keys and values must be .1, kv_heads dividing 5"):
+        rda(torch.randn(1, 5, 1, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="rotary_decode_attention: first must be int64"):
+        rda(q, k1, k1, cs, cs, cache, cache.clone(), at, 1.0, torch.tensor([0.0]))

@@ -28,10 +28,12 @@ class KVCache {
   // whole buffers [.., capacity, ..] (attend to 0 .. position with ops::decode_attention). length() is not
   // advanced: the host does not know the position.
   std::pair<at::Tensor, at::Tensor> write_at(const at::Tensor& key, const at::Tensor& value, const at::Tensor& position);
-  // write_at with the new token's rotary embedding applied on the way (ops::rotary_cache_write, one kernel on
-  // CUDA): rotary(key) is written and rotary(query) returned. cos, sin [1 or batch, head_dim].
-  at::Tensor rotate_and_write_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                 const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position);
+  // A decode step of a rotary model: writes rotary(key) and `value` at `position` and returns the attention of
+  // rotary(query) over positions 0 .. position (from first[b] on for row b of a left-padded batch), as
+  // ops::rotary_decode_attention (one pass of the attention kernels on CUDA). cos, sin [1 or batch, head_dim].
+  at::Tensor rotary_attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position, double scale,
+                              const std::optional<at::Tensor>& first = std::nullopt);
 
   // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device).
   void reorder(const at::Tensor& order);

@@ -33,18 +33,6 @@ at::Tensor rotary_cpu(const at::Tensor& x, const at::Tensor& cos, const at::Tens
   return rotate(x, cos, sin);
 }
 
-at::Tensor rotary_cache_write_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                  const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                  const at::Tensor& values, const at::Tensor& position) {
-  detail::check_rotary_cache_write(query, key, value, cos, sin, keys, values, position);
-  // cos, sin [rows, dim] as [rows, 1, 1, dim]: one row for every sequence, or one each.
-  const at::Tensor cos4 = cos.view({cos.size(0), 1, 1, cos.size(1)}), sin4 = sin.view({sin.size(0), 1, 1, sin.size(1)});
-  const at::Tensor index = position.reshape({1});
-  keys.index_copy_(2, index, rotate(key, cos4, sin4));  // index_copy_ throws past the capacity
-  values.index_copy_(2, index, value);
-  return rotate(query, cos4, sin4);
-}
-
 at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
   detail::check_silu_mul(gate, up);
   return at::silu(gate) * up;
@@ -52,7 +40,7 @@ at::Tensor silu_mul_cpu(const at::Tensor& gate, const at::Tensor& up) {
 
 at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
-  detail::check_decode_attention(query, keys, values, position, first);
+  detail::check_decode_attention("decode_attention", query, keys, values, position, first);
   const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
   // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
   const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;
@@ -66,13 +54,27 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
       .reshape({batch, heads, 1, head_dim});
 }
 
+// rotary + index_copy_ + decode_attention_cpu.
+at::Tensor rotary_decode_attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
+                                       const at::Tensor& values, const at::Tensor& position, double scale,
+                                       const std::optional<at::Tensor>& first) {
+  detail::check_rotary_decode_attention(query, key, value, cos, sin, keys, values, position, first);
+  // cos, sin [rows, dim] as [rows, 1, 1, dim]: one row for every sequence, or one each.
+  const at::Tensor cos4 = cos.view({cos.size(0), 1, 1, cos.size(1)}), sin4 = sin.view({sin.size(0), 1, 1, sin.size(1)});
+  const at::Tensor index = position.reshape({1});
+  keys.index_copy_(2, index, rotate(key, cos4, sin4));  // index_copy_ throws past the capacity
+  values.index_copy_(2, index, value);
+  return decode_attention_cpu(rotate(query, cos4, sin4), keys, values, position, scale, first);
+}
+
 }  // namespace
 }  // namespace imagetotext::ops
 
 TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cpu);
   m.impl("rotary", &imagetotext::ops::rotary_cpu);
-  m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cpu);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cpu);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cpu);
+  m.impl("rotary_decode_attention", &imagetotext::ops::rotary_decode_attention_cpu);
 }

@@ -137,65 +137,6 @@ at::Tensor rotary_cuda(const at::Tensor& x, const at::Tensor& cos_in, const at::
   return out;
 }
 
-// ---- rotary_cache_write: one thread per element of the new token's query, key and value ---------------------
-template <typename T>
-__global__ void rotary_cache_write_kernel(const T* query, Strides4 qs, const T* key,
-                                          Strides4 ks, const T* value, Strides4 vs,
-                                          const T* cos_table, const T* sin_table,
-                                          bool table_per_sequence, T* keys, T* values,
-                                          int64_t capacity, const int64_t* position,
-                                          T* query_out) {
-  let_next_kernel_start();
-  wait_for_previous_kernels(query, key, value, cos_table, sin_table, position);
-  const int64_t batch = qs.size[0], heads = qs.size[1], kv_heads = ks.size[1], dim = qs.size[3], half = dim / 2;
-  const int64_t per_sequence = (heads + 2 * kv_heads) * dim, total = batch * per_sequence;
-  const int64_t p = *position;
-  for (int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; i < total;
-       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const int64_t b = i / per_sequence, d = i % dim;
-    int64_t h = (i % per_sequence) / dim;  // query heads, then key heads, then value heads
-    const int64_t table = (table_per_sequence ? b * dim : 0) + d;
-    const float c = static_cast<float>(cos_table[table]), s = static_cast<float>(sin_table[table]);
-    if (h < heads) {
-      const T* base = query + b * qs.stride[0] + h * qs.stride[1];
-      query_out[(b * heads + h) * dim + d] = static_cast<T>(rotated_element(base, qs.stride[3], d, half, c, s));
-      continue;
-    }
-    if (p < 0 || p >= capacity) continue;
-    h -= heads;
-    if (h < kv_heads) {
-      const T* base = key + b * ks.stride[0] + h * ks.stride[1];
-      keys[((b * kv_heads + h) * capacity + p) * dim + d] =
-          static_cast<T>(rotated_element(base, ks.stride[3], d, half, c, s));
-    } else {
-      h -= kv_heads;
-      values[((b * kv_heads + h) * capacity + p) * dim + d] =
-          value[b * vs.stride[0] + h * vs.stride[1] + d * vs.stride[3]];
-    }
-  }
-}
-
-at::Tensor rotary_cache_write_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                   const at::Tensor& cos_in, const at::Tensor& sin_in, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& position) {
-  detail::check_rotary_cache_write(query, key, value, cos_in, sin_in, keys, values, position);
-  const c10::cuda::CUDAGuard guard(query.device());
-  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
-  at::Tensor out = at::empty(query.sizes(), query.options());
-  const int64_t total = query.size(0) * (query.size(1) + 2 * key.size(1)) * query.size(3);
-  if (total == 0) return out;
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_cache_write_cuda", [&] {
-    const int64_t ctas = cuda::cta_count(total, cuda::kThreads);
-    launch_overlapped(&rotary_cache_write_kernel<scalar_t>, dim3(static_cast<unsigned>(ctas)), dim3(cuda::kThreads),
-                      0, query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(), strides_of(key),
-                      value.data_ptr<scalar_t>(), strides_of(value), cos.data_ptr<scalar_t>(),
-                      sin.data_ptr<scalar_t>(), cos.size(0) != 1, keys.data_ptr<scalar_t>(),
-                      values.data_ptr<scalar_t>(), keys.size(2), position.data_ptr<int64_t>(),
-                      out.data_ptr<scalar_t>());
-  });
-  return out;
-}
-
 // ---- silu_mul --------------------------------------------------------------------------------------------------
 // gate and up as [rows, width] with their own row strides (the halves of a stacked gate/up projection are
 // such views): no copy to make them contiguous.
@@ -250,6 +191,12 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
 // merges the partials of a (sequence, head). In a CTA, groups of 8 lanes take one position each: lane j
 // holds dims [j*E, j*E + E) of the query, key and value (16-byte loads where the layout allows), the dot
 // product is reduced over the 8 lanes, and each group keeps an online softmax over its positions.
+//
+// rotary_decode_attention runs the same kernels with the new token's rotary embedding and cache write folded
+// into the split kernel (one kernel less a layer than a rotary-and-cache-write kernel before it; measured in
+// docs/benchmarks.md): every CTA rotates the query itself, the group whose turn comes to the new position takes its key and value from the projection
+// (rotated and rounded as the cache would hold them, so the sums are the unfused ones), and split 0 of the
+// first query head of each key/value head writes them into the caches, which no CTA reads at that position.
 constexpr int kSplitThreads = 128;
 constexpr int kSplitGroups = kSplitThreads / 8;  // positions in flight per CTA round
 constexpr int kSplitUnroll = 4;                 // rounds whose loads are issued together
@@ -283,18 +230,77 @@ __device__ __forceinline__ void load_lane_values(const T* row, int j, int dim, b
   }
 }
 
+// The new token of rotary_decode_attention as the projection wrote it (any strides), before the rotation.
+template <typename T>
+struct NewToken {
+  const T* query;
+  Strides4 qs;
+  const T* key;
+  Strides4 ks;
+  const T* value;
+  Strides4 vs;
+  const T* cos;
+  const T* sin;
+  bool table_per_sequence;  // cos, sin [batch, dim] (a row each) or [1, dim]
+};
+
+// Lane j's E dims of the rotated head at `base` (rounded to T as the rotary op rounds), then scaled.
 template <typename T, int E>
+__device__ __forceinline__ void load_lane_rotated(const T* base, int64_t stride, const T* cos, const T* sin, int j,
+                                                  int dim, float* out) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = j * E + e;
+    out[e] = d < dim ? rotated_element(base, stride, d, dim / 2, static_cast<float>(cos[d]), static_cast<float>(sin[d]))
+                     : 0.0f;
+  }
+}
+
+template <typename T, int E>
+__device__ __forceinline__ void load_lane_strided(const T* base, int64_t stride, int j, int dim, float* out) {
+#pragma unroll
+  for (int e = 0; e < E; ++e) {
+    const int d = j * E + e;
+    out[e] = d < dim ? static_cast<float>(base[d * stride]) : 0.0f;
+  }
+}
+
+template <typename T, int E, bool kNewToken>
 __global__ void __launch_bounds__(kSplitThreads)
-decode_attention_split_kernel(const T* query, const T* keys, const T* values,
+decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> token,
                               const int64_t* position, const int64_t* first_position,
                               float* partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
   let_next_kernel_start();
-  wait_for_previous_kernels(query, keys, values, position, first_position);
+  wait_for_previous_kernels(query, keys, values, position, first_position, token.query, token.key, token.value,
+                            token.cos, token.sin);
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
+  const int64_t kv_head = sequence * (heads / group) + head / group;
   const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
+  // The new token's position, or -1 when the step lies outside the caches (then nothing is written).
+  const int64_t new_position = kNewToken && *position >= 0 && *position < capacity ? *position : -1;
+  const T* cos = nullptr;
+  const T* sin = nullptr;
+  const T* new_key = nullptr;
+  const T* new_value = nullptr;
+  if constexpr (kNewToken) {
+    const int64_t table = token.table_per_sequence ? sequence * dim : 0;
+    cos = token.cos + table;
+    sin = token.sin + table;
+    const int64_t kv_in_sequence = head / group;
+    new_key = token.key + sequence * token.ks.stride[0] + kv_in_sequence * token.ks.stride[1];
+    new_value = token.value + sequence * token.vs.stride[0] + kv_in_sequence * token.vs.stride[1];
+    if (split == 0 && head % group == 0 && new_position >= 0) {
+      for (int d = threadIdx.x; d < dim; d += kSplitThreads) {
+        const int64_t at = (kv_head * capacity + new_position) * dim + d;
+        keys[at] = static_cast<T>(rotated_element(new_key, token.ks.stride[3], d, dim / 2, static_cast<float>(cos[d]),
+                                                  static_cast<float>(sin[d])));
+        values[at] = new_value[d * token.vs.stride[3]];
+      }
+    }
+  }
   // A left-padded row starts at its first real position (the positions before it are padding).
   const int64_t start = first_position ? max(first_position[sequence], int64_t{0}) : 0;
   const int64_t chunk_begin = static_cast<int64_t>(split) * chunk;
@@ -309,11 +315,16 @@ decode_attention_split_kernel(const T* query, const T* keys, const T* values,
   }
   const int gid = threadIdx.x / 8, j = threadIdx.x % 8;
   float q[E];
-  load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
+  if constexpr (kNewToken) {
+    load_lane_rotated<T, E>(token.query + sequence * token.qs.stride[0] + head * token.qs.stride[1],
+                            token.qs.stride[3], cos, sin, j, dim, q);
+  } else {
+    load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
+  }
 #pragma unroll
   for (int e = 0; e < E; ++e) q[e] *= scale;
-  const T* key_rows = keys + (sequence * (heads / group) + head / group) * capacity * dim;
-  const T* value_rows = values + (sequence * (heads / group) + head / group) * capacity * dim;
+  const T* key_rows = keys + kv_head * capacity * dim;
+  const T* value_rows = values + kv_head * capacity * dim;
 
   float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
   // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
@@ -324,7 +335,11 @@ decode_attention_split_kernel(const T* query, const T* keys, const T* values,
 #pragma unroll
     for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
       const int64_t p = first + u * kSplitGroups;
-      if (p < end) {
+      if (p >= end) continue;
+      if (kNewToken && p == new_position) {
+        load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, k[u]);
+        load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, v[u]);
+      } else {
         load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
         load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
       }
@@ -414,44 +429,69 @@ decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits
   }
 }
 
-at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& keys_in, const at::Tensor& values_in,
-                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in) {
-  detail::check_decode_attention(query_in, keys_in, values_in, position, first_in);
-  const int64_t dim = query_in.size(3);
+// The split and merge kernels over keys, values [batch, kv_heads, capacity, dim] (contiguous) for `query`
+// (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's rotated query (query undefined).
+template <bool kNewToken, typename T>
+void launch_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+                             const NewToken<T>& token, const at::Tensor& position, double scale,
+                             const at::Tensor& first, at::Tensor& out) {
+  const int64_t batch = out.size(0), heads = out.size(1), dim = out.size(3), capacity = keys.size(2);
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
-  const c10::cuda::CUDAGuard guard(query_in.device());
-  const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
-  const int64_t batch = query.size(0), heads = query.size(1), capacity = keys.size(2);
+  TORCH_CHECK(batch * heads < 65536, "decode_attention: batch * heads above 65535");
+  if (batch * heads == 0 || capacity == 0) return;
   const int64_t group = heads / keys.size(1);
-  const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
-  at::Tensor out = at::empty(query.sizes(), query.options());
-  if (batch * heads == 0 || capacity == 0) return out;
   // The split depends on the capacity only (not on the position, which lives on the device).
   const int64_t splits = std::min<int64_t>(kMaxSplits, (capacity + 63) / 64);
   const int64_t chunk = ((capacity + splits - 1) / splits + kSplitGroups - 1) / kSplitGroups * kSplitGroups;
-  TORCH_CHECK(batch * heads < 65536, "decode_attention: batch * heads above 65535");
-  at::Tensor partials = at::empty({batch * heads * splits * (dim + 2)}, query.options().dtype(at::kFloat));
+  at::Tensor partials = at::empty({batch * heads * splits * (dim + 2)}, keys.options().dtype(at::kFloat));
+  auto launch = [&](auto per_lane) {
+    constexpr int E = decltype(per_lane)::value;
+    constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+    const bool vector = E % kPer == 0 && dim % E == 0 && (dim * sizeof(T)) % 16 == 0 &&
+                        (kNewToken || cuda::is_aligned_16(query.data_ptr())) && cuda::is_aligned_16(keys.data_ptr()) &&
+                        cuda::is_aligned_16(values.data_ptr());
+    launch_overlapped(&decode_attention_split_kernel<T, E, kNewToken>,
+                      dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), dim3(kSplitThreads), 0,
+                      kNewToken ? nullptr : query.data_ptr<T>(), keys.data_ptr<T>(), values.data_ptr<T>(), token,
+                      position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
+                      partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
+                      static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
+  };
+  if (dim <= 32) launch(std::integral_constant<int, 4>{});
+  else if (dim <= 64) launch(std::integral_constant<int, 8>{});
+  else if (dim <= 128) launch(std::integral_constant<int, 16>{});
+  else launch(std::integral_constant<int, 32>{});
+  launch_overlapped(&decode_attention_merge_kernel<T>, dim3(static_cast<unsigned>(batch * heads)), dim3(kMaxSplits), 0,
+                    partials.data_ptr<float>(), out.data_ptr<T>(), static_cast<int>(dim), static_cast<int>(splits));
+}
+
+at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& keys_in, const at::Tensor& values_in,
+                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first_in) {
+  detail::check_decode_attention("decode_attention", query_in, keys_in, values_in, position, first_in);
+  const c10::cuda::CUDAGuard guard(query_in.device());
+  const at::Tensor query = query_in.contiguous(), keys = keys_in.contiguous(), values = values_in.contiguous();
+  const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(query.sizes(), query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
-    auto launch = [&](auto per_lane) {
-      constexpr int E = decltype(per_lane)::value;
-      constexpr int kPer = 16 / static_cast<int>(sizeof(scalar_t));
-      const bool vector = E % kPer == 0 && dim % E == 0 && (dim * sizeof(scalar_t)) % 16 == 0 &&
-                          cuda::is_aligned_16(query.data_ptr()) && cuda::is_aligned_16(keys.data_ptr()) &&
-                          cuda::is_aligned_16(values.data_ptr());
-      launch_overlapped(&decode_attention_split_kernel<scalar_t, E>,
-                        dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), dim3(kSplitThreads),
-                        0, query.data_ptr<scalar_t>(), keys.data_ptr<scalar_t>(), values.data_ptr<scalar_t>(),
-                        position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
-                        partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
-                        static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
-    };
-    if (dim <= 32) launch(std::integral_constant<int, 4>{});
-    else if (dim <= 64) launch(std::integral_constant<int, 8>{});
-    else if (dim <= 128) launch(std::integral_constant<int, 16>{});
-    else launch(std::integral_constant<int, 32>{});
-    launch_overlapped(&decode_attention_merge_kernel<scalar_t>, dim3(static_cast<unsigned>(batch * heads)),
-                      dim3(kMaxSplits), 0, partials.data_ptr<float>(), out.data_ptr<scalar_t>(),
-                      static_cast<int>(dim), static_cast<int>(splits));
+    launch_decode_attention<false, scalar_t>(query, keys, values, NewToken<scalar_t>{}, position, scale, first, out);
+  });
+  return out;
+}
+
+at::Tensor rotary_decode_attention_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const at::Tensor& cos_in, const at::Tensor& sin_in, const at::Tensor& keys,
+                                        const at::Tensor& values, const at::Tensor& position, double scale,
+                                        const std::optional<at::Tensor>& first_in) {
+  detail::check_rotary_decode_attention(query, key, value, cos_in, sin_in, keys, values, position, first_in);
+  const c10::cuda::CUDAGuard guard(query.device());
+  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
+  at::Tensor out = at::empty(query.sizes(), query.options());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_decode_attention_cuda", [&] {
+    const NewToken<scalar_t> token{query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(),
+                                   strides_of(key),            value.data_ptr<scalar_t>(), strides_of(value),
+                                   cos.data_ptr<scalar_t>(),   sin.data_ptr<scalar_t>(),   cos.size(0) != 1};
+    launch_decode_attention<true, scalar_t>(at::Tensor(), keys, values, token, position, scale, first, out);
   });
   return out;
 }
@@ -462,7 +502,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
 TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
   m.impl("rms_norm", &imagetotext::ops::rms_norm_cuda);
   m.impl("rotary", &imagetotext::ops::rotary_cuda);
-  m.impl("rotary_cache_write", &imagetotext::ops::rotary_cache_write_cuda);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cuda);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cuda);
+  m.impl("rotary_decode_attention", &imagetotext::ops::rotary_decode_attention_cuda);
 }
