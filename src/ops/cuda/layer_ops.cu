@@ -242,22 +242,41 @@ struct NewToken {
   const T* cos;
   const T* sin;
   bool table_per_sequence;  // cos, sin [batch, dim] (a row each) or [1, dim]
+  bool vector;  // every head of query, key, value, cos and sin in unit stride, each lane's dims (and their partners
+                // half a head away) in whole 16-byte pieces
 };
 
-// Lane j's E dims of the rotated head at `base` (rounded to T as the rotary op rounds), then scaled.
+// Lane j's E dims of the rotated head at `base` (elements `stride` apart), rounded to T as the rotary op rounds.
+// With `vector` (stride 1), four 16-byte loads per piece: the dims, their partners, cos and sin.
 template <typename T, int E>
 __device__ __forceinline__ void load_lane_rotated(const T* base, int64_t stride, const T* cos, const T* sin, int j,
-                                                  int dim, float* out) {
+                                                  int dim, bool vector, float* out) {
+  const int half = dim / 2;
+  if (vector) {
+    const bool first_half = j * E < half;
+    float x[E], partner[E], c[E], s[E];
+    load_lane_values<T, E>(base, j, dim, true, x);
+    load_lane_values<T, E>(base + (first_half ? half : -half), j, dim, true, partner);
+    load_lane_values<T, E>(cos, j, dim, true, c);
+    load_lane_values<T, E>(sin, j, dim, true, s);
+#pragma unroll
+    for (int e = 0; e < E; ++e) {
+      out[e] = rounded<T>(rounded<T>(x[e] * c[e]) + rounded<T>((first_half ? -partner[e] : partner[e]) * s[e]));
+    }
+    return;
+  }
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int d = j * E + e;
-    out[e] = d < dim ? rotated_element(base, stride, d, dim / 2, static_cast<float>(cos[d]), static_cast<float>(sin[d]))
+    out[e] = d < dim ? rotated_element(base, stride, d, half, static_cast<float>(cos[d]), static_cast<float>(sin[d]))
                      : 0.0f;
   }
 }
 
 template <typename T, int E>
-__device__ __forceinline__ void load_lane_strided(const T* base, int64_t stride, int j, int dim, float* out) {
+__device__ __forceinline__ void load_lane_strided(const T* base, int64_t stride, int j, int dim, bool vector,
+                                                  float* out) {
+  if (vector) return load_lane_values<T, E>(base, j, dim, true, out);
 #pragma unroll
   for (int e = 0; e < E; ++e) {
     const int d = j * E + e;
@@ -292,14 +311,6 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
     const int64_t kv_in_sequence = head / group;
     new_key = token.key + sequence * token.ks.stride[0] + kv_in_sequence * token.ks.stride[1];
     new_value = token.value + sequence * token.vs.stride[0] + kv_in_sequence * token.vs.stride[1];
-    if (split == 0 && head % group == 0 && new_position >= 0) {
-      for (int d = threadIdx.x; d < dim; d += kSplitThreads) {
-        const int64_t at = (kv_head * capacity + new_position) * dim + d;
-        keys[at] = static_cast<T>(rotated_element(new_key, token.ks.stride[3], d, dim / 2, static_cast<float>(cos[d]),
-                                                  static_cast<float>(sin[d])));
-        values[at] = new_value[d * token.vs.stride[3]];
-      }
-    }
   }
   // A left-padded row starts at its first real position (the positions before it are padding).
   const int64_t start = first_position ? max(first_position[sequence], int64_t{0}) : 0;
@@ -317,7 +328,7 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   float q[E];
   if constexpr (kNewToken) {
     load_lane_rotated<T, E>(token.query + sequence * token.qs.stride[0] + head * token.qs.stride[1],
-                            token.qs.stride[3], cos, sin, j, dim, q);
+                            token.qs.stride[3], cos, sin, j, dim, token.vector, q);
   } else {
     load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
   }
@@ -337,11 +348,26 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
       const int64_t p = first + u * kSplitGroups;
       if (p >= end) continue;
       if (kNewToken && p == new_position) {
-        load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, k[u]);
-        load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, v[u]);
+        load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, token.vector, k[u]);
+        load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, token.vector, v[u]);
       } else {
         load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
         load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
+      }
+    }
+    // The new position's key and value into the caches, by the group that holds them in the CTA of the first
+    // query head of their key/value head (stores after every load of the round: no load waits for them).
+    if (kNewToken && head % group == 0) {
+#pragma unroll
+      for (int u = 0; u < kSplitUnroll; ++u) {
+        if (first + u * kSplitGroups != new_position) continue;
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int d = j * E + e;
+          if (d >= dim) continue;
+          keys[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(k[u][e]);
+          values[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(v[u][e]);
+        }
       }
     }
 #pragma unroll
@@ -429,6 +455,9 @@ decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits
   }
 }
 
+// E, the dims each of a position's 8 lanes holds, for a head of `dim` (1 to 256).
+int dims_per_lane(int64_t dim) { return dim <= 32 ? 4 : dim <= 64 ? 8 : dim <= 128 ? 16 : 32; }
+
 // The split and merge kernels over keys, values [batch, kv_heads, capacity, dim] (contiguous) for `query`
 // (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's rotated query (query undefined).
 template <bool kNewToken, typename T>
@@ -457,10 +486,12 @@ void launch_decode_attention(const at::Tensor& query, const at::Tensor& keys, co
                       partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
                       static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
   };
-  if (dim <= 32) launch(std::integral_constant<int, 4>{});
-  else if (dim <= 64) launch(std::integral_constant<int, 8>{});
-  else if (dim <= 128) launch(std::integral_constant<int, 16>{});
-  else launch(std::integral_constant<int, 32>{});
+  switch (dims_per_lane(dim)) {
+    case 4: launch(std::integral_constant<int, 4>{}); break;
+    case 8: launch(std::integral_constant<int, 8>{}); break;
+    case 16: launch(std::integral_constant<int, 16>{}); break;
+    default: launch(std::integral_constant<int, 32>{});
+  }
   launch_overlapped(&decode_attention_merge_kernel<T>, dim3(static_cast<unsigned>(batch * heads)), dim3(kMaxSplits), 0,
                     partials.data_ptr<float>(), out.data_ptr<T>(), static_cast<int>(dim), static_cast<int>(splits));
 }
@@ -488,9 +519,19 @@ at::Tensor rotary_decode_attention_cuda(const at::Tensor& query, const at::Tenso
   const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(query.sizes(), query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_decode_attention_cuda", [&] {
-    const NewToken<scalar_t> token{query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(),
-                                   strides_of(key),            value.data_ptr<scalar_t>(), strides_of(value),
-                                   cos.data_ptr<scalar_t>(),   sin.data_ptr<scalar_t>(),   cos.size(0) != 1};
+    NewToken<scalar_t> token{query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(),
+                             strides_of(key),            value.data_ptr<scalar_t>(), strides_of(value),
+                             cos.data_ptr<scalar_t>(),   sin.data_ptr<scalar_t>(),   cos.size(0) != 1,
+                             false};
+    // 16-byte pieces: each lane's dims and their partners half a head away start at multiples of 16 bytes.
+    const int64_t dim = query.size(3), lane_dims = dims_per_lane(dim);
+    constexpr int64_t kPer = 16 / sizeof(scalar_t);
+    token.vector = lane_dims % kPer == 0 && dim % lane_dims == 0 && (dim / 2) % lane_dims == 0;
+    for (const at::Tensor* t : {&query, &key, &value}) {
+      token.vector = token.vector && t->stride(3) == 1 && t->stride(0) % kPer == 0 && t->stride(1) % kPer == 0 &&
+                     cuda::is_aligned_16(t->data_ptr());
+    }
+    token.vector = token.vector && cuda::is_aligned_16(cos.data_ptr()) && cuda::is_aligned_16(sin.data_ptr());
     launch_decode_attention<true, scalar_t>(at::Tensor(), keys, values, token, position, scale, first, out);
   });
   return out;
