@@ -160,7 +160,9 @@ def test_rotary_decode_attention_is_rotary_then_index_copy_then_attention(device
     q, k, v, cos, sin, keys, values = decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_sequence,
                                                    seed=7 + position)
     before_keys, before_values = keys.clone(), values.clone()
-    first = torch.tensor([min(r * 3, position) for r in range(batch)], device=device) if padded else None
+    # Padding that moves a chunk's rounds past its end (row 1 from 10: the first chunk's rounds reach position 73,
+    # the second chunk's new position 70 among them, dead there).
+    first = torch.tensor([min(s, position) for s in (0, 10, 37)[:batch]], device=device) if padded else None
     where = torch.tensor([position], device=device)
     ours = ops.rotary_decode_attention(q, k, v, cos, sin, keys, values, where, dim ** -0.5, first)
     # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.

@@ -193,10 +193,12 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
 // product is reduced over the 8 lanes, and each group keeps an online softmax over its positions.
 //
 // rotary_decode_attention runs the same kernels with the new token's rotary embedding and cache write folded
-// into the split kernel (one kernel less a layer than a rotary-and-cache-write kernel before it; measured in
-// docs/benchmarks.md): every CTA rotates the query itself, the group whose turn comes to the new position takes its key and value from the projection
-// (rotated and rounded as the cache would hold them, so the sums are the unfused ones), and split 0 of the
-// first query head of each key/value head writes them into the caches, which no CTA reads at that position.
+// into the split kernel, one kernel less a layer than a rotary-and-cache-write kernel before it. Every CTA
+// rotates the query itself; the CTA whose chunk holds the new position also loads that position's key (rotated
+// and rounded as the cache holds it, so the sums are the unfused ones) and value from the projection with the
+// query, uses them there instead of the cache, and, for the first query head of a key/value head, stores them.
+// The stores are issued after those loads: a store waiting on its data ahead of the query's loads cost a round
+// trip (0.68 -> 0.72 ms a SmolVLM-256M token in a first version).
 constexpr int kSplitThreads = 128;
 constexpr int kSplitGroups = kSplitThreads / 8;  // positions in flight per CTA round
 constexpr int kSplitUnroll = 4;                 // rounds whose loads are issued together
@@ -326,9 +328,28 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   }
   const int gid = threadIdx.x / 8, j = threadIdx.x % 8;
   float q[E];
+  // The new position's rotated key and value, loaded with the query (one round trip) in the CTA whose chunk
+  // holds that position; the round that reaches it takes them from these registers.
+  const bool holds_new = kNewToken && begin <= new_position && new_position < end;
+  float new_k[E], new_v[E];
   if constexpr (kNewToken) {
     load_lane_rotated<T, E>(token.query + sequence * token.qs.stride[0] + head * token.qs.stride[1],
                             token.qs.stride[3], cos, sin, j, dim, token.vector, q);
+    if (holds_new) {
+      load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, token.vector, new_k);
+      load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, token.vector, new_v);
+      // Into the caches, by the CTA of the first query head of their key/value head: after the loads above are
+      // issued, so no load waits for these stores' data.
+      if (head % group == 0) {
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          const int d = j * E + e;
+          if (gid != 0 || d >= dim) continue;
+          keys[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(new_k[e]);
+          values[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(new_v[e]);
+        }
+      }
+    }
   } else {
     load_lane_values<T, E>(query + sequence_head * dim, j, dim, vector, q);
   }
@@ -347,27 +368,15 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
     for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
       const int64_t p = first + u * kSplitGroups;
       if (p >= end) continue;
-      if (kNewToken && p == new_position) {
-        load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, token.vector, k[u]);
-        load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, token.vector, v[u]);
+      if (holds_new && p == new_position) {  // no CTA reads the cache at the position being written
+#pragma unroll
+        for (int e = 0; e < E; ++e) {
+          k[u][e] = new_k[e];
+          v[u][e] = new_v[e];
+        }
       } else {
         load_lane_values<T, E>(key_rows + p * dim, j, dim, vector, k[u]);
         load_lane_values<T, E>(value_rows + p * dim, j, dim, vector, v[u]);
-      }
-    }
-    // The new position's key and value into the caches, by the group that holds them in the CTA of the first
-    // query head of their key/value head (stores after every load of the round: no load waits for them).
-    if (kNewToken && head % group == 0) {
-#pragma unroll
-      for (int u = 0; u < kSplitUnroll; ++u) {
-        if (first + u * kSplitGroups != new_position) continue;
-#pragma unroll
-        for (int e = 0; e < E; ++e) {
-          const int d = j * E + e;
-          if (d >= dim) continue;
-          keys[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(k[u][e]);
-          values[(kv_head * capacity + new_position) * dim + d] = static_cast<T>(v[u][e]);
-        }
       }
     }
 #pragma unroll
