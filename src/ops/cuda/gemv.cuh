@@ -66,77 +66,66 @@ __device__ __forceinline__ float dot_chunk(const scalar_t* a, const float* w) {
   return dot;
 }
 
-// The norm's weight is a weight: before the wait it is prefetched into L1, so staging reads it from there
-// without holding it in registers across the wait.
+// The norm's weight for the chunks this thread stages: a weight, so it is loaded before the wait.
 template <GemvInput kInput, typename scalar_t>
-__device__ __forceinline__ void prefetch_norm_weight(const scalar_t* norm_weight, int64_t K) {
-  if constexpr (kInput == GemvInput::rms_norm) {
-    constexpr int kPer = kPerChunk<scalar_t>;
-    for (int64_t c = threadIdx.x; c < K / kPer; c += kGemvThreads) {
-      asm volatile("prefetch.global.L1 [%0];" ::"l"(norm_weight + c * kPer));
+struct StageWeights {
+  float gamma[kInput == GemvInput::rms_norm ? kStageChunks : 1][kPerChunk<scalar_t>];
+
+  __device__ __forceinline__ void load(const scalar_t* norm_weight, int64_t K) {
+    if constexpr (kInput == GemvInput::rms_norm) {
+      constexpr int kPer = kPerChunk<scalar_t>;
+#pragma unroll
+      for (int s = 0; s < kStageChunks; ++s) {
+        const int64_t c = threadIdx.x + s * kGemvThreads;
+        if (c < K / kPer) load_chunk_as_float(norm_weight + c * kPer, gamma[s]);
+      }
     }
   }
-}
-
-// Value i of a 16-byte chunk of scalar_t, as float.
-template <typename scalar_t>
-__device__ __forceinline__ float chunk_value(const uint4& chunk, int i) {
-  return static_cast<float>(reinterpret_cast<const scalar_t*>(&chunk)[i]);
-}
+};
 
 // The input row into `staged` [K], each value rounded as the composition rounds it: rms_norm's
 // dtype(weight * dtype(x * inverse)), silu_mul's dtype(dtype(silu(gate)) * up). a: A's row ([2K] when gated).
-// Every thread of the CTA takes part (a CTA-wide sum and __syncthreads). A thread's chunks go two at a time,
-// kept as the loaded 16-byte words, and the norm reads its row twice (the second time from L1) instead of
-// keeping it: registers decide how many CTAs of the GEMV an SM holds, and holding kStageChunks chunks of A and
-// of the norm's weight as floats took the fused GEMV from 46 to 128 registers a thread (168 for NF4).
+// Every thread of the CTA takes part (a CTA-wide sum and __syncthreads).
 template <GemvInput kInput, typename scalar_t>
-__device__ __forceinline__ void stage_input(const scalar_t* a, int64_t K, const scalar_t* norm_weight, float eps,
-                                            scalar_t* staged) {
-  constexpr int kPer = kPerChunk<scalar_t>, kPair = 2;
-  static_assert(kStageChunks % kPair == 0, "chunks go in pairs");
+__device__ __forceinline__ void stage_input(const scalar_t* a, int64_t K, const StageWeights<kInput, scalar_t>& weights,
+                                            float eps, scalar_t* staged) {
+  constexpr int kPer = kPerChunk<scalar_t>;
   const int64_t chunks = K / kPer;
-  auto load_pair = [&](const scalar_t* row, int s0, uint4* words) {
+  float values[kStageChunks][kPer];
+  float up[kStageChunks][kPer];
 #pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      const int64_t c = threadIdx.x + (s0 + u) * kGemvThreads;
-      if (c < chunks) words[u] = *reinterpret_cast<const uint4*>(row + c * kPer);  // plain: see launch.cuh
+  for (int s = 0; s < kStageChunks; ++s) {  // every load first
+    const int64_t c = threadIdx.x + s * kGemvThreads;
+    if (c < chunks) {
+      load_chunk_as_float(a + c * kPer, values[s]);
+      if constexpr (kInput == GemvInput::gated) load_chunk_as_float(a + K + c * kPer, up[s]);
     }
-  };
+  }
   float inverse = 1.0f;
   if constexpr (kInput == GemvInput::rms_norm) {
     float squares = 0.0f;
-#pragma unroll 1
-    for (int s0 = 0; s0 < kStageChunks && threadIdx.x + s0 * kGemvThreads < chunks; s0 += kPair) {
-      uint4 x[kPair];
-      load_pair(a, s0, x);
 #pragma unroll
-      for (int u = 0; u < kPair; ++u) {
-        if (threadIdx.x + (s0 + u) * kGemvThreads >= chunks) continue;
+    for (int s = 0; s < kStageChunks; ++s) {
+      if (threadIdx.x + s * kGemvThreads < chunks) {
 #pragma unroll
-        for (int i = 0; i < kPer; ++i) squares = fmaf(chunk_value<scalar_t>(x[u], i), chunk_value<scalar_t>(x[u], i), squares);
+        for (int i = 0; i < kPer; ++i) squares = fmaf(values[s][i], values[s][i], squares);
       }
     }
     inverse = rsqrtf(block_sum(squares) / static_cast<float>(K) + eps);
   }
-#pragma unroll 1
-  for (int s0 = 0; s0 < kStageChunks && threadIdx.x + s0 * kGemvThreads < chunks; s0 += kPair) {
-    uint4 x[kPair], other[kPair];  // other: the norm's weight, or the up half
-    load_pair(a, s0, x);
-    load_pair(kInput == GemvInput::rms_norm ? norm_weight : a + K, s0, other);
 #pragma unroll
-    for (int u = 0; u < kPair; ++u) {
-      const int64_t c = threadIdx.x + (s0 + u) * kGemvThreads;
-      if (c >= chunks) continue;
+  for (int s = 0; s < kStageChunks; ++s) {
+    const int64_t c = threadIdx.x + s * kGemvThreads;
+    if (c < chunks) {
       uint4 packed;
       scalar_t* out = reinterpret_cast<scalar_t*>(&packed);
 #pragma unroll
       for (int i = 0; i < kPer; ++i) {
-        const float x_i = chunk_value<scalar_t>(x[u], i), other_i = chunk_value<scalar_t>(other[u], i);
+        const float x = values[s][i];
         if constexpr (kInput == GemvInput::rms_norm) {
-          out[i] = static_cast<scalar_t>(other_i * rounded<scalar_t>(x_i * inverse));
+          out[i] = static_cast<scalar_t>(weights.gamma[s][i] * rounded<scalar_t>(x * inverse));
         } else {
-          out[i] = static_cast<scalar_t>(rounded<scalar_t>(x_i / (1.0f + expf(-x_i))) * other_i);
+          out[i] = static_cast<scalar_t>(rounded<scalar_t>(x / (1.0f + expf(-x))) * up[s][i]);
         }
       }
       reinterpret_cast<uint4*>(staged)[c] = packed;
@@ -201,23 +190,20 @@ __global__ void __launch_bounds__(kGemvThreads)
     }
   };
   // The first weights depend on no earlier kernel: they are loaded, and the first chunk decoded, while the
-  // previous kernel finishes (at the decoders' small K that chunk is a lane's whole share); the norm's weight
-  // is prefetched.
-  // With a fused input the first chunk stays packed until the input is staged (its decoded values would live
-  // across the staging, in registers).
+  // previous kernel finishes (at the decoders' small K that chunk is a lane's whole share); so is the norm's weight.
   load_chunks(lane);
   float first_chunk[kWeights];
-  if constexpr (kInput == GemvInput::plain) weights.decode(raw[0], first_chunk);
-  prefetch_norm_weight<kInput>(fusion.norm_weight, K);
+  weights.decode(raw[0], first_chunk);
+  StageWeights<kInput, scalar_t> stage_weights;
+  stage_weights.load(fusion.norm_weight, K);
   const scalar_t* residual = fusion.residual;
   wait_for_previous_kernels(A, residual);
   if constexpr (kInput != GemvInput::plain) {
     extern __shared__ uint4 staged_words[];
     scalar_t* staged = reinterpret_cast<scalar_t*>(staged_words);
-    stage_input<kInput, scalar_t>(A, K, fusion.norm_weight, fusion.norm_eps, staged);
+    stage_input<kInput, scalar_t>(A, K, stage_weights, fusion.norm_eps, staged);
     input = staged;
     if (!has_row) return;
-    weights.decode(raw[0], first_chunk);
   }
   // The residual is read now, so its latency hides behind the dot products.
   float residual_value[kRows];
