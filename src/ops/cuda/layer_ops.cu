@@ -95,15 +95,21 @@ Strides4 strides_of(const at::Tensor& x) {
   return xs;
 }
 
-// Element d of the rotation of the head that starts at `base` (elements `stride` apart), rounded as ATen's
-// x * cos + rotate_half(x) * sin rounds: each product, then the sum.
+// value * c + partner * s rounded as ATen's x * cos + rotate_half(x) * sin rounds: each product, then the sum
+// (partner: rotate_half(x)'s element, negated in the first half).
+template <typename T>
+__device__ __forceinline__ float rotated(float value, float partner, float c, float s) {
+  return rounded<T>(rounded<T>(value * c) + rounded<T>(partner * s));
+}
+
+// Element d of the rotation of the head that starts at `base` (elements `stride` apart).
 template <typename T>
 __device__ __forceinline__ float rotated_element(const T* base, int64_t stride, int64_t d, int64_t half,
                                                  float c, float s) {
   const float value = static_cast<float>(base[d * stride]);
   const float partner = d < half ? -static_cast<float>(base[(d + half) * stride])
                                  : static_cast<float>(base[(d - half) * stride]);
-  return rounded<T>(rounded<T>(value * c) + rounded<T>(partner * s));
+  return rotated<T>(value, partner, c, s);
 }
 
 template <typename T>
@@ -263,7 +269,7 @@ __device__ __forceinline__ void load_lane_rotated(const T* base, int64_t stride,
     load_lane_values<T, E>(sin, j, dim, true, s);
 #pragma unroll
     for (int e = 0; e < E; ++e) {
-      out[e] = rounded<T>(rounded<T>(x[e] * c[e]) + rounded<T>((first_half ? -partner[e] : partner[e]) * s[e]));
+      out[e] = rotated<T>(x[e], first_half ? -partner[e] : partner[e], c[e], s[e]);
     }
     return;
   }
