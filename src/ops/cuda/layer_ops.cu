@@ -475,13 +475,14 @@ int dims_per_lane(int64_t dim) { return dim <= 32 ? 4 : dim <= 64 ? 8 : dim <= 1
 
 // The split and merge kernels over keys, values [batch, kv_heads, capacity, dim] (contiguous) for `query`
 // (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's rotated query (query undefined).
+// `op` names the calling op in errors.
 template <bool kNewToken, typename T>
-void launch_decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
+void launch_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                              const NewToken<T>& token, const at::Tensor& position, double scale,
                              const at::Tensor& first, at::Tensor& out) {
   const int64_t batch = out.size(0), heads = out.size(1), dim = out.size(3), capacity = keys.size(2);
-  TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, "decode_attention: head_dim must be 1 to 256 on CUDA, got ", dim);
-  TORCH_CHECK(batch * heads < 65536, "decode_attention: batch * heads above 65535");
+  TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, op, ": head_dim must be 1 to 256 on CUDA, got ", dim);
+  TORCH_CHECK(batch * heads < 65536, op, ": batch * heads above 65535");
   if (batch * heads == 0 || capacity == 0) return;
   const int64_t group = heads / keys.size(1);
   // The split depends on the capacity only (not on the position, which lives on the device).
@@ -519,7 +520,8 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
   const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(query.sizes(), query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
-    launch_decode_attention<false, scalar_t>(query, keys, values, NewToken<scalar_t>{}, position, scale, first, out);
+    launch_decode_attention<false, scalar_t>("decode_attention", query, keys, values, NewToken<scalar_t>{}, position,
+                                             scale, first, out);
   });
   return out;
 }
@@ -547,7 +549,8 @@ at::Tensor rotary_decode_attention_cuda(const at::Tensor& query, const at::Tenso
                      cuda::is_aligned_16(t->data_ptr());
     }
     token.vector = token.vector && cuda::is_aligned_16(cos.data_ptr()) && cuda::is_aligned_16(sin.data_ptr());
-    launch_decode_attention<true, scalar_t>(at::Tensor(), keys, values, token, position, scale, first, out);
+    launch_decode_attention<true, scalar_t>("rotary_decode_attention", at::Tensor(), keys, values, token, position,
+                                            scale, first, out);
   });
   return out;
 }
