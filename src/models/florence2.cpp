@@ -324,7 +324,8 @@ struct Florence2Model::DecodeGraph {
   // Takes the language model rather than keeping a pointer: moves of a Florence2Model keep this recording.
   void step(const florence2::LanguageModel& language) {
     search->step(language.decode_step(search->tokens(), search->position(), state));
-    if (search->num_beams() > 1) language.reorder(state, search->parents());
+    // The search has moved its position to the next token's: the caches move up to it (that last one unfilled).
+    if (search->num_beams() > 1) language.reorder(state, search->parents(), search->position());
   }
 };
 

@@ -6,7 +6,9 @@
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
+#include <vector>
 
 #include "imagetotext/core/error.hpp"
 #include "../ops/layer_ops.hpp"
@@ -23,22 +25,29 @@ at::Tensor positions(const at::Tensor& table, std::int64_t start, std::int64_t l
   }
   return table.narrow(0, start + kPositionOffset, length);
 }
-}  // namespace
 
-Attention::Attention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads_, const nn::LinearPolicy& policy)
-    : q_proj(nn::Linear::load(weights, "q_proj", policy, dim, dim)),
-      k_proj(nn::Linear::load(weights, "k_proj", policy, dim, dim)),
-      v_proj(nn::Linear::load(weights, "v_proj", policy, dim, dim)),
-      out_proj(nn::Linear::load(weights, "out_proj", policy, dim, dim)),
-      heads(heads_) {}
-
-at::Tensor Attention::split_heads(const at::Tensor& x) const {
+// [B, L, heads * head_dim] -> [B, heads, L, head_dim] (a view) and back.
+at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
   return x.view({x.size(0), x.size(1), heads, x.size(2) / heads}).transpose(1, 2);
 }
 
-at::Tensor Attention::merge_heads(const at::Tensor& x) const {
+at::Tensor merge_heads(const at::Tensor& x) {
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
+}  // namespace
+
+SelfAttention::SelfAttention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads_,
+                             const nn::LinearPolicy& policy)
+    : qkv_proj(nn::FusedLinear::load(weights, {"q_proj", "k_proj", "v_proj"}, policy, dim, {dim, dim, dim})),
+      out_proj(nn::Linear::load(weights, "out_proj", policy, dim, dim)),
+      heads(heads_) {}
+
+CrossAttention::CrossAttention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads_,
+                               const nn::LinearPolicy& policy)
+    : q_proj(nn::Linear::load(weights, "q_proj", policy, dim, dim)),
+      kv_proj(nn::FusedLinear::load(weights, {"k_proj", "v_proj"}, policy, dim, {dim, dim})),
+      out_proj(nn::Linear::load(weights, "out_proj", policy, dim, dim)),
+      heads(heads_) {}
 
 EncoderLayer::EncoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy)
     : self_attn(weights["self_attn"], config.d_model, config.encoder_attention_heads, policy),
@@ -48,11 +57,11 @@ EncoderLayer::EncoderLayer(const nn::Weights& weights, const Florence2TextConfig
       final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
 
 at::Tensor EncoderLayer::operator()(const at::Tensor& x) const {
+  const std::vector<at::Tensor> qkv = self_attn.qkv_proj(x);
   const at::Tensor attended = nn::scaled_dot_product_attention(
-      self_attn.split_heads(self_attn.q_proj(x)), self_attn.split_heads(self_attn.k_proj(x)),
-      self_attn.split_heads(self_attn.v_proj(x)));
-  const at::Tensor h = self_attn_layer_norm(x + self_attn.out_proj(self_attn.merge_heads(attended)));
-  return final_layer_norm(h + fc2(at::gelu(fc1(h))));
+      split_heads(qkv[0], self_attn.heads), split_heads(qkv[1], self_attn.heads), split_heads(qkv[2], self_attn.heads));
+  const at::Tensor h = self_attn_layer_norm(self_attn.out_proj(merge_heads(attended), {.residual = x}));
+  return final_layer_norm(fc2(at::gelu(fc1(h)), {.residual = h}));
 }
 
 DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy)
@@ -66,23 +75,25 @@ DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig
 
 at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross,
                                     const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const {
-  const at::Tensor key = self_attn.split_heads(self_attn.k_proj(x)), value = self_attn.split_heads(self_attn.v_proj(x));
-  const at::Tensor query = self_attn.split_heads(self_attn.q_proj(x));
+  // Each residual step runs as the residual of the linear layer that ends it (ops::GemmFusion).
+  const std::int64_t heads = self_attn.heads;
+  const std::vector<at::Tensor> qkv = self_attn.qkv_proj(x);
+  const at::Tensor query = split_heads(qkv[0], heads), key = split_heads(qkv[1], heads),
+                   value = split_heads(qkv[2], heads);
   at::Tensor own;
   if (step) {
-    const auto [keys, values] = cache.write_at(key, value, step->position);
-    // One kernel over positions 0 .. position of the fixed-capacity cache (the rest is never read).
-    own = ops::decode_attention(query, keys, values, step->position,
-                                1.0 / std::sqrt(static_cast<double>(query.size(3))));
+    // The new key and value written at the step's position inside the attention over positions 0 .. position of
+    // the fixed-capacity cache (one pass of the attention kernels on CUDA).
+    own = cache.attend_at(query, key, value, step->position, 1.0 / std::sqrt(static_cast<double>(query.size(3))));
   } else {
     const auto [keys, values] = cache.append(key, value);
     own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/x.size(1) > 1);
   }
-  at::Tensor h = self_attn_layer_norm(x + self_attn.out_proj(self_attn.merge_heads(own)));
+  at::Tensor h = self_attn_layer_norm(self_attn.out_proj(merge_heads(own), {.residual = x}));
   const at::Tensor image_and_prompt = nn::scaled_dot_product_attention(
-      encoder_attn.split_heads(encoder_attn.q_proj(h)), cross.first, cross.second, encoder_mask);
-  h = encoder_attn_layer_norm(h + encoder_attn.out_proj(encoder_attn.merge_heads(image_and_prompt)));
-  return final_layer_norm(h + fc2(at::gelu(fc1(h))));
+      split_heads(encoder_attn.q_proj(h), encoder_attn.heads), cross.first, cross.second, encoder_mask);
+  h = encoder_attn_layer_norm(encoder_attn.out_proj(merge_heads(image_and_prompt), {.residual = h}));
+  return final_layer_norm(fc2(at::gelu(fc1(h)), {.residual = h}));
 }
 
 LanguageModel::LanguageModel(const nn::Weights& weights, const at::Tensor& shared, std::optional<at::Tensor> lm_head_bias,
@@ -131,16 +142,17 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
       state.cross_attention.emplace_back(buffer(), buffer());
       continue;
     }
-    const Attention& cross = layer.encoder_attn;
+    const CrossAttention& cross = layer.encoder_attn;
     // The sequences of an image (its beams, consecutive) attend to the same encoder output: computed once per
     // image, laid out per sequence once (transformers' _expand_inputs_for_generation: repeat_interleave).
     const auto per_sequence = [&](const at::Tensor& t) {
-      return t.unsqueeze(1)
-          .expand({batch, sequences / batch, t.size(1), t.size(2), t.size(3)})
-          .reshape({sequences, t.size(1), t.size(2), t.size(3)});
+      const at::Tensor heads_first = split_heads(t, cross.heads);
+      return heads_first.unsqueeze(1)
+          .expand({batch, sequences / batch, heads_first.size(1), heads_first.size(2), heads_first.size(3)})
+          .reshape({sequences, heads_first.size(1), heads_first.size(2), heads_first.size(3)});
     };
-    state.cross_attention.emplace_back(per_sequence(cross.split_heads(cross.k_proj(encoder_output))),
-                                       per_sequence(cross.split_heads(cross.v_proj(encoder_output))));
+    const std::vector<at::Tensor> kv = cross.kv_proj(encoder_output);
+    state.cross_attention.emplace_back(per_sequence(kv[0]), per_sequence(kv[1]));
   }
   if (fixed_shape) {
     state.encoder_mask = at::zeros({1, 1, 1, encoder_capacity}, encoder_output.options().dtype(at::kBool));
@@ -165,11 +177,12 @@ void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& enco
     return buffer.view({batch, sequences / batch, buffer.size(1), buffer.size(2), buffer.size(3)}).narrow(3, 0, length);
   };
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    const Attention& cross = decoder_layers_[i].encoder_attn;
+    const CrossAttention& cross = decoder_layers_[i].encoder_attn;
     auto& [keys, values] = state.cross_attention[i];
     at::Tensor key_rows = filled(keys), value_rows = filled(values);
-    key_rows.copy_(cross.split_heads(cross.k_proj(encoder_output)).unsqueeze(1).expand_as(key_rows));
-    value_rows.copy_(cross.split_heads(cross.v_proj(encoder_output)).unsqueeze(1).expand_as(value_rows));
+    const std::vector<at::Tensor> kv = cross.kv_proj(encoder_output);
+    key_rows.copy_(split_heads(kv[0], cross.heads).unsqueeze(1).expand_as(key_rows));
+    value_rows.copy_(split_heads(kv[1], cross.heads).unsqueeze(1).expand_as(value_rows));
   }
   state.encoder_mask.copy_(at::arange(encoder_capacity, state.encoder_mask.options().dtype(at::kLong))
                                .lt(length)
@@ -200,25 +213,32 @@ at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& p
   return logits.to(at::kFloat);
 }
 
-void LanguageModel::reorder(DecoderState& state, const at::Tensor& order) const {
+void LanguageModel::reorder(DecoderState& state, const at::Tensor& order, const std::optional<at::Tensor>& position) const {
   const at::Tensor on_device = order.to(state.self_attention.front().keys().device());
-  for (nn::KVCache& cache : state.self_attention) {
-    if (state.fixed_shape()) {
-      cache.reorder_all(on_device);
-    } else {
-      cache.reorder(on_device);
-    }
+  if (!state.fixed_shape()) {
+    for (nn::KVCache& cache : state.self_attention) cache.reorder(on_device);
+    return;
   }
+  if (!position) throw InvalidArgumentError("reordering a fixed-shape decoder state needs the step's position");
+  std::vector<at::Tensor> caches;
+  caches.reserve(2 * state.self_attention.size());
+  for (const nn::KVCache& cache : state.self_attention) {
+    caches.push_back(cache.keys());
+    caches.push_back(cache.values());
+  }
+  ops::reorder_cache_rows(caches, on_device, *position);
 }
 
 bool LanguageModel::capturable() const {
-  auto synchronizes = [](const nn::Linear& linear) { return linear.layer().format() == Quantization::llm_int8; };
+  auto synchronizes = [](const quant::QuantizedLinear* layer) { return layer->format() == Quantization::llm_int8; };
   for (const DecoderLayer& l : decoder_layers_) {
-    for (const nn::Linear* linear : {&l.self_attn.q_proj, &l.self_attn.k_proj, &l.self_attn.v_proj, &l.self_attn.out_proj,
-                                     &l.encoder_attn.q_proj, &l.encoder_attn.k_proj, &l.encoder_attn.v_proj,
-                                     &l.encoder_attn.out_proj, &l.fc1, &l.fc2}) {
-      if (synchronizes(*linear)) return false;
+    std::vector<const quant::QuantizedLinear*> layers = l.self_attn.qkv_proj.layers();
+    for (const quant::QuantizedLinear* layer : l.encoder_attn.kv_proj.layers()) layers.push_back(layer);
+    for (const nn::Linear* linear : {&l.self_attn.out_proj, &l.encoder_attn.q_proj, &l.encoder_attn.out_proj, &l.fc1,
+                                     &l.fc2}) {
+      layers.push_back(&linear->layer());
     }
+    if (std::any_of(layers.begin(), layers.end(), synchronizes)) return false;
   }
   return true;
 }

@@ -18,20 +18,27 @@
 
 namespace imagetotext::florence2 {
 
-struct Attention {
-  nn::Linear q_proj;
-  nn::Linear k_proj;
-  nn::Linear v_proj;
+// Florence-2's attention projections: q, k and v of one input stacked as one layer (nn::FusedLinear: one GEMV a
+// decode step), out_proj with the residual added in its epilogue.
+struct SelfAttention {
+  nn::FusedLinear qkv_proj;  // q_proj, k_proj, v_proj
   nn::Linear out_proj;
   std::int64_t heads;
-  Attention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads, const nn::LinearPolicy& policy);
+  SelfAttention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads, const nn::LinearPolicy& policy);
+};
 
-  at::Tensor split_heads(const at::Tensor& x) const;  // [B, L, D] -> [B, heads, L, head_dim]
-  at::Tensor merge_heads(const at::Tensor& x) const;  // inverse
+// The decoder's attention to the encoder output: q from the decoder, k and v (stacked) from the encoder output,
+// computed once per request.
+struct CrossAttention {
+  nn::Linear q_proj;
+  nn::FusedLinear kv_proj;  // k_proj, v_proj
+  nn::Linear out_proj;
+  std::int64_t heads;
+  CrossAttention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads, const nn::LinearPolicy& policy);
 };
 
 struct EncoderLayer {
-  Attention self_attn;
+  SelfAttention self_attn;
   nn::LayerNorm self_attn_layer_norm;
   nn::Linear fc1;
   nn::Linear fc2;
@@ -58,9 +65,9 @@ struct DeviceStep {
 };
 
 struct DecoderLayer {
-  Attention self_attn;
+  SelfAttention self_attn;
   nn::LayerNorm self_attn_layer_norm;
-  Attention encoder_attn;
+  CrossAttention encoder_attn;
   nn::LayerNorm encoder_attn_layer_norm;
   nn::Linear fc1;
   nn::Linear fc2;
@@ -99,8 +106,9 @@ class LanguageModel {
   // values written there, attention over the whole caches masked past it. Returns logits [n, vocab] in
   // float32. Nothing reads back to the host and no shape depends on the position: a CUDA graph can record it.
   at::Tensor decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const;
-  // Sequence i continues sequence order[i] (int64 [n]; on the device for fixed-shape states).
-  void reorder(DecoderState& state, const at::Tensor& order) const;
+  // Sequence i continues sequence order[i] (int64 [n]; on the device for fixed-shape states, whose caches move
+  // at positions 0 .. `position`, the step's int64 [1] on the device, in one ops::reorder_cache_rows).
+  void reorder(DecoderState& state, const at::Tensor& order, const std::optional<at::Tensor>& position = std::nullopt) const;
   // Whether decode_step can be recorded in a CUDA graph: no decoder layer reads back to the host (LLM.int8
   // layers pick their outlier columns there).
   bool capturable() const;

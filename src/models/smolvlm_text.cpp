@@ -95,8 +95,8 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, 
   at::Tensor out;
   if (step) {
     // cos, sin: one row at the step's position, or one per row of a left-padded batch.
-    out = cache.rotary_attend_at(q, k, v, cos, sin, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)),
-                                 padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
+    out = cache.attend_at(q, k, v, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)), cos, sin,
+                          padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
   } else if (padding) {
     const auto [keys, values] = cache.append(rotate(k), v);
     out = nn::scaled_dot_product_attention(rotate(q), keys, values, padding->mask, /*causal=*/false);

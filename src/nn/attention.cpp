@@ -35,17 +35,10 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const a
   return {keys_.narrow(2, 0, length_), values_.narrow(2, 0, length_)};
 }
 
-std::pair<at::Tensor, at::Tensor> KVCache::write_at(const at::Tensor& key, const at::Tensor& value,
-                                                   const at::Tensor& position) {
-  keys_.index_copy_(2, position, key);
-  values_.index_copy_(2, position, value);
-  return {keys_, values_};
-}
-
-at::Tensor KVCache::rotary_attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                    const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position,
-                                    double scale, const std::optional<at::Tensor>& first) {
-  return ops::rotary_decode_attention(query, key, value, cos, sin, keys_, values_, position, scale, first);
+at::Tensor KVCache::attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                             const at::Tensor& position, double scale, const std::optional<at::Tensor>& cos,
+                             const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
+  return ops::append_decode_attention(query, key, value, keys_, values_, position, scale, cos, sin, first);
 }
 
 void KVCache::reorder(const at::Tensor& order) {
@@ -55,11 +48,6 @@ void KVCache::reorder(const at::Tensor& order) {
   at::Tensor keys = keys_.narrow(2, 0, length_), values = values_.narrow(2, 0, length_);
   keys.copy_(keys.index_select(0, order));
   values.copy_(values.index_select(0, order));
-}
-
-void KVCache::reorder_all(const at::Tensor& order) {
-  keys_.copy_(keys_.index_select(0, order));
-  values_.copy_(values_.index_select(0, order));
 }
 
 namespace {

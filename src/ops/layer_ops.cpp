@@ -3,6 +3,8 @@
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <c10/util/Exception.h>
 
+#include <vector>
+
 namespace imagetotext::ops {
 namespace detail {
 
@@ -27,34 +29,62 @@ void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
   }
 }
 
-void check_rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& position,
+void check_append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                   const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin,
                                    const std::optional<at::Tensor>& first) {
-  TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1 && query.size(3) % 2 == 0,
-                    "rotary_decode_attention: query must be [batch, heads, 1, even head_dim], got ", query.sizes());
+  constexpr const char* op = "append_decode_attention";
+  TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, op, ": query must be [batch, heads, 1, head_dim], got ",
+                    query.sizes());
   const int64_t batch = query.size(0), dim = query.size(3);
   TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) == batch && keys.size(3) == dim,
-                    "rotary_decode_attention: keys and values must be [", batch, ", kv_heads, capacity, ", dim, "], got ",
-                    keys.sizes(), " and ", values.sizes());
-  TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(),
-                    "rotary_decode_attention: keys and values must be contiguous (they are written in place)");
+                    op, ": keys and values must be [", batch, ", kv_heads, capacity, ", dim, "], got ", keys.sizes(),
+                    " and ", values.sizes());
+  TORCH_CHECK_VALUE(keys.is_contiguous() && values.is_contiguous(), op,
+                    ": keys and values must be contiguous (they are written in place)");
   for (const at::Tensor* t : {&key, &value}) {
     TORCH_CHECK_VALUE(t->dim() == 4 && t->size(0) == batch && t->size(1) == keys.size(1) && t->size(2) == 1 &&
                           t->size(3) == dim,
-                      "rotary_decode_attention: key and value must be [", batch, ", ", keys.size(1), ", 1, ", dim,
-                      "], got ", key.sizes(), " and ", value.sizes());
+                      op, ": key and value must be [", batch, ", ", keys.size(1), ", 1, ", dim, "], got ", key.sizes(),
+                      " and ", value.sizes());
   }
-  for (const at::Tensor* t : {&cos, &sin}) {
-    TORCH_CHECK_VALUE(t->dim() == 2 && (t->size(0) == 1 || t->size(0) == batch) && t->size(1) == dim,
-                      "rotary_decode_attention: cos and sin must be [1 or ", batch, ", ", dim, "], got ", t->sizes());
+  TORCH_CHECK_VALUE(cos.has_value() == sin.has_value(), op, ": cos and sin come together (both or neither)");
+  std::vector<const at::Tensor*> same_kind{&key, &value, &keys, &values};
+  if (cos) {
+    TORCH_CHECK_VALUE(dim % 2 == 0, op, ": a rotated head_dim must be even, got ", dim);
+    for (const at::Tensor* t : {&*cos, &*sin}) {
+      TORCH_CHECK_VALUE(t->dim() == 2 && (t->size(0) == 1 || t->size(0) == batch) && t->size(1) == dim, op,
+                        ": cos and sin must be [1 or ", batch, ", ", dim, "], got ", t->sizes());
+      same_kind.push_back(t);
+    }
   }
-  for (const at::Tensor* t : {&key, &value, &cos, &sin, &keys, &values}) {
-    TORCH_CHECK_VALUE(t->scalar_type() == query.scalar_type() && t->device() == query.device(),
-                      "rotary_decode_attention: every tensor must match the query's dtype and device (",
-                      query.scalar_type(), ", ", query.device(), "), got ", t->scalar_type(), " on ", t->device());
+  for (const at::Tensor* t : same_kind) {
+    TORCH_CHECK_VALUE(t->scalar_type() == query.scalar_type() && t->device() == query.device(), op,
+                      ": every tensor must match the query's dtype and device (", query.scalar_type(), ", ",
+                      query.device(), "), got ", t->scalar_type(), " on ", t->device());
   }
-  check_decode_attention("rotary_decode_attention", query, keys, values, position, first);
+  check_decode_attention(op, query, keys, values, position, first);
+}
+
+void check_reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at::Tensor& position) {
+  constexpr const char* op = "reorder_cache_rows";
+  TORCH_CHECK_VALUE(!caches.empty(), op, ": no caches given");
+  const at::Tensor& first = caches.front();
+  TORCH_CHECK_VALUE(first.dim() == 4, op, ": caches must be [batch, kv_heads, capacity, head_dim], got ", first.sizes());
+  for (const at::Tensor& cache : caches) {
+    TORCH_CHECK_VALUE(cache.sizes() == first.sizes() && cache.scalar_type() == first.scalar_type() &&
+                          cache.device() == first.device(),
+                      op, ": every cache must match the first (", first.sizes(), ", ", first.scalar_type(), " on ",
+                      first.device(), "), got ", cache.sizes(), ", ", cache.scalar_type(), " on ", cache.device());
+    TORCH_CHECK_VALUE(cache.is_contiguous(), op, ": caches must be contiguous (they are written in place)");
+  }
+  TORCH_CHECK_VALUE(order.dim() == 1 && order.size(0) == first.size(0) && order.scalar_type() == at::kLong &&
+                        order.device() == first.device(),
+                    op, ": order must be int64 [", first.size(0), "] on ", first.device(), ", got ", order.scalar_type(),
+                    " ", order.sizes(), " on ", order.device());
+  TORCH_CHECK_VALUE(position.numel() == 1 && position.scalar_type() == at::kLong && position.device() == first.device(),
+                    op, ": position must be one int64 on ", first.device(), ", got ", position.scalar_type(), " ",
+                    position.sizes(), " on ", position.device());
 }
 
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up) {
@@ -119,15 +149,22 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
   return op.call(query, keys, values, position, scale, first);
 }
 
-at::Tensor rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& position, double scale,
-                                   const std::optional<at::Tensor>& first) {
+void reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at::Tensor& position) {
+  static const auto op =
+      find_op<void(at::TensorList, const at::Tensor&, const at::Tensor&)>("imagetotext::reorder_cache_rows");
+  op.call(caches, order, position);
+}
+
+at::Tensor append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                   double scale, const std::optional<at::Tensor>& cos,
+                                   const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
   static const auto op =
       find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
-                         const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&, double,
-                         const std::optional<at::Tensor>&)>("imagetotext::rotary_decode_attention");
-  return op.call(query, key, value, cos, sin, keys, values, position, scale, first);
+                         const at::Tensor&, const at::Tensor&, double, const std::optional<at::Tensor>&,
+                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>(
+          "imagetotext::append_decode_attention");
+  return op.call(query, key, value, keys, values, position, scale, cos, sin, first);
 }
 
 }  // namespace imagetotext::ops

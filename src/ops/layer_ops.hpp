@@ -29,29 +29,38 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
                             const at::Tensor& position, double scale,
                             const std::optional<at::Tensor>& first = std::nullopt);
 
-// A decode step's attention with the new token's rotary embedding and cache write: query [batch, heads, 1,
-// head_dim] and key, value [batch, kv_heads, 1, head_dim] as the projection gives them (any strides), cos and sin
-// [1 or batch, head_dim] (one row for every sequence, or a row each). Writes rotary(key) and value at `position`
-// of the caches keys, values [batch, kv_heads, capacity, head_dim] (contiguous, written in place) and returns
-// decode_attention(rotary(query), keys, values, position, scale, first): what rotary, index_copy_ and
-// decode_attention give, rounded alike. On CUDA one pass of decode_attention's kernels (the rotation and the
-// write happen in its split kernel). A position outside the caches writes nothing on CUDA (the host keeps the
-// step inside the capacity) and throws on the CPU.
-at::Tensor rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& position, double scale,
+// A decode step's attention with the new token's cache write (and, for rotary models, its rotary embedding):
+// query [batch, heads, 1, head_dim] and key, value [batch, kv_heads, 1, head_dim] as the projection gives them
+// (any strides). Writes key and value at `position` of the caches keys, values [batch, kv_heads, capacity,
+// head_dim] (contiguous, written in place) and returns decode_attention(query, keys, values, position, scale,
+// first): what index_copy_ and decode_attention give. With cos and sin ([1 or batch, head_dim]: one row for every
+// sequence, or a row each; even head_dim) the query and key are rotated first, rounded as ops::rotary rounds.
+// On CUDA one pass of decode_attention's kernels (the rotation and the write happen in its split kernel). A
+// position outside the caches writes nothing on CUDA (the host keeps the step inside the capacity) and throws
+// on the CPU.
+at::Tensor append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                   double scale, const std::optional<at::Tensor>& cos = std::nullopt,
+                                   const std::optional<at::Tensor>& sin = std::nullopt,
                                    const std::optional<at::Tensor>& first = std::nullopt);
+
+// Beam search over fixed-shape caches: in every cache [batch, kv_heads, capacity, head_dim] (all of one shape and
+// dtype, contiguous, written in place), row b becomes what row order[b] held (order: int64 [batch] on the
+// caches' device), at positions 0 .. position (int64 [1] on the device; the rest is not filled yet). On CUDA one
+// kernel for all caches, where index_select and a copy back cost two kernels a cache and moved every position.
+void reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at::Tensor& position);
 
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
 void check_rms_norm(const at::Tensor& x, const at::Tensor& weight);
 void check_rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& sin);
-void check_rotary_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                   const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                   const at::Tensor& values, const at::Tensor& position,
+void check_append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                   const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                   const std::optional<at::Tensor>& cos, const std::optional<at::Tensor>& sin,
                                    const std::optional<at::Tensor>& first);
 void check_silu_mul(const at::Tensor& gate, const at::Tensor& up);
-// `op`: the name the messages give (decode_attention or rotary_decode_attention).
+void check_reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at::Tensor& position);
+// `op`: the name the messages give (decode_attention or append_decode_attention).
 void check_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                             const at::Tensor& position, const std::optional<at::Tensor>& first);
 }  // namespace detail

@@ -39,7 +39,10 @@ TORCH_LIBRARY(imagetotext, m) {
   // first: per-row first attended position (left-padded batches), int64 [batch]; none: 0.
   m.def("decode_attention(Tensor query, Tensor keys, Tensor values, Tensor position, float scale, "
         "Tensor? first=None) -> Tensor");
-  // Writes rotary(key) and value into keys, values at position; returns decode_attention of rotary(query).
-  m.def("rotary_decode_attention(Tensor query, Tensor key, Tensor value, Tensor cos, Tensor sin, Tensor(a!) keys, "
-        "Tensor(b!) values, Tensor position, float scale, Tensor? first=None) -> Tensor");
+  // Writes key and value into keys, values at position (the key rotated by cos, sin when given); returns
+  // decode_attention of the query (rotated alike).
+  m.def("append_decode_attention(Tensor query, Tensor key, Tensor value, Tensor(a!) keys, Tensor(b!) values, "
+        "Tensor position, float scale, Tensor? cos=None, Tensor? sin=None, Tensor? first=None) -> Tensor");
+  // Beam search over fixed-shape caches: row b of every cache becomes old row order[b] at positions 0 .. position.
+  m.def("reorder_cache_rows(Tensor(a!)[] caches, Tensor order, Tensor position) -> ()");
 }

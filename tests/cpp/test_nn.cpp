@@ -181,19 +181,23 @@ TEST_CASE("KVCache: append in place, views of the filled part, beam reorder, cap
   CHECK_THROWS_AS(cache.append(at::randn({3, 2, 3, 4}), at::randn({3, 2, 3, 4})), imagetotext::InvalidArgumentError);
 }
 
-TEST_CASE("KVCache: starts as zeros; fixed-shape writes at a device position; reorder_all moves every position", "[nn]") {
+TEST_CASE("KVCache: starts as zeros; attend_at writes the step at a device position and attends up to it", "[nn]") {
   nn::KVCache cache(3, 2, 5, 4, at::TensorOptions().dtype(at::kFloat));
   CHECK(at::equal(cache.keys(), at::zeros({3, 2, 5, 4})));  // masked positions are read: no garbage there
-  const at::Tensor k = at::randn({3, 2, 1, 4}), v = at::randn({3, 2, 1, 4});
-  const auto [keys, values] = cache.write_at(k, v, at::tensor(std::vector<int64_t>{3}));
-  CHECK(keys.size(2) == 5);
-  CHECK(at::equal(keys.narrow(2, 3, 1), k));
-  CHECK(at::equal(values.narrow(2, 3, 1), v));
-  const at::Tensor before = cache.keys().clone();
-  const at::Tensor order = at::tensor(std::vector<int64_t>{1, 0, 0});
-  cache.reorder_all(order);
-  CHECK(at::equal(cache.keys(), before.index_select(0, order)));
-  CHECK(cache.keys().data_ptr() == keys.data_ptr());  // the same storage: a recorded graph keeps reading it
+  const at::Tensor earlier = at::randn({3, 2, 3, 4});
+  cache.keys().narrow(2, 0, 3).copy_(earlier);
+  cache.values().narrow(2, 0, 3).copy_(earlier * 2);
+  const at::Tensor q = at::randn({3, 4, 1, 4}), k = at::randn({3, 2, 1, 4}), v = at::randn({3, 2, 1, 4});
+  const void* storage = cache.keys().data_ptr();
+  const at::Tensor out = cache.attend_at(q, k, v, at::tensor(std::vector<int64_t>{3}), 0.5);
+  CHECK(at::equal(cache.keys().narrow(2, 3, 1), k));
+  CHECK(at::equal(cache.values().narrow(2, 3, 1), v));
+  CHECK(at::equal(cache.keys().narrow(2, 4, 1), at::zeros({3, 2, 1, 4})));  // past the position: untouched
+  CHECK(cache.keys().data_ptr() == storage);  // written in place: a recorded graph keeps reading it
+  CHECK(cache.length() == 0);  // the host does not know the position
+  const at::Tensor all = at::ones({1, 4}, at::kBool);
+  CHECK(at::allclose(out, attention_formula(q, cache.keys().narrow(2, 0, 4), cache.values().narrow(2, 0, 4), all),
+                     1e-5, 1e-5));
 }
 
 TEST_CASE("scaled_dot_product_attention: causal with a cache offset, GQA, boolean masks", "[nn]") {

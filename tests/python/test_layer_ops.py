@@ -1,9 +1,10 @@
 """The fused layer ops (torch.ops.imagetotext.rms_norm, rotary, silu_mul, decode_attention,
-rotary_decode_attention) against the modules they replace: transformers' LlamaRMSNorm and
-apply_rotary_pos_emb (before the cache's index_copy_), F.silu, and F.scaled_dot_product_attention over the
-filled part of the cache with the key/value heads repeated (transformers' repeat_kv). On the CPU the
-ops are the ATen compositions the layers used (bit-identical); on CUDA one kernel each, within float32
-summation-order rounding (fp32) or one bf16 step of the largest value (bf16)."""
+append_decode_attention, reorder_cache_rows) against the modules they replace: transformers' LlamaRMSNorm and
+apply_rotary_pos_emb (before the cache's index_copy_), F.silu, F.scaled_dot_product_attention over the
+filled part of the cache with the key/value heads repeated (transformers' repeat_kv), and the beam search's
+index_select of the cache rows. On the CPU the ops are the ATen compositions the layers used (bit-identical); on
+CUDA one kernel each (two for the attention), within float32 summation-order rounding (fp32) or one bf16 step of
+the largest value (bf16)."""
 
 from __future__ import annotations
 
@@ -150,11 +151,14 @@ def decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_seque
                                                                        (2, 4, 2, 80, True)])
 @pytest.mark.parametrize("position", [0, 5, 70, 199])
 @pytest.mark.parametrize("padded", [False, True])
-def test_rotary_decode_attention_is_rotary_then_index_copy_then_attention(device, dtype, batch, heads, kv_heads,
-                                                                          dim, per_sequence, position, padded):
-    """The cache holds transformers' rotated key and the value at the position and nothing else changed; the
-    output is decode_attention of transformers' rotated query over that cache (bit for bit where the rotation
-    rounds alike: everywhere but float32 on CUDA, whose products fuse into FMAs)."""
+@pytest.mark.parametrize("rotated", [True, False])
+def test_append_decode_attention_is_rotary_then_index_copy_then_attention(device, dtype, batch, heads, kv_heads,
+                                                                          dim, per_sequence, position, padded,
+                                                                          rotated):
+    """The cache holds the key (transformers' rotated key, for a rotary model) and the value at the position and
+    nothing else changed; the output is decode_attention of the query (transformers' rotated query) over that
+    cache, bit for bit where the rotation rounds alike: everywhere but rotated float32 on CUDA, whose products
+    fuse into FMAs."""
     needs(device)
     capacity = 200
     q, k, v, cos, sin, keys, values = decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_sequence,
@@ -164,17 +168,22 @@ def test_rotary_decode_attention_is_rotary_then_index_copy_then_attention(device
     # the second chunk's new position 70 among them, dead there).
     first = torch.tensor([min(s, position) for s in (0, 10, 37)[:batch]], device=device) if padded else None
     where = torch.tensor([position], device=device)
-    ours = ops.rotary_decode_attention(q, k, v, cos, sin, keys, values, where, dim ** -0.5, first)
-    # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.
-    expected_q, expected_k = apply_rotary_pos_emb(q, k, cos[:, None], sin[:, None], unsqueeze_dim=1)
-    close(keys[:, :, position:position + 1], expected_k, dtype, device)
+    if rotated:
+        ours = ops.append_decode_attention(q, k, v, keys, values, where, dim ** -0.5, cos, sin, first)
+        # transformers: cos, sin [batch or 1, length 1, dim], unsqueezed to broadcast over the heads.
+        expected_q, expected_k = apply_rotary_pos_emb(q, k, cos[:, None], sin[:, None], unsqueeze_dim=1)
+        close(keys[:, :, position:position + 1], expected_k, dtype, device)
+    else:
+        ours = ops.append_decode_attention(q, k, v, keys, values, where, dim ** -0.5, first=first)
+        expected_q = q
+        assert torch.equal(keys[:, :, position:position + 1], k)
     assert torch.equal(values[:, :, position:position + 1], v)
     others = [p for p in range(capacity) if p != position]
     assert torch.equal(keys[:, :, others], before_keys[:, :, others])
     assert torch.equal(values[:, :, others], before_values[:, :, others])
     expected = ops.decode_attention(expected_q.contiguous(), keys, values, where, dim ** -0.5, first)
     assert ours.shape == expected.shape and ours.dtype == dtype
-    if device == "cuda" and dtype == torch.float32:
+    if rotated and device == "cuda" and dtype == torch.float32:
         close(ours, expected, dtype, device)
     else:
         assert torch.equal(ours, expected)
@@ -185,7 +194,7 @@ def test_rotary_decode_attention_is_rotary_then_index_copy_then_attention(device
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_rotary_decode_attention_past_the_capacity(device):
+def test_append_decode_attention_past_the_capacity(device):
     """The host keeps a step inside the cache: on the CPU a position past it throws, on CUDA (where the position
     lives on the device) nothing is written, nothing outside the buffers is touched, and the step attends to the
     whole cache as decode_attention does."""
@@ -198,11 +207,34 @@ def test_rotary_decode_attention_past_the_capacity(device):
     position = torch.tensor([4], device=device)
     if device == "cpu":
         with pytest.raises(IndexError):
-            ops.rotary_decode_attention(q, k, k, cos, sin, keys, values, position, 1.0)
+            ops.append_decode_attention(q, k, k, keys, values, position, 1.0, cos, sin)
         return
-    ours = ops.rotary_decode_attention(q, k, k, cos, sin, keys, values, position, 1.0)  # cos 1, sin 0: no rotation
+    ours = ops.append_decode_attention(q, k, k, keys, values, position, 1.0, cos, sin)  # cos 1, sin 0: no rotation
     assert torch.equal(keys, before_keys) and torch.equal(values, before_values)
     torch.testing.assert_close(ours, ops.decode_attention(q.contiguous(), keys, values, position, 1.0))
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype, dim", [(torch.bfloat16, 64), (torch.bfloat16, 7), (torch.float32, 6),
+                                        (torch.float16, 512)])
+@pytest.mark.parametrize("caches", [1, 12, 70])
+@pytest.mark.parametrize("position", [0, 37, 255])
+def test_reorder_cache_rows_is_index_select_up_to_the_position(device, dtype, dim, caches, position):
+    """Every cache's rows become index_select(0, order) at positions 0 .. position, with rows swapped and repeated,
+    through 16-, 4- and 2-byte copies, more caches than one launch takes, and rows too wide to stage on CUDA
+    (dim 512: moved whole). Past the position nothing moves, except in that whole-row case."""
+    needs(device)
+    torch.manual_seed(11)
+    batch, kv_heads, capacity = (3, 2, 256) if dim != 512 else (40, 1, 256)
+    buffers = [torch.randn(batch, kv_heads, capacity, dim).to(device, dtype) for _ in range(caches)]
+    before = [b.clone() for b in buffers]
+    order = torch.tensor([2, 0, 0] if batch == 3 else list(range(batch - 1, -1, -1)), device=device)
+    ops.reorder_cache_rows(buffers, order, torch.tensor([position], device=device))
+    moved = position + 1
+    for ours, old in zip(buffers, before):
+        assert torch.equal(ours[:, :, :moved], old[:, :, :moved].index_select(0, order))
+        if dim != 512:
+            assert torch.equal(ours[:, :, moved:], old[:, :, moved:])
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -265,20 +297,40 @@ def test_bad_arguments_name_the_problem():
     with pytest.raises(ValueError, match="first must be int64"):
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3]), 1.0, torch.tensor([0, 0]))
     k1, cache, cs, at = torch.randn(1, 2, 1, 8), torch.randn(1, 2, 10, 8), torch.randn(1, 8), torch.tensor([3])
-    rda = ops.rotary_decode_attention
-    with pytest.raises(ValueError, match="rotary_decode_attention: query must be"):
-        rda(torch.randn(1, 6, 2, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
+
+    def ada(query, key, value, cos, sin, keys, values, position, scale, first=None):
+        return ops.append_decode_attention(query, key, value, keys, values, position, scale, cos, sin, first)
+
+    with pytest.raises(ValueError, match="append_decode_attention: query must be"):
+        ada(torch.randn(1, 6, 2, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="key and value must be"):
-        rda(q, kv[:, :1, :1], k1, cs, cs, cache, cache.clone(), at, 1.0)
+        ada(q, kv[:, :1, :1], k1, cs, cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="cos and sin must be"):
-        rda(q, k1, k1, torch.randn(2, 8), cs, cache, cache.clone(), at, 1.0)
+        ada(q, k1, k1, torch.randn(2, 8), cs, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="cos and sin come together"):
+        ada(q, k1, k1, cs, None, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="a rotated head_dim must be even"):
+        ada(q[..., :7], k1[..., :7], k1[..., :7], cs[:, :7], cs[:, :7], cache[..., :7].contiguous(),
+            cache[..., :7].contiguous(), at, 1.0)
     with pytest.raises(ValueError, match="must be contiguous"):
-        rda(q, k1, k1, cs, cs, cache.transpose(1, 2).contiguous().transpose(1, 2), cache, at, 1.0)
+        ada(q, k1, k1, cs, cs, cache.transpose(1, 2).contiguous().transpose(1, 2), cache, at, 1.0)
     with pytest.raises(ValueError, match="match the query's dtype"):
-        rda(q, k1, k1, cs.double(), cs, cache, cache.clone(), at, 1.0)
-    with pytest.raises(ValueError, match="rotary_decode_attention: position must be one int64"):
-        rda(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]), 1.0)
-    with pytest.raises(ValueError, match="rotary_decode_attention: keys and values must be .1, kv_heads dividing 5"):
-        rda(torch.randn(1, 5, 1, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
-    with pytest.raises(ValueError, match="rotary_decode_attention: first must be int64"):
-        rda(q, k1, k1, cs, cs, cache, cache.clone(), at, 1.0, torch.tensor([0.0]))
+        ada(q, k1, k1, cs.double(), cs, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="append_decode_attention: position must be one int64"):
+        ada(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]), 1.0)
+    with pytest.raises(ValueError, match="append_decode_attention: keys and values must be .1, kv_heads dividing 5"):
+        ada(torch.randn(1, 5, 1, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
+    with pytest.raises(ValueError, match="append_decode_attention: first must be int64"):
+        ada(q, k1, k1, cs, cs, cache, cache.clone(), at, 1.0, torch.tensor([0.0]))
+    with pytest.raises(ValueError, match="reorder_cache_rows: no caches"):
+        ops.reorder_cache_rows([], torch.tensor([0]), at)
+    with pytest.raises(ValueError, match="reorder_cache_rows: every cache must match the first"):
+        ops.reorder_cache_rows([cache, cache[:, :1].contiguous()], torch.tensor([0]), at)
+    with pytest.raises(ValueError, match="reorder_cache_rows: caches must be contiguous"):
+        ops.reorder_cache_rows([cache.transpose(2, 3)], torch.tensor([0]), at)
+    with pytest.raises(ValueError, match="reorder_cache_rows: order must be int64 .1."):
+        ops.reorder_cache_rows([cache], torch.tensor([0, 0]), at)
+    with pytest.raises(ValueError, match="reorder_cache_rows: position must be one int64"):
+        ops.reorder_cache_rows([cache], torch.tensor([0]), torch.tensor([1.0]))
+    with pytest.raises(IndexError):  # the CPU's index_select checks the order's values
+        ops.reorder_cache_rows([cache], torch.tensor([1]), at)

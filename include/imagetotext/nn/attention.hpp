@@ -25,20 +25,18 @@ class KVCache {
 
   // A decode step at a position held on the device (fixed shapes, so a CUDA graph can replay it): writes
   // `key`/`value` [batch, kv_heads, 1, head_dim] at `position` (int64 [1] on the cache's device) and returns the
-  // whole buffers [.., capacity, ..] (attend to 0 .. position with ops::decode_attention). length() is not
-  // advanced: the host does not know the position.
-  std::pair<at::Tensor, at::Tensor> write_at(const at::Tensor& key, const at::Tensor& value, const at::Tensor& position);
-  // A decode step of a rotary model: writes rotary(key) and `value` at `position` and returns the attention of
-  // rotary(query) over positions 0 .. position (from first[b] on for row b of a left-padded batch), as
-  // ops::rotary_decode_attention (one pass of the attention kernels on CUDA). cos, sin [1 or batch, head_dim].
-  at::Tensor rotary_attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                              const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& position, double scale,
-                              const std::optional<at::Tensor>& first = std::nullopt);
+  // attention of `query` [batch, heads, 1, head_dim] over positions 0 .. position (from first[b] on for row b of a
+  // left-padded batch), as ops::append_decode_attention (one pass of the attention kernels on CUDA). A rotary
+  // model passes cos, sin [1 or batch, head_dim]: the key is written rotated and the query attends rotated.
+  // length() is not advanced: the host does not know the position.
+  at::Tensor attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                       const at::Tensor& position, double scale, const std::optional<at::Tensor>& cos = std::nullopt,
+                       const std::optional<at::Tensor>& sin = std::nullopt,
+                       const std::optional<at::Tensor>& first = std::nullopt);
 
-  // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device).
+  // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device). Fixed-shape
+  // caches, whose filled part only the device knows, move with ops::reorder_cache_rows.
   void reorder(const at::Tensor& order);
-  // The same over every position (fixed shapes: the host does not know how many are filled).
-  void reorder_all(const at::Tensor& order);
 
   void clear() noexcept { length_ = 0; }
   std::int64_t length() const noexcept { return length_; }

@@ -54,18 +54,35 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
       .reshape({batch, heads, 1, head_dim});
 }
 
-// rotary + index_copy_ + decode_attention_cpu.
-at::Tensor rotary_decode_attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                       const at::Tensor& cos, const at::Tensor& sin, const at::Tensor& keys,
-                                       const at::Tensor& values, const at::Tensor& position, double scale,
-                                       const std::optional<at::Tensor>& first) {
-  detail::check_rotary_decode_attention(query, key, value, cos, sin, keys, values, position, first);
-  // cos, sin [rows, dim] as [rows, 1, 1, dim]: one row for every sequence, or one each.
-  const at::Tensor cos4 = cos.view({cos.size(0), 1, 1, cos.size(1)}), sin4 = sin.view({sin.size(0), 1, 1, sin.size(1)});
+// (rotary +) index_copy_ + decode_attention_cpu.
+at::Tensor append_decode_attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                       const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                       double scale, const std::optional<at::Tensor>& cos,
+                                       const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
+  detail::check_append_decode_attention(query, key, value, keys, values, position, cos, sin, first);
   const at::Tensor index = position.reshape({1});
-  keys.index_copy_(2, index, rotate(key, cos4, sin4));  // index_copy_ throws past the capacity
+  if (!cos) {
+    keys.index_copy_(2, index, key);  // index_copy_ throws past the capacity
+    values.index_copy_(2, index, value);
+    return decode_attention_cpu(query, keys, values, position, scale, first);
+  }
+  // cos, sin [rows, dim] as [rows, 1, 1, dim]: one row for every sequence, or one each.
+  const at::Tensor cos4 = cos->view({cos->size(0), 1, 1, cos->size(1)});
+  const at::Tensor sin4 = sin->view({sin->size(0), 1, 1, sin->size(1)});
+  keys.index_copy_(2, index, rotate(key, cos4, sin4));
   values.index_copy_(2, index, value);
   return decode_attention_cpu(rotate(query, cos4, sin4), keys, values, position, scale, first);
+}
+
+void reorder_cache_rows_cpu(at::TensorList caches, const at::Tensor& order, const at::Tensor& position) {
+  detail::check_reorder_cache_rows(caches, order, position);
+  const int64_t capacity = caches.front().size(2);
+  const int64_t filled = std::min(position.item<int64_t>(), capacity - 1) + 1;
+  TORCH_CHECK_VALUE(filled > 0, "reorder_cache_rows: position must not be negative");
+  for (const at::Tensor& cache : caches) {
+    at::Tensor rows = cache.narrow(2, 0, filled);
+    rows.copy_(rows.index_select(0, order));  // index_select throws for an order outside the batch
+  }
 }
 
 }  // namespace
@@ -76,5 +93,6 @@ TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
   m.impl("rotary", &imagetotext::ops::rotary_cpu);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cpu);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cpu);
-  m.impl("rotary_decode_attention", &imagetotext::ops::rotary_decode_attention_cpu);
+  m.impl("append_decode_attention", &imagetotext::ops::append_decode_attention_cpu);
+  m.impl("reorder_cache_rows", &imagetotext::ops::reorder_cache_rows_cpu);
 }

@@ -198,11 +198,12 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
 // holds dims [j*E, j*E + E) of the query, key and value (16-byte loads where the layout allows), the dot
 // product is reduced over the 8 lanes, and each group keeps an online softmax over its positions.
 //
-// rotary_decode_attention runs the same kernels with the new token's rotary embedding and cache write folded
-// into the split kernel, one kernel less a layer than a rotary-and-cache-write kernel before it. Every CTA
-// rotates the query itself; the CTA whose chunk holds the new position also loads that position's key (rotated
-// and rounded as the cache holds it, so the sums are the unfused ones) and value from the projection with the
-// query, uses them there instead of the cache, and, for the first query head of a key/value head, stores them.
+// append_decode_attention runs the same kernels with the new token's cache write (and rotary embedding, for
+// rotary models) folded into the split kernel, one kernel less a layer than a cache-write kernel before it.
+// Every CTA loads (and rotates) the query itself; the CTA whose chunk holds the new position also loads that
+// position's key (rotated and rounded as the cache holds it, so the sums are the unfused ones) and value from the
+// projection with the query, uses them there instead of the cache, and, for the first query head of a key/value
+// head, stores them.
 // The stores are issued after those loads: a store waiting on its data ahead of the query's loads cost a round
 // trip (0.68 -> 0.72 ms a SmolVLM-256M token in a first version).
 constexpr int kSplitThreads = 128;
@@ -238,7 +239,7 @@ __device__ __forceinline__ void load_lane_values(const T* row, int j, int dim, b
   }
 }
 
-// The new token of rotary_decode_attention as the projection wrote it (any strides), before the rotation.
+// The new token of append_decode_attention as the projection wrote it (any strides), before any rotation.
 template <typename T>
 struct NewToken {
   const T* query;
@@ -247,7 +248,7 @@ struct NewToken {
   Strides4 ks;
   const T* value;
   Strides4 vs;
-  const T* cos;
+  const T* cos;  // null: no rotation
   const T* sin;
   bool table_per_sequence;  // cos, sin [batch, dim] (a row each) or [1, dim]
   bool vector;  // every head of query, key, value, cos and sin in unit stride, each lane's dims (and their partners
@@ -313,9 +314,11 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   const T* new_key = nullptr;
   const T* new_value = nullptr;
   if constexpr (kNewToken) {
-    const int64_t table = token.table_per_sequence ? sequence * dim : 0;
-    cos = token.cos + table;
-    sin = token.sin + table;
+    if (token.cos != nullptr) {
+      const int64_t table = token.table_per_sequence ? sequence * dim : 0;
+      cos = token.cos + table;
+      sin = token.sin + table;
+    }
     const int64_t kv_in_sequence = head / group;
     new_key = token.key + sequence * token.ks.stride[0] + kv_in_sequence * token.ks.stride[1];
     new_value = token.value + sequence * token.vs.stride[0] + kv_in_sequence * token.vs.stride[1];
@@ -339,10 +342,17 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   const bool holds_new = kNewToken && begin <= new_position && new_position < end;
   float new_k[E], new_v[E];
   if constexpr (kNewToken) {
-    load_lane_rotated<T, E>(token.query + sequence * token.qs.stride[0] + head * token.qs.stride[1],
-                            token.qs.stride[3], cos, sin, j, dim, token.vector, q);
+    // As the op was asked: rotated (cos given) or as projected.
+    auto load_new = [&](const T* base, int64_t stride, float* out) {
+      if (cos != nullptr) {
+        load_lane_rotated<T, E>(base, stride, cos, sin, j, dim, token.vector, out);
+      } else {
+        load_lane_strided<T, E>(base, stride, j, dim, token.vector, out);
+      }
+    };
+    load_new(token.query + sequence * token.qs.stride[0] + head * token.qs.stride[1], token.qs.stride[3], q);
     if (holds_new) {
-      load_lane_rotated<T, E>(new_key, token.ks.stride[3], cos, sin, j, dim, token.vector, new_k);
+      load_new(new_key, token.ks.stride[3], new_k);
       load_lane_strided<T, E>(new_value, token.vs.stride[3], j, dim, token.vector, new_v);
       // Into the caches, by the CTA of the first query head of their key/value head: after the loads above are
       // issued, so no load waits for these stores' data.
@@ -474,7 +484,7 @@ decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits
 int dims_per_lane(int64_t dim) { return dim <= 32 ? 4 : dim <= 64 ? 8 : dim <= 128 ? 16 : 32; }
 
 // The split and merge kernels over keys, values [batch, kv_heads, capacity, dim] (contiguous) for `query`
-// (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's rotated query (query undefined).
+// (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's query (rotated or not; query undefined).
 // `op` names the calling op in errors.
 template <bool kNewToken, typename T>
 void launch_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
@@ -526,33 +536,128 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
   return out;
 }
 
-at::Tensor rotary_decode_attention_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
-                                        const at::Tensor& cos_in, const at::Tensor& sin_in, const at::Tensor& keys,
-                                        const at::Tensor& values, const at::Tensor& position, double scale,
+at::Tensor append_decode_attention_cuda(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
+                                        const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
+                                        double scale, const std::optional<at::Tensor>& cos_in,
+                                        const std::optional<at::Tensor>& sin_in,
                                         const std::optional<at::Tensor>& first_in) {
-  detail::check_rotary_decode_attention(query, key, value, cos_in, sin_in, keys, values, position, first_in);
+  detail::check_append_decode_attention(query, key, value, keys, values, position, cos_in, sin_in, first_in);
   const c10::cuda::CUDAGuard guard(query.device());
-  const at::Tensor cos = cos_in.contiguous(), sin = sin_in.contiguous();
+  const at::Tensor cos = cos_in ? cos_in->contiguous() : at::Tensor(), sin = sin_in ? sin_in->contiguous() : at::Tensor();
   const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
   at::Tensor out = at::empty(query.sizes(), query.options());
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "rotary_decode_attention_cuda", [&] {
-    NewToken<scalar_t> token{query.data_ptr<scalar_t>(), strides_of(query), key.data_ptr<scalar_t>(),
-                             strides_of(key),            value.data_ptr<scalar_t>(), strides_of(value),
-                             cos.data_ptr<scalar_t>(),   sin.data_ptr<scalar_t>(),   cos.size(0) != 1,
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "append_decode_attention_cuda", [&] {
+    const bool rotated = cos.defined();
+    NewToken<scalar_t> token{query.data_ptr<scalar_t>(),
+                             strides_of(query),
+                             key.data_ptr<scalar_t>(),
+                             strides_of(key),
+                             value.data_ptr<scalar_t>(),
+                             strides_of(value),
+                             rotated ? cos.data_ptr<scalar_t>() : nullptr,
+                             rotated ? sin.data_ptr<scalar_t>() : nullptr,
+                             rotated && cos.size(0) != 1,
                              false};
-    // 16-byte pieces: each lane's dims and their partners half a head away start at multiples of 16 bytes.
+    // 16-byte pieces: each lane's dims (and, rotated, their partners half a head away) start at multiples of 16
+    // bytes.
     const int64_t dim = query.size(3), lane_dims = dims_per_lane(dim);
     constexpr int64_t kPer = 16 / sizeof(scalar_t);
-    token.vector = lane_dims % kPer == 0 && dim % lane_dims == 0 && (dim / 2) % lane_dims == 0;
+    token.vector = lane_dims % kPer == 0 && dim % lane_dims == 0 && (!rotated || (dim / 2) % lane_dims == 0);
     for (const at::Tensor* t : {&query, &key, &value}) {
       token.vector = token.vector && t->stride(3) == 1 && t->stride(0) % kPer == 0 && t->stride(1) % kPer == 0 &&
                      cuda::is_aligned_16(t->data_ptr());
     }
-    token.vector = token.vector && cuda::is_aligned_16(cos.data_ptr()) && cuda::is_aligned_16(sin.data_ptr());
-    launch_decode_attention<true, scalar_t>("rotary_decode_attention", at::Tensor(), keys, values, token, position,
+    if (rotated) {
+      token.vector = token.vector && cuda::is_aligned_16(cos.data_ptr()) && cuda::is_aligned_16(sin.data_ptr());
+    }
+    launch_decode_attention<true, scalar_t>("append_decode_attention", at::Tensor(), keys, values, token, position,
                                             scale, first, out);
   });
   return out;
+}
+
+// ---- reorder_cache_rows: one kernel for every cache of a beam-search step -------------------------------------
+// A CTA takes one (cache, head, block of positions): it stages the block of every row in shared memory, gathered
+// by `order` (rows may swap, so all are read before any is written), then writes them back in row order.
+// Blocks past the position exit at once; the grid depends on the capacity only, so a CUDA graph records it.
+constexpr int kReorderThreads = 256;
+constexpr int kMaxReorderCaches = 64;  // caches a launch takes; more go in several launches
+constexpr int64_t kReorderStagingBytes = 32 * 1024;
+
+struct CacheList {
+  void* data[kMaxReorderCaches];
+};
+
+// Unit: the widest word that divides a position's row of head_dim values (16, 4 or 2 bytes).
+template <typename Unit>
+__global__ void __launch_bounds__(kReorderThreads)
+reorder_cache_rows_kernel(CacheList caches, const int64_t* order, const int64_t* position, int batch, int64_t heads,
+                          int64_t capacity, int64_t units_per_position, int64_t positions_per_cta) {
+  let_next_kernel_start();
+  Unit* cache = static_cast<Unit*>(caches.data[blockIdx.z]);
+  wait_for_previous_kernels(cache, order, position);
+  const int64_t filled = min(*position, capacity - 1) + 1;
+  const int64_t begin = blockIdx.x * positions_per_cta;
+  if (begin >= filled) return;
+  const int64_t units = min(positions_per_cta, filled - begin) * units_per_position;  // a row's block
+  const int64_t row_stride = heads * capacity * units_per_position;
+  Unit* block = cache + (blockIdx.y * capacity + begin) * units_per_position;
+  extern __shared__ uint4 staging_words[];
+  Unit* staging = reinterpret_cast<Unit*>(staging_words);
+  for (int64_t i = threadIdx.x; i < batch * units; i += kReorderThreads) {
+    const int64_t row = i / units, unit = i % units, source = order[row];
+    CUDA_KERNEL_ASSERT(source >= 0 && source < batch && "reorder_cache_rows: order outside the batch");
+    staging[i] = block[source * row_stride + unit];
+  }
+  __syncthreads();
+  for (int64_t i = threadIdx.x; i < batch * units; i += kReorderThreads) {
+    block[(i / units) * row_stride + i % units] = staging[i];
+  }
+}
+
+void reorder_cache_rows_cuda(at::TensorList caches, const at::Tensor& order_in, const at::Tensor& position) {
+  detail::check_reorder_cache_rows(caches, order_in, position);
+  const at::Tensor& first = caches.front();
+  const c10::cuda::CUDAGuard guard(first.device());
+  const at::Tensor order = order_in.contiguous();
+  const int64_t batch = first.size(0), heads = first.size(1), capacity = first.size(2);
+  const int64_t row_bytes = first.size(3) * static_cast<int64_t>(first.element_size());
+  if (batch == 0 || heads == 0 || capacity == 0 || row_bytes == 0) return;
+  const int64_t positions_per_cta = std::min(capacity, kReorderStagingBytes / (batch * row_bytes));
+  if (positions_per_cta == 0 || heads > 65535) {  // rows too wide to stage: the composition, cache by cache
+    for (const at::Tensor& cache : caches) {
+      cache.copy_(cache.index_select(0, order));  // every position: the filled part is known on the device only
+    }
+    return;
+  }
+  const size_t shared_bytes = static_cast<size_t>(batch * positions_per_cta * row_bytes);
+  const dim3 block_grid(static_cast<unsigned>((capacity + positions_per_cta - 1) / positions_per_cta),
+                        static_cast<unsigned>(heads));
+  auto launch = [&](auto unit) {
+    using Unit = decltype(unit);
+    auto* kernel = &reorder_cache_rows_kernel<Unit>;
+    const int64_t units_per_position = row_bytes / static_cast<int64_t>(sizeof(Unit));
+    for (size_t start = 0; start < caches.size(); start += kMaxReorderCaches) {
+      const size_t count = std::min<size_t>(kMaxReorderCaches, caches.size() - start);
+      CacheList list{};
+      for (size_t i = 0; i < count; ++i) list.data[i] = caches[start + i].data_ptr();
+      launch_overlapped(kernel, dim3(block_grid.x, block_grid.y, static_cast<unsigned>(count)),
+                        dim3(kReorderThreads), shared_bytes, list, order.data_ptr<int64_t>(),
+                        position.data_ptr<int64_t>(), static_cast<int>(batch), heads, capacity, units_per_position,
+                        positions_per_cta);
+    }
+  };
+  auto all_aligned = [&](uintptr_t bytes) {
+    return std::all_of(caches.begin(), caches.end(),
+                       [&](const at::Tensor& c) { return reinterpret_cast<uintptr_t>(c.data_ptr()) % bytes == 0; });
+  };
+  if (row_bytes % 16 == 0 && all_aligned(16)) {
+    launch(uint4{});
+  } else if (row_bytes % 4 == 0 && all_aligned(4)) {
+    launch(uint32_t{});
+  } else {
+    launch(uint16_t{});  // 16-bit values: an odd head_dim, or a cache at an odd offset
+  }
 }
 
 }  // namespace
@@ -563,5 +668,6 @@ TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
   m.impl("rotary", &imagetotext::ops::rotary_cuda);
   m.impl("silu_mul", &imagetotext::ops::silu_mul_cuda);
   m.impl("decode_attention", &imagetotext::ops::decode_attention_cuda);
-  m.impl("rotary_decode_attention", &imagetotext::ops::rotary_decode_attention_cuda);
+  m.impl("append_decode_attention", &imagetotext::ops::append_decode_attention_cuda);
+  m.impl("reorder_cache_rows", &imagetotext::ops::reorder_cache_rows_cuda);
 }
