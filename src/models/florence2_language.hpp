@@ -108,7 +108,8 @@ class LanguageModel {
   at::Tensor decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const;
   // Sequence i continues sequence order[i] (int64 [n]; on the device for fixed-shape states, whose caches move
   // at positions 0 .. `position`, the step's int64 [1] on the device, in one ops::reorder_cache_rows).
-  void reorder(DecoderState& state, const at::Tensor& order, const std::optional<at::Tensor>& position = std::nullopt) const;
+  void reorder(DecoderState& state, const at::Tensor& order,
+               const std::optional<at::Tensor>& position = std::nullopt) const;
   // Whether decode_step can be recorded in a CUDA graph: no decoder layer reads back to the host (LLM.int8
   // layers pick their outlier columns there).
   bool capturable() const;

@@ -46,8 +46,9 @@ at::Tensor append_decode_attention(const at::Tensor& query, const at::Tensor& ke
 
 // Beam search over fixed-shape caches: in every cache [batch, kv_heads, capacity, head_dim] (all of one shape and
 // dtype, contiguous, written in place), row b becomes what row order[b] held (order: int64 [batch] on the
-// caches' device), at positions 0 .. position (int64 [1] on the device; the rest is not filled yet). On CUDA one
-// kernel for all caches, where index_select and a copy back cost two kernels a cache and moved every position.
+// caches' device), at positions 0 .. position (int64 [1] on the device; the rest is not filled yet, and may move
+// too where rows are too wide for the kernel to stage). On CUDA one kernel for all caches, where index_select and
+// a copy back cost two kernels a cache and moved every position.
 void reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at::Tensor& position);
 
 namespace detail {
