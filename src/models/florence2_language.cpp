@@ -1,7 +1,7 @@
 #include "florence2_language.hpp"
 
 #include <ATen/ops/arange.h>
-#include <ATen/ops/gelu.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
@@ -61,7 +61,7 @@ at::Tensor EncoderLayer::operator()(const at::Tensor& x) const {
   const at::Tensor attended = nn::scaled_dot_product_attention(
       split_heads(qkv[0], self_attn.heads), split_heads(qkv[1], self_attn.heads), split_heads(qkv[2], self_attn.heads));
   const at::Tensor h = self_attn_layer_norm(self_attn.out_proj(merge_heads(attended), {.residual = x}));
-  return final_layer_norm(fc2(at::gelu(fc1(h)), {.residual = h}));
+  return final_layer_norm(fc2(fc1(h, {.gelu = true}), {.residual = h}));
 }
 
 DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy)
@@ -73,11 +73,15 @@ DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig
       fc2(nn::Linear::load(weights, "fc2", policy, config.decoder_ffn_dim, config.d_model)),
       final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
 
-at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross,
+at::Tensor DecoderLayer::operator()(const at::Tensor& pre, const nn::LayerNorm& input_norm, nn::KVCache& cache,
+                                    const std::pair<at::Tensor, at::Tensor>& cross,
                                     const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const {
-  // Each residual step runs as the residual of the linear layer that ends it (ops::GemmFusion).
+  // Each norm runs inside the linear layer that reads its output, which also writes the normed values out for
+  // the residual step; each residual step runs as the residual of the linear layer that ends it; the GELU runs in
+  // fc1's epilogue (ops::GemmFusion). A decode step is then GEMVs and attention kernels only.
   const std::int64_t heads = self_attn.heads;
-  const std::vector<at::Tensor> qkv = self_attn.qkv_proj(x);
+  const at::Tensor x = at::empty_like(pre);
+  const std::vector<at::Tensor> qkv = self_attn.qkv_proj(pre, input_norm.as_linear_input(x));
   const at::Tensor query = split_heads(qkv[0], heads), key = split_heads(qkv[1], heads),
                    value = split_heads(qkv[2], heads);
   at::Tensor own;
@@ -87,13 +91,18 @@ at::Tensor DecoderLayer::operator()(const at::Tensor& x, nn::KVCache& cache, con
     own = cache.attend_at(query, key, value, step->position, 1.0 / std::sqrt(static_cast<double>(query.size(3))));
   } else {
     const auto [keys, values] = cache.append(key, value);
-    own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/x.size(1) > 1);
+    own = nn::scaled_dot_product_attention(query, keys, values, std::nullopt, /*causal=*/pre.size(1) > 1);
   }
-  at::Tensor h = self_attn_layer_norm(self_attn.out_proj(merge_heads(own), {.residual = x}));
+  const at::Tensor attended = self_attn.out_proj(merge_heads(own), {.residual = x});
+  const at::Tensor h = at::empty_like(attended);
   const at::Tensor image_and_prompt = nn::scaled_dot_product_attention(
-      split_heads(encoder_attn.q_proj(h), encoder_attn.heads), cross.first, cross.second, encoder_mask);
-  h = encoder_attn_layer_norm(encoder_attn.out_proj(merge_heads(image_and_prompt), {.residual = h}));
-  return final_layer_norm(fc2(at::gelu(fc1(h)), {.residual = h}));
+      split_heads(encoder_attn.q_proj(attended, self_attn_layer_norm.as_linear_input(h)), encoder_attn.heads),
+      cross.first, cross.second, encoder_mask);
+  const at::Tensor crossed = encoder_attn.out_proj(merge_heads(image_and_prompt), {.residual = h});
+  const at::Tensor h2 = at::empty_like(crossed);
+  ops::GemmFusion fc1_fusion = encoder_attn_layer_norm.as_linear_input(h2);
+  fc1_fusion.gelu = true;
+  return fc2(fc1(crossed, fc1_fusion), {.residual = h2});
 }
 
 LanguageModel::LanguageModel(const nn::Weights& weights, const at::Tensor& shared, std::optional<at::Tensor> lm_head_bias,
@@ -191,11 +200,12 @@ void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& enco
 
 at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) const {
   at::Tensor h = embed(ids) + positions(decoder_positions_, state.length(), ids.size(1), "decoder output");
-  h = decoder_layernorm_embedding_(h);
+  const nn::LayerNorm* norm = &decoder_layernorm_embedding_;  // the norm h is still to take
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i], std::nullopt, nullptr);
+    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], std::nullopt, nullptr);
+    norm = &decoder_layers_[i].final_layer_norm;
   }
-  at::Tensor logits = at::linear(h, shared_.weight);
+  at::Tensor logits = at::linear((*norm)(h), shared_.weight);
   if (lm_head_bias_) logits = logits + *lm_head_bias_;
   return logits.to(at::kFloat);
 }
@@ -204,11 +214,12 @@ at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& p
   if (!state.fixed_shape()) throw InvalidArgumentError("decode_step needs a fixed-shape decoder state");
   const DeviceStep step{position};
   at::Tensor h = embed(ids) + decoder_positions_.index_select(0, position + kPositionOffset);
-  h = decoder_layernorm_embedding_(h);
+  const nn::LayerNorm* norm = &decoder_layernorm_embedding_;  // the norm h is still to take
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    h = decoder_layers_[i](h, state.self_attention[i], state.cross_attention[i], state.encoder_mask, &step);
+    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], state.encoder_mask, &step);
+    norm = &decoder_layers_[i].final_layer_norm;
   }
-  at::Tensor logits = at::linear(h.select(1, 0), shared_.weight);
+  at::Tensor logits = at::linear((*norm)(h.select(1, 0)), shared_.weight);
   if (lm_head_bias_) logits = logits + *lm_head_bias_;
   return logits.to(at::kFloat);
 }

@@ -73,10 +73,13 @@ struct DecoderLayer {
   nn::Linear fc2;
   nn::LayerNorm final_layer_norm;
   DecoderLayer(const nn::Weights& weights, const Florence2TextConfig& config, const nn::LinearPolicy& policy);
-  // `step` null: x's keys and values appended to the cache, causal attention over its filled part; else a
-  // fixed-shape step at step->position over the whole cache.
-  at::Tensor operator()(const at::Tensor& x, nn::KVCache& cache, const std::pair<at::Tensor, at::Tensor>& cross,
-                        const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const;
+  // Post-norm, with each norm run by the linear layer that reads its output: `pre` is the layer's input before
+  // `input_norm` (the previous layer's final_layer_norm, or the decoder's layernorm_embedding), and the result
+  // is the output before this layer's final_layer_norm. `step` null: the keys and values appended to the cache,
+  // causal attention over its filled part; else a fixed-shape step at step->position over the whole cache.
+  at::Tensor operator()(const at::Tensor& pre, const nn::LayerNorm& input_norm, nn::KVCache& cache,
+                        const std::pair<at::Tensor, at::Tensor>& cross, const std::optional<at::Tensor>& encoder_mask,
+                        const DeviceStep* step) const;
 };
 
 class LanguageModel {

@@ -2,6 +2,8 @@
 
 #include <ATen/core/dispatch/Dispatcher.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/gelu.h>
+#include <ATen/ops/layer_norm.h>
 #include <ATen/ops/linear.h>
 #include <ATen/ops/matmul.h>
 #include <c10/util/Exception.h>
@@ -192,15 +194,27 @@ at::Tensor dequantize_4bit_then_linear(const at::Tensor& A, const at::Tensor& pa
 }
 
 GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std::optional<at::Tensor>& norm_weight,
-                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
+                             const std::optional<at::Tensor>& norm_bias, bool gelu,
+                             const std::optional<at::Tensor>& normed_out) {
   TORCH_CHECK_VALUE(!(norm_weight && gated), op, ": norm_weight and gated cannot both be given");
+  TORCH_CHECK_VALUE(norm_weight || (!norm_bias && !normed_out), op, ": norm_bias and normed_out need norm_weight");
+  const auto check_norm_vector = [&](std::string_view name, const at::Tensor& t) {
+    check_dtype(op, name, t, A.scalar_type());
+    check_same_device(op, name, t, "A", A);
+    TORCH_CHECK_VALUE(A.dim() >= 1 && t.dim() == 1 && t.size(0) == A.size(-1), op, ": ", name,
+                      " must be [K] for A [..., K], got shape ", t.sizes(), " for A ", A.sizes());
+  };
   if (norm_weight) {
-    check_dtype(op, "norm_weight", *norm_weight, A.scalar_type());
-    check_same_device(op, "norm_weight", *norm_weight, "A", A);
-    TORCH_CHECK_VALUE(A.dim() >= 1 && norm_weight->dim() == 1 && norm_weight->size(0) == A.size(-1), op,
-                      ": norm_weight must be [K] for A [..., K], got shape ", norm_weight->sizes(), " for A ",
-                      A.sizes());
+    check_norm_vector("norm_weight", *norm_weight);
     TORCH_CHECK_VALUE(norm_eps >= 0.0, op, ": norm_eps must be >= 0, got ", norm_eps);
+  }
+  if (norm_bias) check_norm_vector("norm_bias", *norm_bias);
+  if (normed_out) {
+    check_dtype(op, "normed_out", *normed_out, A.scalar_type());
+    check_same_device(op, "normed_out", *normed_out, "A", A);
+    TORCH_CHECK_VALUE(normed_out->sizes() == A.sizes(), op, ": normed_out must have A's shape ", A.sizes(), ", got ",
+                      normed_out->sizes());
   }
   if (gated) {
     TORCH_CHECK_VALUE(A.dim() >= 1 && A.size(-1) % 2 == 0, op,
@@ -210,7 +224,7 @@ GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std
     check_dtype(op, "residual", *residual, A.scalar_type());
     check_same_device(op, "residual", *residual, "A", A);
   }
-  return {norm_weight, norm_eps, gated, residual};
+  return {norm_weight, norm_eps, gated, residual, norm_bias, gelu, normed_out};
 }
 
 at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion) {
@@ -231,10 +245,18 @@ at::Tensor gemm_output(std::string_view op, const at::Tensor& A, int64_t out_fea
   return out;
 }
 
-at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion) {
-  if (!fusion.residual) return out;
+at::Tensor finish_gemm(std::string_view op, const at::Tensor& out, const GemmFusion& fusion) {
+  const at::Tensor activated = fusion.gelu ? at::gelu(out) : out;
+  if (!fusion.residual) return activated;
   check_gemm_residual(op, fusion, out.sizes());
-  return *fusion.residual + out;
+  return *fusion.residual + activated;
+}
+
+GemmFusion epilogue_of(const GemmFusion& fusion) {
+  GemmFusion epilogue;
+  epilogue.gelu = fusion.gelu;
+  epilogue.residual = fusion.residual;
+  return epilogue;
 }
 
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features) {
@@ -328,16 +350,24 @@ at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) 
 }
 
 at::Tensor gemm_input(const at::Tensor& A, const GemmFusion& fusion) {
-  if (fusion.norm_weight) return rms_norm(A, *fusion.norm_weight, fusion.norm_eps);
+  if (fusion.norm_weight) {
+    const at::Tensor normed =
+        fusion.norm_bias ? at::layer_norm(A, {A.size(-1)}, *fusion.norm_weight, *fusion.norm_bias, fusion.norm_eps)
+                         : rms_norm(A, *fusion.norm_weight, fusion.norm_eps);
+    if (fusion.normed_out) fusion.normed_out->copy_(normed);
+    return normed;
+  }
   if (!fusion.gated) return A;
   const int64_t K = A.size(-1) / 2;
   return silu_mul(A.narrow(-1, 0, K), A.narrow(-1, K, K));
 }
 
 // The fusion's arguments as the gemm schemas take them (registration.cpp).
-#define IMAGETOTEXT_FUSION_TYPES \
-  const std::optional<at::Tensor>&, double, bool, const std::optional<at::Tensor>&
-#define IMAGETOTEXT_FUSION_VALUES(f) f.norm_weight, f.norm_eps, f.gated, f.residual
+#define IMAGETOTEXT_FUSION_TYPES                                                                          \
+  const std::optional<at::Tensor>&, double, bool, const std::optional<at::Tensor>&, const std::optional<at::Tensor>&, \
+      bool, const std::optional<at::Tensor>&
+#define IMAGETOTEXT_FUSION_VALUES(f) \
+  f.norm_weight, f.norm_eps, f.gated, f.residual, f.norm_bias, f.gelu, f.normed_out
 
 at::Tensor gemm_4bit(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                      const std::string& quant_type, const std::vector<int64_t>& weight_shape,

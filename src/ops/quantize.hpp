@@ -67,17 +67,23 @@ WeightShape check_gemm_dense(const at::Tensor& A, const at::Tensor& weight, cons
 // added (so CPU results, which the models' oracle tests hold to transformers, are what they were).
 at::Tensor matmul_then_bias(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias);
 
-// A gemm's fusion arguments (ops::GemmFusion) checked against A: norm_weight [A.size(-1)] and residual of A's
-// dtype and device, A's last size even when gated, not both norm_weight and gated.
+// A gemm's fusion arguments (ops::GemmFusion) checked against A: norm_weight and norm_bias [A.size(-1)],
+// residual and normed_out of A's dtype and device, normed_out of A's shape, A's last size even when gated, not
+// both norm_weight and gated, norm_bias and normed_out only with norm_weight.
 GemmFusion check_gemm_fusion(std::string_view op, const at::Tensor& A, const std::optional<at::Tensor>& norm_weight,
-                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual);
+                             double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
+                             const std::optional<at::Tensor>& norm_bias, bool gelu,
+                             const std::optional<at::Tensor>& normed_out);
 // A view with the shape, dtype and device of what the weight multiplies (A, or its first half when gated):
 // what the gemm's own checks take.
 at::Tensor gemm_input_like(const at::Tensor& A, const GemmFusion& fusion);
 // An empty output [..., N] for A (its leading sizes), the fusion's residual, if any, checked to have its shape.
 at::Tensor gemm_output(std::string_view op, const at::Tensor& A, int64_t out_features, const GemmFusion& fusion);
-// out, plus the residual if any (checked), rounded to the dtype as ATen's add: the composed residual step.
-at::Tensor add_gemm_residual(std::string_view op, const at::Tensor& out, const GemmFusion& fusion);
+// The composed epilogue: gelu of out if asked, then plus the residual if any (checked), each rounded to the
+// dtype as ATen's gelu and add round.
+at::Tensor finish_gemm(std::string_view op, const at::Tensor& out, const GemmFusion& fusion);
+// The fusion's epilogue alone (gelu, residual): what a GEMV fed an already composed input still does.
+GemmFusion epilogue_of(const GemmFusion& fusion);
 
 // The output shape of a gemm: A's shape with the last size replaced by N.
 std::vector<int64_t> gemm_output_shape(const at::Tensor& A, int64_t out_features);

@@ -2,6 +2,11 @@
 // implementations per device in src/ops/cpu/ and src/ops/cuda/.
 #include <torch/library.h>
 
+// ops::GemmFusion as the gemm schemas take it, after their own arguments.
+#define IMAGETOTEXT_GEMM_FUSION_ARGS                                                                 \
+  "Tensor? norm_weight=None, float norm_eps=1e-06, bool gated=False, Tensor? residual=None, "       \
+  "Tensor? norm_bias=None, bool gelu=False, Tensor(a!)? normed_out=None"
+
 TORCH_LIBRARY(imagetotext, m) {
   // uint8 [..., H, W, C] -> dtype [..., C, H, W]: (pixel * scale - mean[c]) / std[c], in float32.
   m.def("normalize_pixels(Tensor pixels, float[] mean, float[] std, float scale, ScalarType dtype) -> Tensor");
@@ -21,15 +26,16 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("int8_vectorwise_quant(Tensor A, float threshold) -> (Tensor CB, Tensor SCB, Tensor? outlier_cols)");
   // int8 CB [rows, cols] + float32 SCB [rows] -> float32 CB * SCB * (1/127).
   m.def("int8_vectorwise_dequant(Tensor CB, Tensor SCB) -> Tensor");
-  // The gemms' trailing arguments (norm_weight, norm_eps, gated, residual) are ops::GemmFusion
-  // (include/imagetotext/quant/quantize.hpp): the input normed or gated first, a residual added after.
+  // The gemms' trailing arguments (norm_weight .. normed_out) are ops::GemmFusion
+  // (include/imagetotext/quant/quantize.hpp): the input normed (RMS or LayerNorm, the normed input written to
+  // normed_out if given) or gated first, gelu and a residual after.
   // A [..., K] @ dequantize_4bit(packed, absmax, weight_shape [N, K]).T + bias -> [..., N] in A's dtype.
   m.def("gemm_4bit(Tensor A, Tensor packed, Tensor absmax, int blocksize, str quant_type, int[] weight_shape, "
-        "Tensor? bias, Tensor? norm_weight=None, float norm_eps=1e-06, bool gated=False, Tensor? residual=None) -> Tensor");
+        "Tensor? bias, " IMAGETOTEXT_GEMM_FUSION_ARGS ") -> Tensor");
   // A [..., K] @ (int8 CB [N, K] * float32 SCB[N] / 127).T + bias -> [..., N] in A's dtype.
-  m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias, Tensor? norm_weight=None, float norm_eps=1e-06, bool gated=False, Tensor? residual=None) -> Tensor");
+  m.def("gemm_int8_weight_only(Tensor A, Tensor CB, Tensor SCB, Tensor? bias, " IMAGETOTEXT_GEMM_FUSION_ARGS ") -> Tensor");
   // A [..., K] @ weight [N, K] (A's dtype).T + bias -> [..., N]: the dense layers' matmul (GEMV on CUDA for few rows).
-  m.def("gemm_dense(Tensor A, Tensor weight, Tensor? bias, Tensor? norm_weight=None, float norm_eps=1e-06, bool gated=False, Tensor? residual=None) -> Tensor");
+  m.def("gemm_dense(Tensor A, Tensor weight, Tensor? bias, " IMAGETOTEXT_GEMM_FUSION_ARGS ") -> Tensor");
   // LLM.int8 core: float16 half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])), int32 accumulation.
   m.def("int8_scaled_mm(Tensor CA, Tensor CB, Tensor SCA, Tensor SCB, Tensor? bias) -> Tensor");
   // Fused layer ops (src/ops/layer_ops.hpp): one CUDA kernel each; on the CPU the ATen composition.
@@ -46,3 +52,5 @@ TORCH_LIBRARY(imagetotext, m) {
   // Beam search over fixed-shape caches: row b of every cache becomes old row order[b] at positions 0 .. position.
   m.def("reorder_cache_rows(Tensor(a!)[] caches, Tensor order, Tensor position) -> ()");
 }
+
+#undef IMAGETOTEXT_GEMM_FUSION_ARGS

@@ -289,9 +289,10 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x, const ops::GemmFusion& 
                     " but the weight is on ", weight_.device());
   if (format_ == Quantization::llm_int8) {  // no gemm op: the fusion composed as the ops compose it
     constexpr std::string_view op = "QuantizedLinear.forward";
-    ops::detail::check_gemm_fusion(op, x, fusion.norm_weight, fusion.norm_eps, fusion.gated, fusion.residual);
+    ops::detail::check_gemm_fusion(op, x, fusion.norm_weight, fusion.norm_eps, fusion.gated, fusion.residual,
+                                   fusion.norm_bias, fusion.gelu, fusion.normed_out);
     const at::Tensor out = llm_int8_matmul(ops::gemm_input(x, fusion), weight_, scb_, bias_, threshold_);
-    return ops::detail::add_gemm_residual(op, out, fusion);
+    return ops::detail::finish_gemm(op, out, fusion);
   }
 
   // The gemm ops pick their path per device and row count (fused kernels for few rows, dequantize + BLAS

@@ -185,10 +185,11 @@ def test_gemm_meta_shapes_and_device_mix():
         ops.gemm_dense(A64.to(META), torch.empty(8, 64), None)
 
 
-# ---- fusions: the input normed or gated, a residual added (ops::GemmFusion) ----------------------
+# ---- fusions: the input normed or gated, gelu and a residual after (ops::GemmFusion) ------------------
 # The composition is the definition: rms_norm and silu_mul are held to transformers' LlamaRMSNorm and
-# act_fn(gate) * up in test_layer_ops.py, and the sum rounds as ATen's add. CPU kernels compose it; the CUDA
-# GEMV fuses it for one row.
+# act_fn(gate) * up in test_layer_ops.py, layer_norm and gelu are torch's own, and the sum rounds as ATen's add.
+# CPU kernels compose it; the CUDA GEMVs fuse it (the SIMT GEMV for one row, the tensor-core GEMV a LayerNorm
+# input and several rows).
 
 FUSIONS = {
     "norm": dict(norm=True),
@@ -196,6 +197,12 @@ FUSIONS = {
     "residual": dict(residual=True),
     "norm+residual": dict(norm=True, residual=True),
     "gated+residual": dict(gated=True, residual=True),
+    "layer_norm": dict(norm=True, layer=True),
+    "layer_norm+normed_out": dict(norm=True, layer=True, normed_out=True),
+    "norm+normed_out": dict(norm=True, normed_out=True),
+    "gelu": dict(gelu=True),
+    "layer_norm+normed_out+gelu": dict(norm=True, layer=True, normed_out=True, gelu=True),
+    "gelu+residual": dict(gelu=True, residual=True),
 }
 
 
@@ -206,14 +213,22 @@ def fusion_arguments(fusion, M, N, K, dtype, device, seed=0):
     if fusion.get("norm"):
         kwargs["norm_weight"] = (1 + random_tensor((K,), dtype, seed=seed + 1, scale=0.2)).to(device)
         kwargs["norm_eps"] = 1e-5
+    if fusion.get("layer"):
+        kwargs["norm_bias"] = random_tensor((K,), dtype, seed=seed + 3, scale=0.2, device=device)
+    if fusion.get("normed_out"):
+        kwargs["normed_out"] = torch.full_like(A, float("nan"))
     if fusion.get("gated"):
         kwargs["gated"] = True
+    if fusion.get("gelu"):
+        kwargs["gelu"] = True
     if fusion.get("residual"):
         kwargs["residual"] = random_tensor((M, N), dtype, seed=seed + 2, device=device)
     return A, kwargs
 
 
-def composed_input(A, norm_weight=None, norm_eps=1e-6, gated=False, residual=None):
+def composed_input(A, norm_weight=None, norm_eps=1e-6, gated=False, norm_bias=None, **_):
+    if norm_bias is not None:
+        return torch.nn.functional.layer_norm(A, (A.shape[-1],), norm_weight, norm_bias, norm_eps)
     if norm_weight is not None:
         return ops.rms_norm(A, norm_weight, norm_eps)
     if gated:
@@ -241,8 +256,10 @@ def plain_absmax(state):
     return ops.dequantize_blockwise(state.absmax, nested.absmax, nested.code, 256, torch.float32) + state.offset
 
 
-def composed_gemm(kind, weights, A, bias=None, residual=None, **input_kwargs):
+def composed_gemm(kind, weights, A, bias=None, residual=None, gelu=False, **input_kwargs):
     out = gemm_of_kind(kind, weights, composed_input(A, **input_kwargs), bias)
+    if gelu:
+        out = torch.nn.functional.gelu(out)
     return out if residual is None else residual + out
 
 
@@ -264,6 +281,8 @@ def test_gemm_fusion_cpu_is_the_composition(dtype, kind, M, fusion):
     A, kwargs = fusion_arguments(FUSIONS[fusion], M, N, K, dtype, "cpu")
     bias = random_tensor((N,), dtype, seed=5)
     assert torch.equal(gemm_of_kind(kind, weights, A, bias, **kwargs), composed_gemm(kind, weights, A, bias, **kwargs))
+    if "normed_out" in kwargs:
+        assert torch.equal(kwargs["normed_out"], composed_input(A, **kwargs))
 
 
 @pytest.mark.parametrize(
@@ -275,6 +294,10 @@ def test_gemm_fusion_cpu_is_the_composition(dtype, kind, M, fusion):
         (dict(norm_weight=torch.ones(64), norm_eps=-1.0), "norm_eps must be >= 0"),
         (dict(residual=torch.zeros(2, 9)), "residual must have the output's shape \\[2, 8\\]"),
         (dict(residual=torch.zeros(2, 8).half()), "residual must be Float"),
+        (dict(norm_bias=torch.zeros(64)), "norm_bias and normed_out need norm_weight"),
+        (dict(norm_weight=torch.ones(64), norm_bias=torch.zeros(63)), "norm_bias must be \\[K\\] for A"),
+        (dict(norm_weight=torch.ones(64), normed_out=torch.zeros(2, 63)), "normed_out must have A's shape \\[2, 64\\]"),
+        (dict(norm_weight=torch.ones(64), normed_out=torch.zeros(2, 64).half()), "normed_out must be Float"),
     ],
 )
 @pytest.mark.parametrize("kind", ["nf4", "int8", "dense"])
@@ -490,12 +513,14 @@ def test_cuda_gemm_device_mix_raises_value_error():
 @pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "dense"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_gemm_fusion_matches_the_composition(dtype, kind, N, K, M, fusion):
-    """One row runs the fused GEMV, more rows the composition (the tensor-core GEMV adds the residual itself).
+    """The GEMVs fuse what they can (see FUSIONS), the rest is composed.
 
     Gated and residual fusions round each value as the composition does and leave the GEMV's sums as they are:
-    bit for bit the composition. The fused norm sums the squares in another order, so its 1 / rms may differ
-    in the last bit, and a normed value by one rounding (2u relative) on either side: |fused - composed| <=
-    4u * sum_k |x_k w_k| + 2u * |composed| (both outputs rounded once more).
+    bit for bit the composition. A fused norm sums in another order, so its 1 / rms (or mean and 1 / std) may
+    differ in the last float32 bits, and a normed value by one rounding (2u relative to what it is made of: the
+    value, and for a LayerNorm weight * x_hat and the bias) on either side, which normed_out shows as it is:
+    |fused - composed| <= 4.5u * sum_k reach_k |w_k| + 2u * |composed| (both outputs rounded once more; 4.5, not
+    4: gelu's slope is at most 1.13). gelu's erf may differ from ATen's by a last float32 bit: one rounding.
     """
     weights = weights_of_kind(kind, N, K, "cuda")
     A, kwargs = fusion_arguments(FUSIONS[fusion], M, N, K, dtype, "cuda", seed=K)
@@ -503,13 +528,20 @@ def test_cuda_gemm_fusion_matches_the_composition(dtype, kind, N, K, M, fusion):
     fused = gemm_of_kind(kind, weights, A, bias, **kwargs)
     composed = composed_gemm(kind, weights, A, bias, **kwargs)
     assert fused.shape == composed.shape and fused.dtype == dtype
-    if "norm" not in fusion:
+    if "norm" not in fusion and "gelu" not in fusion:
         assert torch.equal(fused, composed)
         return
-    weight = weights.float() if kind == "dense" else weights[2].float()
-    x = composed_input(A, **{k: v for k, v in kwargs.items() if k != "residual"}).double()
     u = UNIT_ROUNDOFF[dtype]
-    bound = 4 * u * (x.abs() @ weight.double().abs().T) + 2 * u * composed.double().abs()
+    x = composed_input(A, **kwargs).double()
+    reach = x.abs()
+    if "norm_bias" in kwargs:
+        x_hat = torch.nn.functional.layer_norm(A.double(), (K,), eps=kwargs["norm_eps"])
+        reach = reach + (kwargs["norm_weight"].double() * x_hat).abs() + kwargs["norm_bias"].double().abs()
+    if "normed_out" in kwargs:
+        normed_error = (kwargs["normed_out"].double() - x).abs()
+        assert (normed_error <= 2 * u * reach).all(), f"normed_out: max error {normed_error.max().item():.3g}"
+    weight = weights.float() if kind == "dense" else weights[2].float()
+    bound = 4.5 * u * (reach @ weight.double().abs().T) + 2 * u * composed.double().abs()
     if "residual" in kwargs:
         bound = bound + 2 * u * kwargs["residual"].double().abs()
     error = (fused.double() - composed.double()).abs()

@@ -22,6 +22,16 @@ struct LayerNorm {
 
   static LayerNorm load(const Weights& weights, std::string_view name, std::int64_t size, double eps);
   at::Tensor operator()(const at::Tensor& x) const;
+  // This norm as the input fusion of the linear layer that reads its output (ops::GemmFusion), the normed
+  // input also written to `normed` (x's shape) when given: a post-norm layer's residual, with no norm kernel.
+  ops::GemmFusion as_linear_input(const std::optional<at::Tensor>& normed = std::nullopt) const {
+    ops::GemmFusion fusion;
+    fusion.norm_weight = weight;
+    fusion.norm_eps = eps;
+    fusion.norm_bias = bias;
+    fusion.normed_out = normed;
+    return fusion;
+  }
 };
 
 // Llama's RMSNorm: computed in float32, cast back to the input dtype, then scaled by the weight.

@@ -41,20 +41,28 @@ at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::
                           const std::optional<at::Tensor>& bias);
 
 // What a gemm does around its matmul, for a decoder layer's norm, gated activation and residual step: fused
-// into the GEMV's kernel for one row of A on CUDA (the decode step of one sequence: no kernel of their own
-// between two GEMVs), and composed from rms_norm, silu_mul and an add everywhere else, rounded alike.
+// into the GEMV's kernel on CUDA (the decode step: no kernel of their own between two GEMVs), and composed
+// from rms_norm / layer_norm, silu_mul, gelu and an add everywhere else, rounded alike.
 //   norm_weight: the weight multiplies rms_norm(A, norm_weight, norm_eps) (norm_weight [K], A's dtype);
+//   norm_bias:   with norm_weight, layer_norm(A, [K], norm_weight, norm_bias, norm_eps) instead (post-norm models);
+//   normed_out:  with norm_weight, receives the normed A (A's shape, dtype and device): a post-norm layer's
+//                residual, written by the same kernel;
 //   gated:       A is [..., 2K] and the weight multiplies silu_mul(A[..., :K], A[..., K:]);
-//   residual:    the result is residual + (input @ W^T + bias), each rounded to the dtype (residual [..., N]).
+//   gelu:        the output is gelu(input @ W^T + bias) (erf form), each rounded to the dtype;
+//   residual:    the result is residual + that output, rounded again (residual [..., N]).
 // At most one of norm_weight and gated.
 struct GemmFusion {
   std::optional<at::Tensor> norm_weight = std::nullopt;
   double norm_eps = 1e-6;
   bool gated = false;
   std::optional<at::Tensor> residual = std::nullopt;
+  std::optional<at::Tensor> norm_bias = std::nullopt;
+  bool gelu = false;
+  std::optional<at::Tensor> normed_out = std::nullopt;
 };
 
-// What the weight multiplies: A, rms_norm(A) or silu_mul of A's halves (the composition).
+// What the weight multiplies: A, rms_norm(A), layer_norm(A) or silu_mul of A's halves (the composition), copied
+// into the fusion's normed_out when it has one.
 at::Tensor gemm_input(const at::Tensor& A, const GemmFusion& fusion);
 
 // A [..., K] (float32/float16/bfloat16) times the transposed 4-bit weight [N, K] packed as quantize_4bit

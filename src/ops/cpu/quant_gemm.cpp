@@ -359,33 +359,39 @@ at::Tensor gemm_int8_weight_only_plain(const at::Tensor& A, const at::Tensor& CB
 at::Tensor gemm_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                          c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
-                         double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+                         double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_4bit";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type, weight_shape,
                           bias);
   const at::Tensor out =
       gemm_4bit_plain(gemm_input(A, fusion), packed, absmax, blocksize, quant_type, weight_shape, bias);
-  return detail::add_gemm_residual(op, out, fusion);
+  return detail::finish_gemm(op, out, fusion);
 }
 
 at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                      const std::optional<at::Tensor>& bias,
                                      const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
-                                     const std::optional<at::Tensor>& residual) {
+                                     const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_int8_weight_only";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
-  return detail::add_gemm_residual(op, gemm_int8_weight_only_plain(gemm_input(A, fusion), CB, SCB, bias), fusion);
+  return detail::finish_gemm(op, gemm_int8_weight_only_plain(gemm_input(A, fusion), CB, SCB, bias), fusion);
 }
 
 at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
-                          const std::optional<at::Tensor>& residual) {
+                          const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_dense";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight, bias);
-  return detail::add_gemm_residual(op, detail::matmul_then_bias(gemm_input(A, fusion), weight, bias), fusion);
+  return detail::finish_gemm(op, detail::matmul_then_bias(gemm_input(A, fusion), weight, bias), fusion);
 }
 
 }  // namespace

@@ -117,6 +117,13 @@ __device__ __forceinline__ float rounded(float v) {
   return static_cast<float>(static_cast<T>(v));
 }
 
+// gelu of v rounded to T, as ATen's gelu (erf form) computes it in float32 from a linear layer's rounded output.
+template <typename T>
+__device__ __forceinline__ float gelu_of_rounded(float v) {
+  const float x = rounded<T>(v);
+  return x * 0.5f * (1.0f + erff(x * static_cast<float>(M_SQRT1_2)));
+}
+
 // log2 of a 4-bit blocksize (a power of two): kernels index absmax with a shift.
 inline int log2_of(int64_t power_of_two) {
   int log2 = 0;

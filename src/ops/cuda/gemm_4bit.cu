@@ -123,9 +123,11 @@ struct MakeNf4Fp4MmaWeights {
 at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
-                          double norm_eps, bool gated, const std::optional<at::Tensor>& residual) {
+                          double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_4bit";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   const detail::WeightShape shape = detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax,
                                                             blocksize, quant_type, weight_shape, bias);
   const c10::cuda::CUDAGuard guard(A.device());
@@ -140,31 +142,38 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   const int64_t weight_count = N * K;
   const bool simt_first = rows <= 2 && rows * weight_count <= (int64_t{4} << 20);
   const int64_t mma_rows = weight_count >= (int64_t{8} << 20) ? 64 : 32;
-  // The SIMT GEMV norms or gates one row as it loads it; elsewhere the input is composed, and the GEMVs add the
-  // residual.
+  // The SIMT GEMV norms or gates one row as it loads it, the tensor-core GEMV stages the norms the SIMT GEMV does
+  // not take (LayerNorm, a normed_out, several rows); elsewhere the input is composed, and the GEMVs run the
+  // epilogue (gelu, residual).
   if (simt_first && (fusion.norm_weight || fusion.gated) &&
       cuda::gemv_applies(a, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr(), fusion)) {
     at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
     return out;
   }
+  const MakeNf4Fp4MmaWeights mma_weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
+                                         codes};
+  if (cuda::mma_norm_applies(rows, K, fusion) &&
+      cuda::mma_gemv_applies(a, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
+    cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);
+    return out;
+  }
   const at::Tensor input = gemm_input(a, fusion).contiguous();
-  const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
+  const GemmFusion epilogue = detail::epilogue_of(fusion);
   if (!simt_first &&
       cuda::mma_gemv_applies(input, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
-    const MakeNf4Fp4MmaWeights weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
-                                       codes};
-    cuda::launch_mma_gemv(input, rows, weights, N, K, bias, fusion.residual, out);
+    cuda::launch_mma_gemv(input, rows, mma_weights, N, K, bias, epilogue, out);
     return out;
   }
   if (cuda::gemv_applies(input, rows, K, Nf4Fp4Weights::kWeightsPerChunk, bytes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
-    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
+    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, epilogue, out);
     return out;
   }
   const at::Tensor out = detail::dequantize_4bit_then_linear(input, bytes, scales, blocksize, quant_type, shape, bias);
-  return detail::add_gemm_residual(op, out, fusion);
+  return detail::finish_gemm(op, out, fusion);
 }
 
 }  // namespace

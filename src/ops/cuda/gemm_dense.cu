@@ -5,8 +5,8 @@
 //   tie and from M = 3 on the GEMV loses (its float32 FMAs grow with M):
 //   benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
 // - 2 to kMaxDenseMmaRows rows of float16/bfloat16 A (beams, small batches): the tensor-core GEMV of the
-//   quantized formats (gemv_mma.cuh) with the stored weight as its pairs, the bias and a residual in its
-//   epilogue: one kernel where cuBLAS and a bias add were two (cuBLAS with the bias in its epilogue had made no
+//   quantized formats (gemv_mma.cuh) with the stored weight as its pairs, the bias, gelu and a residual in its
+//   epilogue (and a LayerNorm input staged, also for one row): one kernel where cuBLAS and a bias add were two (cuBLAS with the bias in its epilogue had made no
 //   measurable difference to Florence-2's 3-beam decode step, 0.99 ms a token either way).
 // - otherwise, below kEpilogueRows: the CPU's composition (cuBLAS, then the bias).
 // - kEpilogueRows rows and more (prefill, vision towers): cuBLAS with the bias in its epilogue (at::linear,
@@ -84,9 +84,11 @@ struct MakeDenseMmaWeights {
 
 at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
-                           const std::optional<at::Tensor>& residual) {
+                           const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_dense";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   const detail::WeightShape shape = detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight_in, bias);
   const c10::cuda::CUDAGuard guard(A.device());
   const at::Tensor a = A.contiguous(), weight = weight_in.contiguous();
@@ -105,16 +107,24 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
     });
     return out;
   }
+  // A norm the SIMT GEMV does not take (LayerNorm, a normed_out, several rows): the tensor-core GEMV stages it.
+  const MakeDenseMmaWeights mma_weights{weight.data_ptr()};
+  if (cuda::mma_norm_applies(rows, K, fusion) &&
+      cuda::mma_gemv_applies(a, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
+    cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);
+    return out;
+  }
   const at::Tensor input = gemm_input(a, fusion).contiguous();
   if (rows >= 2 && rows <= kMaxDenseMmaRows &&
       cuda::mma_gemv_applies(input, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
-    cuda::launch_mma_gemv(input, rows, MakeDenseMmaWeights{weight.data_ptr()}, N, K, bias, fusion.residual, out);
+    cuda::launch_mma_gemv(input, rows, mma_weights, N, K, bias, detail::epilogue_of(fusion), out);
     return out;
   }
   const at::Tensor out =
       rows >= kEpilogueRows ? at::linear(input, weight, bias) : detail::matmul_then_bias(input, weight, bias);
-  return detail::add_gemm_residual(op, out, fusion);
+  return detail::finish_gemm(op, out, fusion);
 }
 
 }  // namespace

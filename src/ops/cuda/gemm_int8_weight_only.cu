@@ -79,9 +79,11 @@ struct MakeInt8RowMmaWeights {
 at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB, const at::Tensor& SCB,
                                       const std::optional<at::Tensor>& bias,
                                       const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
-                                      const std::optional<at::Tensor>& residual) {
+                                      const std::optional<at::Tensor>& residual,
+    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_int8_weight_only";
-  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual);
+  const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
+                                                              normed_out);
   const detail::WeightShape shape =
       detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
   const c10::cuda::CUDAGuard guard(A.device());
@@ -95,26 +97,33 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
     cuda::launch_gemv(a, rows, simt_weights, N, K, bias, fusion, out);
     return out;
   }
-  // Otherwise the input is composed, and the GEMVs add the residual. Measured on the H100
+  const MakeInt8RowMmaWeights mma_weights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()};
+  // A norm the SIMT GEMV does not take (LayerNorm, a normed_out, several rows): the tensor-core GEMV stages it.
+  if (cuda::mma_norm_applies(rows, K, fusion) &&
+      cuda::mma_gemv_applies(a, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
+    at::Tensor out = detail::gemm_output(op, a, N, fusion);
+    cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);
+    return out;
+  }
+  // Otherwise the input is composed, and the GEMVs run the epilogue (gelu, residual). Measured on the H100
   // (benchmarks/results/quant_gemm_h100-2026-11-22-mma.md): one row runs faster on the SIMT GEMV (at the
   // memory floor there), 2 to 64 rows on the tensor-core GEMV.
   const at::Tensor input = gemm_input(a, fusion).contiguous();
-  const GemmFusion residual_only{std::nullopt, 0.0, false, fusion.residual};
+  const GemmFusion epilogue = detail::epilogue_of(fusion);
   if (rows > 1 &&
       cuda::mma_gemv_applies(input, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK,
                              codes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
-    cuda::launch_mma_gemv(input, rows, MakeInt8RowMmaWeights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()}, N, K,
-                          bias, fusion.residual, out);
+    cuda::launch_mma_gemv(input, rows, mma_weights, N, K, bias, epilogue, out);
     return out;
   }
   if (cuda::gemv_applies(input, rows, K, Int8RowWeights::kWeightsPerChunk, codes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
-    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, residual_only, out);
+    cuda::launch_gemv(input, rows, simt_weights, N, K, bias, epilogue, out);
     return out;
   }
   const at::Tensor out = at::linear(input, cuda::int8_dequantize_rows(codes, scales, input.scalar_type()), bias);
-  return detail::add_gemm_residual(op, out, fusion);
+  return detail::finish_gemm(op, out, fusion);
 }
 
 }  // namespace

@@ -9,9 +9,10 @@
 // reduction per row, one rounding to A's dtype at the end (bias added in float32 first). Launched overlapped
 // (launch.cuh): the first chunks are loaded before the wait for the previous kernel.
 //
-// Fusions (ops::GemmFusion): a residual added to the rounded output, at any row count; and for one row of A,
-// the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared memory (see
-// stage_input). A decode step then runs no norm or activation kernel between its GEMVs.
+// Fusions (ops::GemmFusion): gelu of the rounded output and a residual added to it, at any row count; and for
+// one row of A, the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared
+// memory (see stage_input). A decode step then runs no norm or activation kernel between its GEMVs. (A
+// LayerNorm input is the tensor-core GEMV's, gemv_mma.cuh.)
 #pragma once
 
 #include <ATen/Dispatch.h>
@@ -43,6 +44,7 @@ struct GemvFusionArgs {
   const scalar_t* norm_weight;  // GemvInput::rms_norm: [K]
   float norm_eps;
   const scalar_t* residual;  // nullptr, or [rows, N]: added to the rounded output
+  bool gelu;                 // gelu of the rounded output, before the residual
 };
 
 // A fused input is staged: the CTA computes the one input row once into shared memory (each thread up to
@@ -224,6 +226,7 @@ __global__ void __launch_bounds__(kGemvThreads)
       float sum = warp_sum(acc[m]) * row_scale;
       if (lane == 0) {
         if (bias != nullptr) sum += static_cast<float>(bias[n]);
+        if (fusion.gelu) sum = gelu_of_rounded<scalar_t>(sum);
         if (residual != nullptr) sum = residual_value[m] + rounded<scalar_t>(sum);
         out[m * N + n] = static_cast<scalar_t>(sum);
       }
@@ -234,10 +237,11 @@ __global__ void __launch_bounds__(kGemvThreads)
 // Whether the fused GEMV can take the problem: few rows, whole 16-byte chunks per weight row (K a
 // multiple of the chunk's values) and 16-byte aligned weights and A, so every chunk load is one vector; a
 // fused input (norm or gated) for one row of up to kStageChunks * kGemvThreads chunks only, with a
-// contiguous, 16-byte aligned norm weight. Any other fusion is composed around the GEMV (a residual is
-// always fused).
+// contiguous, 16-byte aligned norm weight; no LayerNorm input (norm_bias, normed_out). Otherwise the caller
+// composes the input and passes epilogue_of(fusion) (gelu and a residual are always fused).
 inline bool gemv_applies(const at::Tensor& A, int64_t rows, int64_t K, int weights_per_chunk, const void* weights,
                          const GemmFusion& fusion = {}) {
+  if (fusion.norm_bias || fusion.normed_out) return false;
   if (fusion.gated || fusion.norm_weight) {
     const int64_t input_chunks = K * static_cast<int64_t>(A.element_size()) / 16;
     if (rows != 1 || input_chunks > kStageChunks * kGemvThreads) return false;
@@ -256,7 +260,7 @@ void launch_gemv_tile(const at::Tensor& A, int64_t rows, const Weights& weights,
   const at::Tensor residual = fusion.residual ? fusion.residual->contiguous() : at::Tensor();
   const GemvFusionArgs<scalar_t> args{fusion.norm_weight ? fusion.norm_weight->data_ptr<scalar_t>() : nullptr,
                                       static_cast<float>(fusion.norm_eps),
-                                      fusion.residual ? residual.data_ptr<scalar_t>() : nullptr};
+                                      fusion.residual ? residual.data_ptr<scalar_t>() : nullptr, fusion.gelu};
   const int64_t ctas = (N + kGemvWarps - 1) / kGemvWarps;
   const bool staged = fusion.norm_weight || fusion.gated;
   const size_t staged_bytes = staged ? static_cast<size_t>(K) * sizeof(scalar_t) : 0;

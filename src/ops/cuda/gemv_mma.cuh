@@ -16,8 +16,14 @@
 // k pair (2t, 2t+1) is the chunk's elements 4j, 4j+1 and its pair (2t+8, 2t+9) is 4j+2, 4j+3 — in both
 // operands. Then each lane needs A only at its own chunk's k range (16-byte loads, L1/L2 hits) and a 4-bit
 // chunk lies in one quantization block (K % 32 == 0, blocksize >= 32). Partial sums of the warps meet in
-// shared memory; the format's row scale, the bias and one rounding to A's dtype finish (then a residual, if
-// given, is added and the sum rounded again: ops::GemmFusion's residual step).
+// shared memory; the format's row scale, the bias and one rounding to A's dtype finish (then gelu and a
+// residual, if asked, each rounded again: ops::GemmFusion's epilogue).
+//
+// A normed input (ops::GemmFusion's norm_weight: RMSNorm, or LayerNorm with norm_bias) is staged: after the
+// wait for the previous kernel, warp m norms row m of A (at most kMmaWarps rows) into shared memory, rounded as
+// the composition rounds it, and the lanes read their A chunks there instead of from global memory. Each CTA
+// also writes its share of the normed rows to normed_out when asked (a post-norm layer's residual), so a
+// post-norm decoder runs no norm kernel between its GEMVs.
 //
 // Numerics: products and sums in float32 on the tensor cores. A 4-bit weight is the 16-bit code value times
 // the block's absmax in A's dtype (code value, absmax and product each rounded once, as bitsandbytes'
@@ -36,6 +42,7 @@
 #include <optional>
 
 #include "blockwise.cuh"
+#include "imagetotext/quant/quantize.hpp"
 #include "launch.cuh"
 
 namespace imagetotext::ops::cuda {
@@ -114,6 +121,87 @@ struct Half2Ops<c10::Half> {
   }
 };
 
+// What the GEMV multiplies the weights with: A's rows, or their RMSNorm or LayerNorm (staged).
+enum class MmaInput { plain, rms_norm, layer_norm };
+
+// The fusion's device side (ops::GemmFusion): the input norm's vectors and where the normed rows go, and the
+// epilogue's gelu and residual.
+template <typename scalar_t>
+struct MmaFusion {
+  const scalar_t* norm_weight = nullptr;  // [K], with a normed input
+  const scalar_t* norm_bias = nullptr;    // [K], MmaInput::layer_norm
+  float norm_eps = 0.0f;
+  scalar_t* normed_out = nullptr;  // [rows, K] or nullptr
+  const scalar_t* residual = nullptr;  // [rows, N] or nullptr
+  bool gelu = false;
+};
+
+// Elements between two staged rows: K plus 64 bytes, so that the 8 rows a quarter warp reads start 64 bytes
+// apart in the shared-memory banks (K * 2 bytes is a multiple of 128 at the models' widths).
+__host__ __device__ inline int64_t mma_staged_stride(int64_t K) { return K + 32; }
+
+// A staged row is held in registers while it is normed: up to kMmaStageChunks 16-byte chunks a lane.
+constexpr int kMmaStageChunks = 4;
+// The widest staged input: 1024 for float16/bfloat16 (Florence-2-large's width; SmolVLM's 576 and 960 fit).
+constexpr int64_t kMaxMmaStagedK = kMmaStageChunks * kWarpSize * 8;
+
+// Row `row` of A normed into `staged` by one warp, each value rounded as the composition rounds it: rms_norm's
+// dtype(weight * dtype(x * inverse)); layer_norm's dtype(weight * ((x - mean) * rstd) + bias) with the mean and
+// the variance (of x - mean) in float32. One pass of loads (the row stays in registers); the norm's weight and
+// bias come from shared memory, where the CTA put them before its wait (`vectors`: weight [K], then bias [K]).
+template <MmaInput kInput, typename scalar_t>
+__device__ __forceinline__ void stage_normed_row(const scalar_t* row, int K, float eps, const scalar_t* vectors,
+                                                 scalar_t* staged) {
+  constexpr int kPer = kPerChunk<scalar_t>;
+  const int lane = threadIdx.x % kWarpSize, chunks = K / kPer;
+  float x[kMmaStageChunks][kPer];
+#pragma unroll
+  for (int s = 0; s < kMmaStageChunks; ++s) {
+    const int c = lane + s * kWarpSize;
+    if (c < chunks) load_chunk_as_float(row + c * kPer, x[s]);
+  }
+  float mean = 0.0f;
+  if constexpr (kInput == MmaInput::layer_norm) {
+    float sum = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kMmaStageChunks; ++s) {
+      if (lane + s * kWarpSize < chunks) {
+#pragma unroll
+        for (int i = 0; i < kPer; ++i) sum += x[s][i];
+      }
+    }
+    mean = warp_sum(sum) / static_cast<float>(K);
+  }
+  float squares = 0.0f;
+#pragma unroll
+  for (int s = 0; s < kMmaStageChunks; ++s) {
+    if (lane + s * kWarpSize < chunks) {
+#pragma unroll
+      for (int i = 0; i < kPer; ++i) squares = fmaf(x[s][i] - mean, x[s][i] - mean, squares);
+    }
+  }
+  const float inverse = rsqrtf(warp_sum(squares) / static_cast<float>(K) + eps);
+#pragma unroll
+  for (int s = 0; s < kMmaStageChunks; ++s) {
+    const int c = lane + s * kWarpSize;
+    if (c >= chunks) continue;
+    float gamma[kPer], beta[kPer];
+    load_chunk_as_float(vectors + c * kPer, gamma);
+    if constexpr (kInput == MmaInput::layer_norm) load_chunk_as_float(vectors + K + c * kPer, beta);
+    uint4 packed;
+    scalar_t* out = reinterpret_cast<scalar_t*>(&packed);
+#pragma unroll
+    for (int i = 0; i < kPer; ++i) {
+      if constexpr (kInput == MmaInput::layer_norm) {
+        out[i] = static_cast<scalar_t>(gamma[i] * ((x[s][i] - mean) * inverse) + beta[i]);
+      } else {
+        out[i] = static_cast<scalar_t>(gamma[i] * rounded<scalar_t>(x[s][i] * inverse));
+      }
+    }
+    reinterpret_cast<uint4*>(staged)[c] = packed;
+  }
+}
+
 // Weights for mma_gemv_kernel (see gemm_4bit.cu, gemm_int8_weight_only.cu):
 //   kK                                     weights in one 16-byte chunk of a row (32 or 16);
 //   kSharedBytes                           shared memory for prepare()'s tables;
@@ -122,46 +210,97 @@ struct Half2Ops<c10::Half> {
 //   chunk_scale(n, K, c) -> float          the chunk's scale, applied while decoding (0 for a missing chunk);
 //   decode(smem, raw, scale, lo, hi)       lo[j] / hi[j]: the pairs of elements 4j, 4j+1 / 4j+2, 4j+3;
 //   row_scale(n) -> float                  applied to the float32 sum.
-template <typename Weights, typename scalar_t, int kMTiles>
+template <typename Weights, typename scalar_t, int kMTiles, MmaInput kInput>
 __global__ void __launch_bounds__(kMmaThreads, 2)
     mma_gemv_kernel(const scalar_t* A, int rows, Weights weights, int N, int K,
-                    const scalar_t* __restrict__ bias, const scalar_t* residual, scalar_t* __restrict__ out,
+                    const scalar_t* __restrict__ bias, MmaFusion<scalar_t> fusion, scalar_t* __restrict__ out,
                     int tiles) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // mma.sync with 16-bit inputs needs sm_80; the host never launches this on older devices
 #else
+  static_assert(kInput == MmaInput::plain || kMTiles == 1, "a staged input has one row per warp");
   using Ops = Half2Ops<scalar_t>;
   constexpr int kK = Weights::kK;
   constexpr int kPairs = kK / 4;          // mmas per chunk
   constexpr int kActLoads = kK * 2 / 16;  // 16-byte loads of A per chunk and row
+  constexpr int kRowsPadded = kMTiles * kMmaTileM;
   extern __shared__ uint4 shared_words[];
   char* smem = reinterpret_cast<char*>(shared_words);
   float* partial = reinterpret_cast<float*>(smem + Weights::kSharedBytes);  // [warp][m][n], kMTiles * 8 m
   let_next_kernel_start();
   weights.prepare(smem, partial);  // the tables depend on no earlier kernel: built while the previous one ends
-  wait_for_previous_kernels(A, residual);
-
+  // So do the norm's vectors (into shared memory, after the staged rows) and the first tile's first weights.
+  scalar_t* staged = reinterpret_cast<scalar_t*>(partial + kMmaWarps * kRowsPadded * kMmaTileN);
+  const int64_t staged_stride = mma_staged_stride(K);
+  scalar_t* norm_vectors = staged + kMmaWarps * staged_stride;  // weight [K], bias [K]
+  if constexpr (kInput != MmaInput::plain) {
+    constexpr int kPer = kPerChunk<scalar_t>;
+    const int chunks = K / kPer;
+    for (int i = threadIdx.x; i < chunks; i += kMmaThreads) {
+      reinterpret_cast<uint4*>(norm_vectors)[i] = reinterpret_cast<const uint4*>(fusion.norm_weight)[i];
+      if constexpr (kInput == MmaInput::layer_norm) {
+        reinterpret_cast<uint4*>(norm_vectors + K)[i] = reinterpret_cast<const uint4*>(fusion.norm_bias)[i];
+      }
+    }
+  }
   const int warp = threadIdx.x / kWarpSize, lane = threadIdx.x % kWarpSize, g = lane / 4, t = lane % 4;
   const int chunks = K / kK;
   const int steps = (chunks + kMmaChunksPerStep - 1) / kMmaChunksPerStep;
+  uint4 raw[kMmaUnroll][2];
+  float scale[kMmaUnroll][2];
+  // Weight rows n_lo and n_lo + 8, the kMmaUnroll warp steps from `first` on: every load first, kMmaUnroll steps
+  // in flight per lane.
+  auto load_batch = [&](int n_lo, int first) {
+    const int n_hi = n_lo + 8;
+#pragma unroll
+    for (int u = 0; u < kMmaUnroll; ++u) {
+      const int c = (first + u * kMmaWarps) * kMmaChunksPerStep + t;
+      const bool lo_ok = c < chunks && n_lo < N, hi_ok = c < chunks && n_hi < N;
+      raw[u][0] = lo_ok ? weights.load(n_lo, chunks, c) : make_uint4(0, 0, 0, 0);
+      raw[u][1] = hi_ok ? weights.load(n_hi, chunks, c) : make_uint4(0, 0, 0, 0);
+      scale[u][0] = lo_ok ? weights.chunk_scale(n_lo, K, c) : 0.0f;
+      scale[u][1] = hi_ok ? weights.chunk_scale(n_hi, K, c) : 0.0f;
+    }
+  };
+  // (Not with 8 m-tiles: their accumulators leave no registers to hold the batch across the wait: ptxas spills.)
+  constexpr bool kEarlyBatch = kMTiles <= 4;
+  const int first_tile = blockIdx.x;
+  if (kEarlyBatch && first_tile < tiles) load_batch(first_tile * kMmaTileN + g, warp);
+  const scalar_t* residual = fusion.residual;
+  wait_for_previous_kernels(A, residual);
+
+  // The rows the mmas read: A itself, or its normed rows, staged.
+  const scalar_t* input = A;
+  int64_t input_stride = K;
+  if constexpr (kInput != MmaInput::plain) {
+    __syncthreads();  // the norm's vectors are in shared memory
+    if (warp < rows) {
+      stage_normed_row<kInput>(A + static_cast<int64_t>(warp) * K, K, fusion.norm_eps, norm_vectors,
+                               staged + warp * staged_stride);
+    }
+    __syncthreads();
+    if (fusion.normed_out != nullptr) {  // this CTA's share of the normed rows, in 16-byte pieces
+      constexpr int kPer = kPerChunk<scalar_t>;
+      const int row_chunks = K / kPer, total = rows * row_chunks;
+      const int share = (total + gridDim.x - 1) / gridDim.x;
+      for (int i = blockIdx.x * share + threadIdx.x; i < min(total, (blockIdx.x + 1) * share); i += kMmaThreads) {
+        const int m = i / row_chunks, c = i % row_chunks;
+        reinterpret_cast<uint4*>(fusion.normed_out + static_cast<int64_t>(m) * K)[c] =
+            reinterpret_cast<const uint4*>(staged + m * staged_stride)[c];
+      }
+    }
+    input = staged;
+    input_stride = staged_stride;
+  }
+
   for (int tile = blockIdx.x; tile < tiles; tile += gridDim.x) {
-    const int n_lo = tile * kMmaTileN + g, n_hi = n_lo + 8;
+    const int n_lo = tile * kMmaTileN + g;
     float acc[kMTiles][4];
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) acc[mt][0] = acc[mt][1] = acc[mt][2] = acc[mt][3] = 0.0f;
 
     for (int first = warp; first < steps; first += kMmaWarps * kMmaUnroll) {
-      uint4 raw[kMmaUnroll][2];
-      float scale[kMmaUnroll][2];
-#pragma unroll
-      for (int u = 0; u < kMmaUnroll; ++u) {  // every load first: kMmaUnroll steps in flight per lane
-        const int c = (first + u * kMmaWarps) * kMmaChunksPerStep + t;
-        const bool lo_ok = c < chunks && n_lo < N, hi_ok = c < chunks && n_hi < N;
-        raw[u][0] = lo_ok ? weights.load(n_lo, chunks, c) : make_uint4(0, 0, 0, 0);
-        raw[u][1] = hi_ok ? weights.load(n_hi, chunks, c) : make_uint4(0, 0, 0, 0);
-        scale[u][0] = lo_ok ? weights.chunk_scale(n_lo, K, c) : 0.0f;
-        scale[u][1] = hi_ok ? weights.chunk_scale(n_hi, K, c) : 0.0f;
-      }
+      if (!kEarlyBatch || tile != first_tile || first != warp) load_batch(n_lo, first);
 #pragma unroll
       for (int u = 0; u < kMmaUnroll; ++u) {
         const int step = first + u * kMmaWarps;
@@ -178,7 +317,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
 #pragma unroll
           for (int i = 0; i < kActLoads; ++i) {
             act[i] = (m < rows && c < chunks)
-                         ? *(reinterpret_cast<const uint4*>(A + static_cast<int64_t>(m) * K + c * kK) + i)
+                         ? *(reinterpret_cast<const uint4*>(input + m * input_stride + c * kK) + i)
                          : make_uint4(0, 0, 0, 0);
           }
           const uint32_t* act_words = reinterpret_cast<const uint32_t*>(act);
@@ -192,7 +331,6 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
     }
 
     // acc[mt]: (n = g, m = 2t), (g, 2t + 1), (g + 8, 2t), (g + 8, 2t + 1) of m-tile mt.
-    constexpr int kRowsPadded = kMTiles * kMmaTileM;
 #pragma unroll
     for (int mt = 0; mt < kMTiles; ++mt) {
       float* mine = partial + (warp * kRowsPadded + mt * kMmaTileM + 2 * t) * kMmaTileN;
@@ -210,6 +348,7 @@ __global__ void __launch_bounds__(kMmaThreads, 2)
         for (int w = 0; w < kMmaWarps; ++w) sum += partial[w * kRowsPadded * kMmaTileN + i];
         sum *= weights.row_scale(n);
         if (bias != nullptr) sum += static_cast<float>(bias[n]);
+        if (fusion.gelu) sum = gelu_of_rounded<scalar_t>(sum);
         const int64_t index = static_cast<int64_t>(m) * N + n;
         if (residual != nullptr) sum = static_cast<float>(residual[index]) + rounded<scalar_t>(sum);
         out[index] = static_cast<scalar_t>(sum);
@@ -232,11 +371,27 @@ inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t max_rows
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 
-template <typename Weights, typename scalar_t, int kMTiles>
+// Whether the GEMV can norm its input itself (mma_gemv_applies holding too): a norm asked for, at most one row
+// per warp, K up to kMaxMmaStagedK, contiguous 16-byte aligned norm vectors and normed_out (A's dtype: 16 bytes
+// are 8 values).
+inline bool mma_norm_applies(int64_t rows, int64_t K, const GemmFusion& fusion) {
+  if (!fusion.norm_weight || rows > kMmaWarps || K > kMaxMmaStagedK) return false;
+  const auto aligned = [](const std::optional<at::Tensor>& t) {
+    return !t || (t->is_contiguous() && is_aligned_16(t->data_ptr()));
+  };
+  return aligned(fusion.norm_weight) && aligned(fusion.norm_bias) && aligned(fusion.normed_out);
+}
+
+template <typename Weights, typename scalar_t, int kMTiles, MmaInput kInput>
 void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
-                           const scalar_t* bias, const scalar_t* residual, at::Tensor& out) {
-  auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles>;
-  constexpr int kSharedBytes = Weights::kSharedBytes + kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
+                           const scalar_t* bias, const MmaFusion<scalar_t>& fusion, at::Tensor& out) {
+  auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles, kInput>;
+  constexpr int kPartialBytes = kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
+  // A staged input's instantiation reserves room for the widest one (kMmaWarps rows, then the norm's weight and
+  // bias), so the grid below fits every launch.
+  constexpr int kStagedBytes =
+      kInput == MmaInput::plain ? 0 : (kMmaWarps * (kMaxMmaStagedK + 32) + 2 * kMaxMmaStagedK) * static_cast<int>(sizeof(scalar_t));
+  constexpr int kSharedBytes = Weights::kSharedBytes + kPartialBytes + kStagedBytes;
   // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
   // size the persistent grid, once. Two threads racing here do the same idempotent work.
   static std::atomic<int> ctas_per_sm_of[kMaxDevices] = {};
@@ -252,34 +407,55 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
   }
   const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
   const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
-  launch_overlapped(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kMmaThreads), kSharedBytes, A.data_ptr<scalar_t>(),
-                    static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias, residual,
+  // The launch asks only for the shared memory this K needs.
+  const int shared_bytes =
+      Weights::kSharedBytes + kPartialBytes +
+      (kInput == MmaInput::plain ? 0 : static_cast<int>((kMmaWarps * mma_staged_stride(K) + 2 * K) * sizeof(scalar_t)));
+  launch_overlapped(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kMmaThreads), shared_bytes, A.data_ptr<scalar_t>(),
+                    static_cast<int>(rows), weights, static_cast<int>(N), static_cast<int>(K), bias, fusion,
                     out.data_ptr<scalar_t>(), static_cast<int>(tiles));
 }
 
-// out [rows, N] = A [rows, K] (contiguous float16/bfloat16, rows <= kMaxMmaRows) times the weights, plus
-// bias, plus residual (out's shape) if given; MakeWeights::make<scalar_t>() builds the format's decoder for A's dtype. The m-tile count is the
-// smallest of 1, 2, 4, 8 that holds `rows`.
+// out [rows, N] = A [rows, K] (contiguous float16/bfloat16, rows <= kMaxMmaRows) times the weights, plus bias,
+// with the fusion's epilogue (gelu, residual of out's shape) and, where mma_norm_applies held, its input norm
+// (else the caller passes the composed input and epilogue_of(fusion)). MakeWeights::make<scalar_t>() builds the
+// format's decoder for A's dtype. The m-tile count is the smallest of 1, 2, 4, 8 that holds `rows`.
 template <typename MakeWeights>
 void launch_mma_gemv(const at::Tensor& A, int64_t rows, const MakeWeights& make_weights, int64_t N, int64_t K,
-                     const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& residual,
-                     at::Tensor& out) {
+                     const std::optional<at::Tensor>& bias, const GemmFusion& fusion, at::Tensor& out) {
   if (rows == 0 || N == 0) return;
   const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
-  const at::Tensor residual_values = residual ? residual->contiguous() : at::Tensor();
+  const at::Tensor residual_values = fusion.residual ? fusion.residual->contiguous() : at::Tensor();
   AT_DISPATCH_REDUCED_FLOATING_TYPES(A.scalar_type(), "mma_gemv", [&] {
     const auto weights = make_weights.template make<scalar_t>();
     const scalar_t* bias_ptr = bias ? bias_values.data_ptr<scalar_t>() : nullptr;
-    const scalar_t* residual_ptr = residual ? residual_values.data_ptr<scalar_t>() : nullptr;
+    const auto pointer = [](const std::optional<at::Tensor>& t) { return t ? t->data_ptr<scalar_t>() : nullptr; };
+    MmaFusion<scalar_t> args;
+    args.norm_weight = pointer(fusion.norm_weight);
+    args.norm_bias = pointer(fusion.norm_bias);
+    args.norm_eps = static_cast<float>(fusion.norm_eps);
+    args.normed_out = pointer(fusion.normed_out);
+    args.residual = fusion.residual ? residual_values.data_ptr<scalar_t>() : nullptr;
+    args.gelu = fusion.gelu;
+    using W = decltype(weights);
+    if (fusion.norm_weight) {
+      TORCH_INTERNAL_ASSERT(mma_norm_applies(rows, K, fusion), "mma_gemv: a staged norm the kernel cannot take");
+      if (fusion.norm_bias) {
+        launch_mma_gemv_tiles<W, scalar_t, 1, MmaInput::layer_norm>(A, rows, weights, N, K, bias_ptr, args, out);
+      } else {
+        launch_mma_gemv_tiles<W, scalar_t, 1, MmaInput::rms_norm>(A, rows, weights, N, K, bias_ptr, args, out);
+      }
+      return;
+    }
     static_assert(kMaxMmaRows == 8 * kMmaTileM, "add an m-tile count for the new kMaxMmaRows");
     if (rows <= kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 1>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
+      launch_mma_gemv_tiles<W, scalar_t, 1, MmaInput::plain>(A, rows, weights, N, K, bias_ptr, args, out);
     } else if (rows <= 2 * kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 2>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
+      launch_mma_gemv_tiles<W, scalar_t, 2, MmaInput::plain>(A, rows, weights, N, K, bias_ptr, args, out);
     } else if (rows <= 4 * kMmaTileM) {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 4>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
+      launch_mma_gemv_tiles<W, scalar_t, 4, MmaInput::plain>(A, rows, weights, N, K, bias_ptr, args, out);
     } else {
-      launch_mma_gemv_tiles<decltype(weights), scalar_t, 8>(A, rows, weights, N, K, bias_ptr, residual_ptr, out);
+      launch_mma_gemv_tiles<W, scalar_t, 8, MmaInput::plain>(A, rows, weights, N, K, bias_ptr, args, out);
     }
   });
 }
