@@ -153,9 +153,11 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
     }
     const CrossAttention& cross = layer.encoder_attn;
     // The sequences of an image (its beams, consecutive) attend to the same encoder output: computed once per
-    // image, laid out per sequence once (transformers' _expand_inputs_for_generation: repeat_interleave).
+    // image and expanded per sequence (transformers' _expand_inputs_for_generation: repeat_interleave): for one
+    // image a view (stride 0 over the beams) of one contiguous copy, which the CPU's single-query attention reads
+    // once for all beams.
     const auto per_sequence = [&](const at::Tensor& t) {
-      const at::Tensor heads_first = split_heads(t, cross.heads);
+      const at::Tensor heads_first = split_heads(t, cross.heads).contiguous();
       return heads_first.unsqueeze(1)
           .expand({batch, sequences / batch, heads_first.size(1), heads_first.size(2), heads_first.size(3)})
           .reshape({sequences, heads_first.size(1), heads_first.size(2), heads_first.size(3)});

@@ -228,6 +228,18 @@ TEST_CASE("scaled_dot_product_attention: one query row (the CPU decode path), GQ
   // A strided query (heads split from [batch, 1, heads * head_dim] by a transpose), as the models make it.
   const at::Tensor strided = at::randn({3, 1, 6 * 8}).view({3, 1, 6, 8}).transpose(1, 2);
   CHECK(at::allclose(nn::scaled_dot_product_attention(strided, k, v), attention_formula(strided, k, v, all), 1e-5, 1e-5));
+  // Keys and values shared by the sequences (an image's beams: expanded, stride 0), GQA and not: the rows of one
+  // matmul, the same as on copies.
+  for (const std::int64_t kv_heads : {2, 6}) {
+    const at::Tensor k1 = at::randn({1, kv_heads, 7, 8}), v1 = at::randn({1, kv_heads, 7, 8});
+    const at::Tensor k_shared = k1.expand({3, kv_heads, 7, 8}), v_shared = v1.expand({3, kv_heads, 7, 8});
+    REQUIRE(k_shared.stride(0) == 0);
+    const at::Tensor k_copies = k_shared.contiguous(), v_copies = v_shared.contiguous();
+    CHECK(at::allclose(nn::scaled_dot_product_attention(strided, k_shared, v_shared),
+                       attention_formula(strided, k_copies, v_copies, all), 1e-5, 1e-5));
+    CHECK(at::allclose(nn::scaled_dot_product_attention(q, k_shared, v_shared, std::nullopt, false, 0.3),
+                       nn::scaled_dot_product_attention(q, k_copies, v_copies, std::nullopt, false, 0.3), 1e-6, 1e-6));
+  }
   // bfloat16: within bfloat16 rounding of the float32 result.
   const at::Tensor bf = nn::scaled_dot_product_attention(q.to(at::kBFloat16), k.to(at::kBFloat16), v.to(at::kBFloat16));
   CHECK(bf.scalar_type() == at::kBFloat16);

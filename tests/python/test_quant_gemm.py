@@ -548,6 +548,20 @@ def test_cuda_gemm_fusion_matches_the_composition(dtype, kind, N, K, M, fusion):
     assert (error <= bound).all(), f"max error {error.max().item():.3g} over the bound"
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+@pytest.mark.parametrize("kind", ["nf4", "int8", "dense"])
+def test_gemm_fusion_normed_out_may_be_a_itself(kind, device):
+    """normed_out = A (a norm in place) is composed (on CUDA the GEMV's CTAs would write A while others still read
+    it): A becomes the normed rows and the output is the composition's, bit for bit."""
+    weights = weights_of_kind(kind, 64, 576, device)
+    A, kwargs = fusion_arguments(FUSIONS["layer_norm+normed_out"], 3, 64, 576, torch.bfloat16, device)
+    del kwargs["normed_out"]
+    in_place = A.clone()
+    out = gemm_of_kind(kind, weights, in_place, normed_out=in_place, **kwargs)
+    assert torch.equal(in_place, composed_input(A, **kwargs))
+    assert torch.equal(out, composed_gemm(kind, weights, A, **kwargs))
+
+
 @pytest.mark.gpu
 def test_cuda_gemm_fusion_in_a_cuda_graph_replays_the_eager_result():
     """The decode step records fused GEMVs in a CUDA graph: a replay on new inputs gives what eager gives."""

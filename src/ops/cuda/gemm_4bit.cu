@@ -153,7 +153,7 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
   }
   const MakeNf4Fp4MmaWeights mma_weights{bytes.data_ptr<uint8_t>(), scales.data_ptr<float>(), cuda::log2_of(blocksize),
                                          codes};
-  if (cuda::mma_norm_applies(rows, K, fusion) &&
+  if (cuda::mma_norm_applies(a, rows, K, fusion) &&
       cuda::mma_gemv_applies(a, rows, mma_rows, N, K, Nf4Fp4MmaWeights<c10::Half>::kK, bytes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);

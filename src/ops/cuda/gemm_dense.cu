@@ -109,7 +109,7 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   }
   // A norm the SIMT GEMV does not take (LayerNorm, a normed_out, several rows): the tensor-core GEMV stages it.
   const MakeDenseMmaWeights mma_weights{weight.data_ptr()};
-  if (cuda::mma_norm_applies(rows, K, fusion) &&
+  if (cuda::mma_norm_applies(a, rows, K, fusion) &&
       cuda::mma_gemv_applies(a, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);

@@ -99,7 +99,7 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
   }
   const MakeInt8RowMmaWeights mma_weights{codes.data_ptr<int8_t>(), scales.data_ptr<float>()};
   // A norm the SIMT GEMV does not take (LayerNorm, a normed_out, several rows): the tensor-core GEMV stages it.
-  if (cuda::mma_norm_applies(rows, K, fusion) &&
+  if (cuda::mma_norm_applies(a, rows, K, fusion) &&
       cuda::mma_gemv_applies(a, rows, cuda::kMaxMmaRows, N, K, Int8RowMmaWeights<c10::Half>::kK, codes.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, a, N, fusion);
     cuda::launch_mma_gemv(a, rows, mma_weights, N, K, bias, fusion, out);

@@ -371,11 +371,12 @@ inline bool mma_gemv_applies(const at::Tensor& A, int64_t rows, int64_t max_rows
   return at::cuda::getCurrentDeviceProperties()->major >= 8;
 }
 
-// Whether the GEMV can norm its input itself (mma_gemv_applies holding too): a norm asked for, at most one row
+// Whether the GEMV can norm its input A itself (mma_gemv_applies holding too): a norm asked for, at most one row
 // per warp, K up to kMaxMmaStagedK, contiguous 16-byte aligned norm vectors and normed_out (A's dtype: 16 bytes
-// are 8 values).
-inline bool mma_norm_applies(int64_t rows, int64_t K, const GemmFusion& fusion) {
+// are 8 values), and normed_out apart from A (CTAs write it while others still read A; the composition copies).
+inline bool mma_norm_applies(const at::Tensor& A, int64_t rows, int64_t K, const GemmFusion& fusion) {
   if (!fusion.norm_weight || rows > kMmaWarps || K > kMaxMmaStagedK) return false;
+  if (fusion.normed_out && fusion.normed_out->is_alias_of(A)) return false;
   const auto aligned = [](const std::optional<at::Tensor>& t) {
     return !t || (t->is_contiguous() && is_aligned_16(t->data_ptr()));
   };
@@ -439,7 +440,7 @@ void launch_mma_gemv(const at::Tensor& A, int64_t rows, const MakeWeights& make_
     args.gelu = fusion.gelu;
     using W = decltype(weights);
     if (fusion.norm_weight) {
-      TORCH_INTERNAL_ASSERT(mma_norm_applies(rows, K, fusion), "mma_gemv: a staged norm the kernel cannot take");
+      TORCH_INTERNAL_ASSERT(mma_norm_applies(A, rows, K, fusion), "mma_gemv: a staged norm the kernel cannot take");
       if (fusion.norm_bias) {
         launch_mma_gemv_tiles<W, scalar_t, 1, MmaInput::layer_norm>(A, rows, weights, N, K, bias_ptr, args, out);
       } else {
