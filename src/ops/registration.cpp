@@ -51,6 +51,8 @@ TORCH_LIBRARY(imagetotext, m) {
         "Tensor position, float scale, Tensor? cos=None, Tensor? sin=None, Tensor? first=None) -> Tensor");
   // Beam search over fixed-shape caches: row b of every cache becomes old row order[b] at positions 0 .. position.
   m.def("reorder_cache_rows(Tensor(a!)[] caches, Tensor order, Tensor position) -> ()");
+  // Search ops (src/ops/search_ops.hpp): scores with -inf where a token would repeat an n-gram of its row.
+  m.def("ban_repeated_ngrams(Tensor scores, Tensor sequences, Tensor length, int n) -> Tensor");
 }
 
 #undef IMAGETOTEXT_GEMM_FUSION_ARGS

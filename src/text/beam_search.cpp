@@ -22,6 +22,7 @@
 #include <limits>
 
 #include "imagetotext/core/error.hpp"
+#include "../ops/search_ops.hpp"
 
 namespace imagetotext::text {
 
@@ -96,11 +97,6 @@ DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_l
   eos_ = at::tensor(settings.eos_token_ids, at::TensorOptions().dtype(at::kLong)).to(device);
   if (settings.forced_bos_token_id) forced_bos_row_ = forced_row(*settings.forced_bos_token_id, vocab, f32);
   if (settings.forced_eos_token_id) forced_eos_row_ = forced_row(*settings.forced_eos_token_id, vocab, f32);
-  const std::int64_t ngram = settings.no_repeat_ngram_size;
-  if (ngram > 0 && capacity - ngram + 1 > 0) {
-    ngram_starts_ = at::arange(capacity - ngram + 1, i64);
-    ngram_offsets_ = at::arange(ngram - 1, i64);
-  }
   // Python's (length ** length_penalty) is a double that the float32 division rounds to float.
   std::vector<float> penalties(static_cast<std::size_t>(capacity + 1));
   for (std::size_t k = 0; k < penalties.size(); ++k) {
@@ -173,24 +169,9 @@ void DeviceSearch::start(const std::vector<std::int64_t>& prompt, std::int64_t m
 }
 
 at::Tensor DeviceSearch::process(at::Tensor scores) const {
-  // NoRepeatNGramLogitsProcessor: a token that would complete an n-gram already in the sequence is banned.
-  // Every start s of an n-gram is compared at once: its first n-1 tokens against the last n-1 of the sequence,
-  // counted only where the n-gram lies within the sequence (s + n <= cur_len).
+  // NoRepeatNGramLogitsProcessor (one kernel on CUDA, where ATen's composition of it took a dozen a step).
   const std::int64_t n = settings_.no_repeat_ngram_size;
-  if (ngram_starts_.defined()) {
-    const std::int64_t starts = ngram_starts_.size(0), beams = running_sequences_.size(0);
-    at::Tensor repeated = ngram_starts_.le(cur_len_ - n).unsqueeze(0).expand({beams, starts});
-    if (n > 1) {
-      const at::Tensor last = running_sequences_.index_select(1, (ngram_offsets_ + (cur_len_ - (n - 1))).clamp_min(0));
-      const at::Tensor prefixes = running_sequences_.unfold(1, n - 1, 1).narrow(1, 0, starts);
-      repeated = repeated.logical_and(prefixes.eq(last.unsqueeze(1)).all(-1));
-    }
-    // The positions past cur_len hold the fill value (maybe -1) and never count: clamp them into the vocabulary.
-    const at::Tensor completions = running_sequences_.narrow(1, n - 1, starts).clamp(0, vocab_ - 1);
-    const at::Tensor bans = at::zeros({beams, vocab_}, completions.options().dtype(at::kInt))
-                                .scatter_add_(1, completions, repeated.to(at::kInt));
-    scores = scores.masked_fill(bans.gt(0), kMinusInf);
-  }
+  if (n > 0 && n <= capacity_) scores = ops::ban_repeated_ngrams(scores, running_sequences_, cur_len_, n);
   if (forced_bos_row_.defined()) scores = at::where(cur_len_.eq(1).unsqueeze(1), forced_bos_row_, scores);
   if (forced_eos_row_.defined()) {
     scores = at::where(cur_len_.eq(max_length_on_device_ - 1).unsqueeze(1), forced_eos_row_, scores);

@@ -125,8 +125,6 @@ class DeviceSearch {
   at::Tensor eos_;                // [n_eos] int64
   at::Tensor forced_bos_row_;     // [vocab] float32: -inf but 0 at the forced token
   at::Tensor forced_eos_row_;
-  at::Tensor ngram_starts_;       // [capacity - n + 1] int64: 0, 1, ...
-  at::Tensor ngram_offsets_;      // [n - 1] int64: 0, 1, ...
   at::Tensor length_penalties_;   // [capacity + 1] float32: k^length_penalty, rounded from double as Python does
   at::Tensor top_num_beam_mask_;  // [beams_to_keep] bool
   at::Tensor row_starts_;         // [batch, 1] int64: 0, num_beams, 2 num_beams, ... (flat index of a row's beam 0)
