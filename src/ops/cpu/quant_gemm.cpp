@@ -360,10 +360,11 @@ at::Tensor gemm_4bit_cpu(const at::Tensor& A, const at::Tensor& packed, const at
                          c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                          const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
                          double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                         const std::optional<at::Tensor>& norm_bias, bool gelu,
+                         const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_4bit";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax, blocksize, quant_type, weight_shape,
                           bias);
   const at::Tensor out =
@@ -375,10 +376,11 @@ at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, 
                                      const std::optional<at::Tensor>& bias,
                                      const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
                                      const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                                     const std::optional<at::Tensor>& norm_bias, bool gelu,
+                                     const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_int8_weight_only";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
   return detail::finish_gemm(op, gemm_int8_weight_only_plain(gemm_input(A, fusion), CB, SCB, bias), fusion);
 }
@@ -386,10 +388,11 @@ at::Tensor gemm_int8_weight_only_cpu(const at::Tensor& A, const at::Tensor& CB, 
 at::Tensor gemm_dense_cpu(const at::Tensor& A, const at::Tensor& weight, const std::optional<at::Tensor>& bias,
                           const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
                           const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                          const std::optional<at::Tensor>& norm_bias, bool gelu,
+                          const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_dense";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight, bias);
   return detail::finish_gemm(op, detail::matmul_then_bias(gemm_input(A, fusion), weight, bias), fusion);
 }

@@ -124,10 +124,11 @@ at::Tensor gemm_4bit_cuda(const at::Tensor& A, const at::Tensor& packed, const a
                           c10::string_view quant_type, c10::ArrayRef<int64_t> weight_shape,
                           const std::optional<at::Tensor>& bias, const std::optional<at::Tensor>& norm_weight,
                           double norm_eps, bool gated, const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                          const std::optional<at::Tensor>& norm_bias, bool gelu,
+                          const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_4bit";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   const detail::WeightShape shape = detail::check_gemm_4bit(detail::gemm_input_like(A, fusion), packed, absmax,
                                                             blocksize, quant_type, weight_shape, bias);
   const c10::cuda::CUDAGuard guard(A.device());

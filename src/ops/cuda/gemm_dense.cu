@@ -6,8 +6,9 @@
 //   benchmarks/results/quant_gemm_h100-2026-11-23-dense.md.
 // - 2 to kMaxDenseMmaRows rows of float16/bfloat16 A (beams, small batches): the tensor-core GEMV of the
 //   quantized formats (gemv_mma.cuh) with the stored weight as its pairs, the bias, gelu and a residual in its
-//   epilogue (and a LayerNorm input staged, also for one row): one kernel where cuBLAS and a bias add were two (cuBLAS with the bias in its epilogue had made no
-//   measurable difference to Florence-2's 3-beam decode step, 0.99 ms a token either way).
+//   epilogue (and a LayerNorm input staged, also for one row): one kernel where cuBLAS and a bias add were two
+//   (cuBLAS with the bias in its epilogue had made no measurable difference to Florence-2's 3-beam decode step,
+//   0.99 ms a token either way).
 // - otherwise, below kEpilogueRows: the CPU's composition (cuBLAS, then the bias).
 // - kEpilogueRows rows and more (prefill, vision towers): cuBLAS with the bias in its epilogue (at::linear,
 //   as transformers' F.linear), which spares a pass over the whole output: SmolVLM's vision tower spent 365
@@ -85,10 +86,11 @@ struct MakeDenseMmaWeights {
 at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, const std::optional<at::Tensor>& bias,
                            const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
                            const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                           const std::optional<at::Tensor>& norm_bias, bool gelu,
+                           const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_dense";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   const detail::WeightShape shape = detail::check_gemm_dense(detail::gemm_input_like(A, fusion), weight_in, bias);
   const c10::cuda::CUDAGuard guard(A.device());
   const at::Tensor a = A.contiguous(), weight = weight_in.contiguous();

@@ -80,10 +80,11 @@ at::Tensor gemm_int8_weight_only_cuda(const at::Tensor& A, const at::Tensor& CB,
                                       const std::optional<at::Tensor>& bias,
                                       const std::optional<at::Tensor>& norm_weight, double norm_eps, bool gated,
                                       const std::optional<at::Tensor>& residual,
-    const std::optional<at::Tensor>& norm_bias, bool gelu, const std::optional<at::Tensor>& normed_out) {
+                                      const std::optional<at::Tensor>& norm_bias, bool gelu,
+                                      const std::optional<at::Tensor>& normed_out) {
   constexpr std::string_view op = "gemm_int8_weight_only";
   const GemmFusion fusion = detail::check_gemm_fusion(op, A, norm_weight, norm_eps, gated, residual, norm_bias, gelu,
-                                                              normed_out);
+                                                      normed_out);
   const detail::WeightShape shape =
       detail::check_gemm_int8_weight_only(detail::gemm_input_like(A, fusion), CB, SCB, bias);
   const c10::cuda::CUDAGuard guard(A.device());

@@ -391,7 +391,9 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
   // A staged input's instantiation reserves room for the widest one (kMmaWarps rows, then the norm's weight and
   // bias), so the grid below fits every launch.
   constexpr int kStagedBytes =
-      kInput == MmaInput::plain ? 0 : (kMmaWarps * (kMaxMmaStagedK + 32) + 2 * kMaxMmaStagedK) * static_cast<int>(sizeof(scalar_t));
+      kInput == MmaInput::plain
+          ? 0
+          : (kMmaWarps * (kMaxMmaStagedK + 32) + 2 * kMaxMmaStagedK) * static_cast<int>(sizeof(scalar_t));
   constexpr int kSharedBytes = Weights::kSharedBytes + kPartialBytes + kStagedBytes;
   // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
   // size the persistent grid, once. Two threads racing here do the same idempotent work.
