@@ -66,7 +66,8 @@ at::Tensor single_query_attention(const at::Tensor& query, const at::Tensor& key
   const std::int64_t kv_heads = key.size(1), group = heads / kv_heads;
   const double factor = scale.value_or(1.0 / std::sqrt(static_cast<double>(head_dim)));
   const bool shared = batch > 1 && key.stride(0) == 0 && value.stride(0) == 0;
-  // [kv heads or batch, kv heads; rows; head_dim]: the query rows that read the same keys, side by side.
+  // The query rows that read the same keys, side by side: [kv_heads, batch * group, head_dim] when the sequences
+  // share them, else [batch, kv_heads, group, head_dim].
   const at::Tensor rows = shared ? query.reshape({batch, kv_heads, group, head_dim})
                                        .permute({1, 0, 2, 3})
                                        .reshape({kv_heads, batch * group, head_dim})
@@ -76,7 +77,9 @@ at::Tensor single_query_attention(const at::Tensor& query, const at::Tensor& key
   const at::Tensor weights = at::softmax(scores, -1, at::kFloat).to(value.scalar_type());
   const at::Tensor out = at::matmul(weights, values);
   if (!shared) return out.reshape({batch, heads, 1, value.size(3)});
-  return out.view({kv_heads, batch, group, value.size(3)}).permute({1, 0, 2, 3}).reshape({batch, heads, 1, value.size(3)});
+  return out.view({kv_heads, batch, group, value.size(3)})
+      .permute({1, 0, 2, 3})
+      .reshape({batch, heads, 1, value.size(3)});
 }
 }  // namespace
 
