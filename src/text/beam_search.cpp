@@ -4,12 +4,9 @@
 #include <ATen/ops/any.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/argmax.h>
-#include <ATen/ops/cat.h>
-#include <ATen/ops/empty.h>
 #include <ATen/ops/full.h>
 #include <ATen/ops/index_select.h>
 #include <ATen/ops/log_softmax.h>
-#include <ATen/ops/min.h>
 #include <ATen/ops/tensor.h>
 #include <ATen/ops/topk.h>
 #include <ATen/ops/where.h>
@@ -29,7 +26,6 @@ namespace imagetotext::text {
 namespace {
 
 constexpr float kMinusInf = -std::numeric_limits<float>::infinity();
-constexpr double kUnreachable = -1.0e9;  // transformers' stand-in for "never pick this beam"
 
 at::Tensor forced_row(std::int64_t token, std::int64_t vocab, const at::TensorOptions& f32) {
   at::Tensor row = at::full({vocab}, kMinusInf, f32);
@@ -103,12 +99,6 @@ DeviceSearch::DeviceSearch(const SearchSettings& settings, std::int64_t prompt_l
     penalties[k] = static_cast<float>(std::pow(static_cast<double>(k), settings.length_penalty));
   }
   length_penalties_ = at::tensor(penalties, at::TensorOptions().dtype(at::kFloat)).to(device);
-  top_num_beam_mask_ = at::zeros({beams_to_keep_}, flag);
-  top_num_beam_mask_.narrow(0, 0, beams).fill_(true);
-  const at::Tensor rows = at::arange(batch, i64).unsqueeze(1);
-  row_starts_ = rows * beams;
-  topk_row_starts_ = rows * beams_to_keep_;
-  merged_row_starts_ = rows * (beams + beams_to_keep_);
 
   max_length_on_device_ = at::zeros({1}, i64);
   cur_len_ = at::zeros({1}, i64);
@@ -153,9 +143,9 @@ void DeviceSearch::start(const std::vector<std::int64_t>& prompt, std::int64_t m
   // Each row's first beam at 0, the others out of reach, so the first step expands one beam per row.
   running_scores_.view({batch_, settings_.num_beams}).select(1, 0).fill_(0.0);
   if (settings_.num_beams > 1) {
-    running_scores_.view({batch_, settings_.num_beams}).narrow(1, 1, settings_.num_beams - 1).fill_(kUnreachable);
+    running_scores_.view({batch_, settings_.num_beams}).narrow(1, 1, settings_.num_beams - 1).fill_(ops::beam::kUnreachable);
   }
-  scores_.fill_(kUnreachable);
+  scores_.fill_(ops::beam::kUnreachable);
   lengths_.fill_(prompt_length_);  // no generated token: transformers' beam_indices all -1
   finished_.fill_(false);
   heuristic_unsatisfied_.fill_(true);
@@ -217,84 +207,22 @@ void DeviceSearch::greedy_step(const at::Tensor& logits) {
   tokens_.copy_(next.view({batch_, 1}));
 }
 
-// transformers' vectorized _beam_search (names follow it): [batch, beams] views of the flat state.
+// transformers' vectorized _beam_search: the log-probs and their topk here, the rest of the step in one op
+// (ops::beam_search_update, the rules in src/ops/beam_step.hpp).
 void DeviceSearch::beam_step(const at::Tensor& logits) {
-  const std::int64_t b = batch_, n = settings_.num_beams, k = beams_to_keep_;
-  const bool stop_when_enough_finished = settings_.early_stopping == EarlyStopping::when_enough_finished;
-  const at::Tensor& was_done = row_done_;  // [b] (read before this step updates it, at the end)
-
+  const std::int64_t b = batch_, n = settings_.num_beams;
   at::Tensor log_probs = process(at::log_softmax(logits, -1));
   log_probs = (log_probs + running_scores_.unsqueeze(1)).reshape({b, n * vocab_});
-
-  // _get_top_k_continuations: per row; flat indices into the [b * n] state are row_start + beam.
-  auto [topk_log_probs, topk_indices] = at::topk(log_probs, k);  // [b, k]
-  at::Tensor topk_current_beam = topk_indices.div(vocab_, "floor");
-  if (b > 1) topk_current_beam = topk_current_beam + row_starts_;
-  const at::Tensor topk_ids = topk_indices.remainder(vocab_).reshape({b * k});
-  at::Tensor topk_running_sequences = running_sequences_.index_select(0, topk_current_beam.reshape({b * k}));
-  topk_running_sequences.index_copy_(1, cur_len_, topk_ids.unsqueeze(1));
-  const at::Tensor hits = hits_stopping_criteria(topk_ids).view({b, k});
-
-  // _get_running_beams_for_next_iteration
-  const at::Tensor topk_running_log_probs = topk_log_probs + hits.to(at::kFloat) * kUnreachable;
-  at::Tensor next_topk = std::get<1>(at::topk(topk_running_log_probs, n));
-  next_topk = (b > 1 ? next_topk + topk_row_starts_ : next_topk).reshape({b * n});
-  running_sequences_.copy_(topk_running_sequences.index_select(0, next_topk));
-  running_scores_.copy_(topk_running_log_probs.reshape({b * k}).index_select(0, next_topk));
-  parents_.copy_(topk_current_beam.reshape({b * k}).index_select(0, next_topk));
-
-  // _update_finished_beams
-  const at::Tensor finished = finished_.view({b, n});
-  const at::Tensor just_finished = hits.logical_and(top_num_beam_mask_);
-  at::Tensor finished_scores = topk_log_probs / length_penalties_.index_select(0, cur_len_ + 1 - prompt_length_);
-  if (stop_when_enough_finished) {
-    finished_scores = finished_scores + finished.all(1, /*keepdim=*/true).to(at::kFloat) * kUnreachable;
-  }
-  finished_scores = finished_scores + heuristic_unsatisfied_.logical_not().unsqueeze(1).to(at::kFloat) * kUnreachable;
-  finished_scores = finished_scores + just_finished.logical_not().to(at::kFloat) * kUnreachable;
-  const at::Tensor merged_scores = at::cat({scores_.view({b, n}), finished_scores}, 1);  // [b, n + k]
-  at::Tensor keep = std::get<1>(at::topk(merged_scores, n));
-  keep = (b > 1 ? keep + merged_row_starts_ : keep).reshape({b * n});
-  // A row already done keeps its results; so does every row after the search is done.
-  const at::Tensor frozen = was_done.unsqueeze(1).expand({b, n}).reshape({b * n});
-  const auto update = [&](at::Tensor& kept, const at::Tensor& old_rows, const at::Tensor& new_rows) {
-    // [b * n, ...] and [b * k, ...] -> the row-by-row merge [b * (n + k), ...], as torch.cat(dim=1) of [b, ., ...].
-    const auto by_row = [&](const at::Tensor& t, std::int64_t per_row) {
-      std::vector<std::int64_t> shape{b, per_row};
-      shape.insert(shape.end(), t.sizes().begin() + 1, t.sizes().end());
-      return t.reshape(shape);
-    };
-    at::Tensor merged = at::cat({by_row(old_rows, n), by_row(new_rows, k)}, 1);
-    std::vector<std::int64_t> flat{b * (n + k)};
-    flat.insert(flat.end(), kept.sizes().begin() + 1, kept.sizes().end());
-    const at::Tensor selected = merged.reshape(flat).index_select(0, keep);
-    kept.copy_(at::where(selected.dim() == 2 ? frozen.unsqueeze(1) : frozen, kept, selected));
-  };
-  update(sequences_, sequences_, topk_running_sequences);
-  update(lengths_, lengths_, (cur_len_ + 1).expand({b * k}));
-  update(finished_, finished_, just_finished.reshape({b * k}));
-  update(scores_, scores_, finished_scores.reshape({b * k}));
-
-  cur_len_.add_(done_.logical_not().to(at::kLong));
-  position_.copy_(cur_len_ - 1);
-  tokens_.copy_(running_sequences_.index_select(1, position_));
-
-  // _check_early_stop_heuristic, per row
-  const at::Tensor best_length = settings_.early_stopping == EarlyStopping::never && settings_.length_penalty > 0.0
-                                     ? max_length_on_device_ - prompt_length_
-                                     : cur_len_ - prompt_length_;
-  const at::Tensor best_running =
-      running_scores_.view({b, n}).narrow(1, 0, 1) / length_penalties_.index_select(0, best_length);  // [b, 1]
-  const at::Tensor worst_finished = at::where(finished, std::get<0>(scores_.view({b, n}).min(1, /*keepdim=*/true)),
-                                              at::full({}, kUnreachable, scores_.options()));
-  heuristic_unsatisfied_.logical_and_(best_running.gt(worst_finished).any(1));
-
-  // _beam_search_has_unfinished_sequences, per row: a row is done when it cannot improve, all its continuations
-  // hit a stopping criterion, or (early_stopping=True) all its beams have finished.
-  at::Tensor unfinished = heuristic_unsatisfied_.logical_and(hits.all(1).logical_not());
-  if (stop_when_enough_finished) unfinished = unfinished.logical_and(finished.all(1).logical_not());
-  row_done_.logical_or_(unfinished.logical_not());
-  if (b > 1) done_.copy_(row_done_.all().view({1}));
+  const auto [topk_log_probs, topk_indices] = at::topk(log_probs, beams_to_keep_);  // _get_top_k_continuations
+  const ops::BeamSearchState state{running_sequences_, running_scores_, parents_, sequences_, scores_,
+                                   lengths_,           finished_,       heuristic_unsatisfied_, row_done_, done_,
+                                   cur_len_,           position_,       tokens_};
+  ops::BeamSearchRules rules{eos_, length_penalties_, max_length_on_device_, vocab_, prompt_length_};
+  rules.early_stopping = settings_.early_stopping == EarlyStopping::when_enough_finished ? ops::beam::when_enough_finished
+                         : settings_.early_stopping == EarlyStopping::never             ? ops::beam::never
+                                                                                         : ops::beam::heuristic;
+  rules.length_penalty = settings_.length_penalty;
+  ops::beam_search_update(topk_log_probs, topk_indices, state, rules);
 }
 
 bool DeviceSearch::done() const { return done_.item<bool>(); }

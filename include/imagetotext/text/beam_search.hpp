@@ -9,9 +9,10 @@
 // The whole search lives on the model's device in tensors of fixed shapes: the running and finished
 // sequences, their scores, the current length and the stop flags are device tensors, and a step reads nothing
 // back to the host. So a model can record its decoder step and the search step together in one CUDA graph and
-// replay it; the host only reads done() now and then. The beam step is a tensor-for-tensor port of
-// transformers' vectorized _beam_search (float32 scores, torch.topk on the same scores, so ties break the
-// same way), with the batch dimension transformers has: top-k per row, the early-stopping heuristic per row.
+// replay it; the host only reads done() now and then. The beam step is a port of transformers' vectorized
+// _beam_search (float32 scores, torch.topk on the same scores, so ties break the same way; the bookkeeping after
+// it in one op, whose small selections keep topk's order), with the batch dimension transformers has: top-k per
+// row, the early-stopping heuristic per row.
 // Each row has its own done flag (its stopping rule as transformers' applies to a batch of one); a done row's
 // result is frozen while the others go on, and the search is done when every row is. transformers steps a
 // done row on until the whole batch stops, but its rules (finished scores pushed below -1e9 once a row cannot
@@ -126,10 +127,6 @@ class DeviceSearch {
   at::Tensor forced_bos_row_;     // [vocab] float32: -inf but 0 at the forced token
   at::Tensor forced_eos_row_;
   at::Tensor length_penalties_;   // [capacity + 1] float32: k^length_penalty, rounded from double as Python does
-  at::Tensor top_num_beam_mask_;  // [beams_to_keep] bool
-  at::Tensor row_starts_;         // [batch, 1] int64: 0, num_beams, 2 num_beams, ... (flat index of a row's beam 0)
-  at::Tensor topk_row_starts_;    // [batch, 1] int64: 0, beams_to_keep, ...
-  at::Tensor merged_row_starts_;  // [batch, 1] int64: 0, num_beams + beams_to_keep, ...
   // Per request.
   at::Tensor max_length_on_device_;  // [1] int64
   at::Tensor cur_len_;               // [1] int64

@@ -3,6 +3,8 @@
 
 #include <algorithm>
 #include <limits>
+#include <memory>
+#include <vector>
 
 #include "../search_ops.hpp"
 
@@ -29,7 +31,52 @@ at::Tensor ban_repeated_ngrams_cpu(const at::Tensor& scores, const at::Tensor& s
   return out;
 }
 
+void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, at::TensorList state,
+                            const at::Tensor& eos, const at::Tensor& length_penalties, const at::Tensor& max_length,
+                            int64_t vocab, int64_t prompt_length, int64_t early_stopping, double length_penalty) {
+  const beam::Step s = detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties,
+                                                        max_length, vocab, prompt_length, early_stopping, length_penalty);
+  const int64_t n = s.beams, k = s.keep, capacity = s.capacity;
+  std::vector<int64_t> source(k), token(k), next(n), kept(n), old_lengths(n);
+  std::vector<float> running_log_prob(k), finished_score(k), old_scores(n);
+  std::unique_ptr<bool[]> hit(new bool[k]), old_finished(new bool[n]);
+  const beam::RowPlan plan{source.data(),  token.data(),      hit.get(),        running_log_prob.data(),
+                           finished_score.data(), next.data(), kept.data(),     old_scores.data(),
+                           old_lengths.data(),    old_finished.get()};
+  // The row's running sequences and results before the step, up to the step's column.
+  std::vector<int64_t> old_running(n * capacity), old_results(n * capacity);
+  const beam::Lengths lengths = beam::step_lengths(s);
+  const int64_t cur = lengths.cur, width = std::min(cur + 1, capacity);
+  for (int64_t row = 0; row < s.batch; ++row) {
+    const bool frozen = s.row_done[row];
+    const int64_t first = row * n;
+    beam::plan_row(s, row, cur, plan);
+    for (int64_t i = 0; i < n; ++i) {
+      std::copy_n(s.running_sequences + (first + i) * capacity, width, old_running.data() + i * capacity);
+      std::copy_n(s.sequences + (first + i) * capacity, width, old_results.data() + i * capacity);
+    }
+    for (int64_t i = 0; i < n; ++i) {
+      int64_t* running = s.running_sequences + (first + i) * capacity;
+      for (int64_t c = 0; c < width; ++c) {
+        running[c] = beam::continuation_token(s, plan, row, next[i], c, cur, old_running.data(), capacity);
+      }
+      if (frozen) continue;
+      int64_t* result = s.sequences + (first + i) * capacity;
+      for (int64_t c = 0; c < width; ++c) {
+        result[c] = kept[i] < n ? old_results[kept[i] * capacity + c]
+                                : beam::continuation_token(s, plan, row, kept[i] - n, c, cur, old_running.data(), capacity);
+      }
+    }
+    beam::finish_row(s, row, cur, lengths.next, frozen, plan);
+  }
+  beam::finish_step(s, lengths);
+  for (int64_t i = 0; i < s.batch * n; ++i) s.tokens[i] = s.running_sequences[i * capacity + lengths.next - 1];
+}
+
 }  // namespace
 }  // namespace imagetotext::ops
 
-TORCH_LIBRARY_IMPL(imagetotext, CPU, m) { m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cpu); }
+TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
+  m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cpu);
+  m.impl("beam_search_update", &imagetotext::ops::beam_search_update_cpu);
+}

@@ -117,6 +117,19 @@ __device__ __forceinline__ float rounded(float v) {
   return static_cast<float>(static_cast<T>(v));
 }
 
+// One element of an RMSNorm in T: dtype(weight * dtype(x * inverse)), as the models' RMSNorm rounds the normed
+// value to the input's dtype before the weight (every GEMV that stages a normed input computes it here).
+template <typename T>
+__device__ __forceinline__ T rms_normed(float x, float inverse, float weight) {
+  return static_cast<T>(weight * rounded<T>(x * inverse));
+}
+
+// One element of silu_mul in T: dtype(dtype(silu(gate)) * up), as ATen's silu then mul round.
+template <typename T>
+__device__ __forceinline__ T silu_times(float gate, float up) {
+  return static_cast<T>(rounded<T>(gate / (1.0f + expf(-gate))) * up);
+}
+
 // gelu of v rounded to T, as ATen's gelu (erf form) computes it in float32 from a linear layer's rounded output.
 template <typename T>
 __device__ __forceinline__ float gelu_of_rounded(float v) {

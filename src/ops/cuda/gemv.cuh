@@ -125,9 +125,9 @@ __device__ __forceinline__ void stage_input(const scalar_t* a, int64_t K, const 
       for (int i = 0; i < kPer; ++i) {
         const float x = values[s][i];
         if constexpr (kInput == GemvInput::rms_norm) {
-          out[i] = static_cast<scalar_t>(weights.gamma[s][i] * rounded<scalar_t>(x * inverse));
+          out[i] = rms_normed<scalar_t>(x, inverse, weights.gamma[s][i]);
         } else {
-          out[i] = static_cast<scalar_t>(rounded<scalar_t>(x / (1.0f + expf(-x))) * up[s][i]);
+          out[i] = silu_times<scalar_t>(x, up[s][i]);
         }
       }
       reinterpret_cast<uint4*>(staged)[c] = packed;

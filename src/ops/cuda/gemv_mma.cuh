@@ -195,7 +195,7 @@ __device__ __forceinline__ void stage_normed_row(const scalar_t* row, int K, flo
       if constexpr (kInput == MmaInput::layer_norm) {
         out[i] = static_cast<scalar_t>(gamma[i] * ((x[s][i] - mean) * inverse) + beta[i]);
       } else {
-        out[i] = static_cast<scalar_t>(gamma[i] * rounded<scalar_t>(x[s][i] * inverse));
+        out[i] = rms_normed<scalar_t>(x[s][i], inverse, gamma[i]);
       }
     }
     reinterpret_cast<uint4*>(staged)[c] = packed;

@@ -56,11 +56,10 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
 #pragma unroll
   for (int c = 0; c < kRmsCached; ++c) {
     const int64_t i = threadIdx.x + c * static_cast<int64_t>(blockDim.x);
-    if (i < n) out[offset + i] = static_cast<T>(gamma[c] * rounded<T>(cached[c] * inverse));
+    if (i < n) out[offset + i] = cuda::rms_normed<T>(cached[c], inverse, gamma[c]);
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    const float normed = rounded<T>(static_cast<float>(x[offset + i]) * inverse);
-    out[offset + i] = static_cast<T>(static_cast<float>(weight[i]) * normed);
+    out[offset + i] = cuda::rms_normed<T>(static_cast<float>(x[offset + i]), inverse, static_cast<float>(weight[i]));
   }
 }
 
@@ -155,7 +154,7 @@ __global__ void silu_mul_kernel(const T* gate, int64_t gate_row_stride, const T*
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
     const int64_t row = i / width, column = i % width;
     const float g = static_cast<float>(gate[row * gate_row_stride + column]);
-    out[i] = static_cast<T>(rounded<T>(g / (1.0f + expf(-g))) * static_cast<float>(up[row * up_row_stride + column]));
+    out[i] = cuda::silu_times<T>(g, static_cast<float>(up[row * up_row_stride + column]));
   }
 }
 

@@ -51,7 +51,83 @@ at::Tensor ban_repeated_ngrams_cuda(const at::Tensor& scores_in, const at::Tenso
   return out;
 }
 
+constexpr int kBeamThreads = 256;
+
+// The row plan's arrays in dynamic shared memory, 8-byte entries first.
+struct PlanLayout {
+  int64_t beams, keep;
+  __host__ __device__ size_t bytes() const { return 8 * (2 * keep + 3 * beams) + 4 * (2 * keep + beams) + keep + beams; }
+  __device__ beam::RowPlan at(unsigned char* base) const {
+    int64_t* wide = reinterpret_cast<int64_t*>(base);
+    float* narrow = reinterpret_cast<float*>(wide + 2 * keep + 3 * beams);
+    bool* flags = reinterpret_cast<bool*>(narrow + 2 * keep + beams);
+    return {wide, wide + keep, flags, narrow, narrow + keep, wide + 2 * keep, wide + 2 * keep + beams,
+            narrow + 2 * keep, wide + 2 * keep + 2 * beams, flags + keep};
+  }
+};
+
+// One CTA for the whole batch (a step's rows are few and cur_len, done are shared by all): per row, thread 0
+// plans, every thread copies the sequences through `scratch` ([2 beams, capacity]: the row's running sequences
+// and results before the step), thread 0 finishes the row.
+__global__ void __launch_bounds__(kBeamThreads) beam_search_update_kernel(beam::Step s, PlanLayout layout,
+                                                                          int64_t* scratch) {
+  extern __shared__ __align__(8) unsigned char plan_memory[];
+  cuda::let_next_kernel_start();
+  cuda::wait_for_previous_kernels();  // (the state is read through `s`: plain loads, after the wait)
+  const beam::RowPlan plan = layout.at(plan_memory);
+  const int64_t n = s.beams, capacity = s.capacity;
+  const beam::Lengths lengths = beam::step_lengths(s);
+  const int64_t cur = lengths.cur, width = min(cur + 1, capacity);
+  int64_t* old_running = scratch;
+  int64_t* old_results = scratch + n * capacity;
+  for (int64_t row = 0; row < s.batch; ++row) {
+    const bool frozen = s.row_done[row];  // (read by every thread before thread 0 updates it below)
+    const int64_t first = row * n;
+    if (threadIdx.x == 0) beam::plan_row(s, row, cur, plan);
+    for (int64_t i = threadIdx.x; i < n * width; i += kBeamThreads) {
+      const int64_t beam = i / width, c = i % width;
+      old_running[beam * capacity + c] = s.running_sequences[(first + beam) * capacity + c];
+      old_results[beam * capacity + c] = s.sequences[(first + beam) * capacity + c];
+    }
+    __syncthreads();
+    for (int64_t i = threadIdx.x; i < n * width; i += kBeamThreads) {
+      const int64_t beam = i / width, c = i % width;
+      s.running_sequences[(first + beam) * capacity + c] =
+          beam::continuation_token(s, plan, row, plan.next[beam], c, cur, old_running, capacity);
+      if (frozen) continue;
+      const int64_t m = plan.kept[beam];
+      s.sequences[(first + beam) * capacity + c] =
+          m < n ? old_results[m * capacity + c]
+                : beam::continuation_token(s, plan, row, m - n, c, cur, old_running, capacity);
+    }
+    __syncthreads();
+    if (threadIdx.x == 0) beam::finish_row(s, row, cur, lengths.next, frozen, plan);
+    __syncthreads();  // (the next row's plan reuses the shared arrays and the scratch)
+  }
+  if (threadIdx.x == 0) beam::finish_step(s, lengths);
+  for (int64_t i = threadIdx.x; i < s.batch * n; i += kBeamThreads) {
+    s.tokens[i] = s.running_sequences[i * capacity + lengths.next - 1];
+  }
+}
+
+void beam_search_update_cuda(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, at::TensorList state,
+                             const at::Tensor& eos, const at::Tensor& length_penalties, const at::Tensor& max_length,
+                             int64_t vocab, int64_t prompt_length, int64_t early_stopping, double length_penalty) {
+  const beam::Step s = detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties,
+                                                        max_length, vocab, prompt_length, early_stopping, length_penalty);
+  const c10::cuda::CUDAGuard guard(topk_log_probs.device());
+  const PlanLayout layout{s.beams, s.keep};
+  TORCH_CHECK_VALUE(layout.bytes() <= 48 * 1024, "beam_search_update: ", s.beams, " beams keeping ", s.keep,
+                    " continuations need more than 48 KiB of shared memory for their plan");
+  at::Tensor scratch = at::empty({2 * s.beams, s.capacity}, state[0].options());
+  cuda::launch_overlapped(&beam_search_update_kernel, dim3(1), dim3(kBeamThreads), layout.bytes(), s, layout,
+                          scratch.data_ptr<int64_t>());
+}
+
 }  // namespace
 }  // namespace imagetotext::ops
 
-TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) { m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cuda); }
+TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
+  m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cuda);
+  m.impl("beam_search_update", &imagetotext::ops::beam_search_update_cuda);
+}
