@@ -582,6 +582,9 @@ at::Tensor append_decode_attention_cuda(const at::Tensor& query, const at::Tenso
 constexpr int kReorderThreads = 256;
 constexpr int kMaxReorderCaches = 64;  // caches a launch takes; more go in several launches
 constexpr int64_t kReorderStagingBytes = 32 * 1024;
+// Positions a CTA stages at most: fewer, more CTAs share the filled positions of an early step (the grid's
+// CTAs past the position exit at once).
+constexpr int64_t kReorderMaxPositions = 32;
 
 struct CacheList {
   void* data[kMaxReorderCaches];
@@ -603,14 +606,16 @@ reorder_cache_rows_kernel(CacheList caches, const int64_t* order, const int64_t*
   Unit* block = cache + (blockIdx.y * capacity + begin) * units_per_position;
   extern __shared__ uint4 staging_words[];
   Unit* staging = reinterpret_cast<Unit*>(staging_words);
+  // A row that continues itself (order[row] == row, most rows of most steps) is neither staged nor written.
   for (int64_t i = threadIdx.x; i < batch * units; i += kReorderThreads) {
     const int64_t row = i / units, unit = i % units, source = order[row];
     CUDA_KERNEL_ASSERT(source >= 0 && source < batch && "reorder_cache_rows: order outside the batch");
-    staging[i] = block[source * row_stride + unit];
+    if (source != row) staging[i] = block[source * row_stride + unit];
   }
   __syncthreads();
   for (int64_t i = threadIdx.x; i < batch * units; i += kReorderThreads) {
-    block[(i / units) * row_stride + i % units] = staging[i];
+    const int64_t row = i / units;
+    if (order[row] != row) block[row * row_stride + i % units] = staging[i];
   }
 }
 
@@ -622,7 +627,8 @@ void reorder_cache_rows_cuda(at::TensorList caches, const at::Tensor& order_in, 
   const int64_t batch = first.size(0), heads = first.size(1), capacity = first.size(2);
   const int64_t row_bytes = first.size(3) * static_cast<int64_t>(first.element_size());
   if (batch == 0 || heads == 0 || capacity == 0 || row_bytes == 0) return;
-  const int64_t positions_per_cta = std::min(capacity, kReorderStagingBytes / (batch * row_bytes));
+  const int64_t positions_per_cta =
+      std::min({capacity, kReorderMaxPositions, kReorderStagingBytes / (batch * row_bytes)});
   if (positions_per_cta == 0 || heads > 65535) {  // rows too wide to stage: the composition, cache by cache
     for (const at::Tensor& cache : caches) {
       cache.copy_(cache.index_select(0, order));  // every position: the filled part is known on the device only
