@@ -34,23 +34,6 @@ at::Tensor split_heads(const at::Tensor& x, std::int64_t heads) {
 at::Tensor merge_heads(const at::Tensor& x) {
   return x.transpose(1, 2).reshape({x.size(0), x.size(2), x.size(1) * x.size(3)});
 }
-
-// The cross-attention of the sequences' queries q [sequences, length, d_model] over their images' keys and values.
-// Per sequence (keys [sequences, ...]) as it reads; per image (keys [images, ...], the fixed-shape state, one
-// decode step) an image's beams are its query rows [images, heads, beams, head_dim], so the attention reads each
-// image's keys and values once for all its beams, and the state holds them once.
-at::Tensor cross_attention(const at::Tensor& q, std::int64_t heads, const std::pair<at::Tensor, at::Tensor>& cross,
-                           const std::optional<at::Tensor>& encoder_mask) {
-  const std::int64_t sequences = q.size(0), images = cross.first.size(0);
-  if (images == sequences) {
-    return merge_heads(nn::scaled_dot_product_attention(split_heads(q, heads), cross.first, cross.second, encoder_mask));
-  }
-  const std::int64_t beams = sequences / images, dim = q.size(2);
-  const at::Tensor rows = q.view({images, beams, heads, dim / heads}).transpose(1, 2);
-  return nn::scaled_dot_product_attention(rows, cross.first, cross.second, encoder_mask)
-      .transpose(1, 2)
-      .reshape({sequences, 1, dim});
-}
 }  // namespace
 
 SelfAttention::SelfAttention(const nn::Weights& weights, std::int64_t dim, std::int64_t heads_,
@@ -112,10 +95,10 @@ at::Tensor DecoderLayer::operator()(const at::Tensor& pre, const nn::LayerNorm& 
   }
   const at::Tensor attended = self_attn.out_proj(merge_heads(own), {.residual = x});
   const at::Tensor h = at::empty_like(attended);
-  const at::Tensor image_and_prompt =
-      cross_attention(encoder_attn.q_proj(attended, self_attn_layer_norm.as_linear_input(h)), encoder_attn.heads,
-                      cross, encoder_mask);
-  const at::Tensor crossed = encoder_attn.out_proj(image_and_prompt, {.residual = h});
+  const at::Tensor image_and_prompt = nn::scaled_dot_product_attention(
+      split_heads(encoder_attn.q_proj(attended, self_attn_layer_norm.as_linear_input(h)), encoder_attn.heads),
+      cross.first, cross.second, encoder_mask);
+  const at::Tensor crossed = encoder_attn.out_proj(merge_heads(image_and_prompt), {.residual = h});
   const at::Tensor h2 = at::empty_like(crossed);
   ops::GemmFusion fc1_fusion = encoder_attn_layer_norm.as_linear_input(h2);
   fc1_fusion.gelu = true;
@@ -163,8 +146,8 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
   const bool fixed_shape = encoder_capacity > 0;
   for (const DecoderLayer& layer : decoder_layers_) {
     state.self_attention.emplace_back(sequences, heads, capacity, head_dim, encoder_output.options());
-    if (fixed_shape) {  // one buffer per image (cross_attention)
-      const auto buffer = [&] { return at::zeros({batch, heads, encoder_capacity, head_dim}, encoder_output.options()); };
+    if (fixed_shape) {
+      const auto buffer = [&] { return at::zeros({sequences, heads, encoder_capacity, head_dim}, encoder_output.options()); };
       state.cross_attention.emplace_back(buffer(), buffer());
       continue;
     }
@@ -195,18 +178,22 @@ void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& enco
     throw InvalidArgumentError(fmt::format("an encoder output of {} positions is past this decoder state's {}", length,
                                            encoder_capacity));
   }
-  const std::int64_t batch = encoder_output.size(0), images = state.cross_attention.front().first.size(0);
-  if (batch != images) {
-    throw InvalidArgumentError(fmt::format("a decoder state for {} images cannot take a batch of {} encoder outputs",
-                                           images, batch));
+  const std::int64_t batch = encoder_output.size(0), sequences = state.cross_attention.front().first.size(0);
+  if (batch < 1 || sequences % batch != 0) {
+    throw InvalidArgumentError(fmt::format("a decoder state of {} sequences cannot take a batch of {} encoder outputs",
+                                           sequences, batch));
   }
-  // Each image's keys and values into the filled part of its buffers.
+  // Each image's keys and values into the filled part of its sequences' buffers ([batch, sequences per image, ...]).
+  const auto filled = [&](at::Tensor& buffer) {
+    return buffer.view({batch, sequences / batch, buffer.size(1), buffer.size(2), buffer.size(3)}).narrow(3, 0, length);
+  };
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
     const CrossAttention& cross = decoder_layers_[i].encoder_attn;
     auto& [keys, values] = state.cross_attention[i];
+    at::Tensor key_rows = filled(keys), value_rows = filled(values);
     const std::vector<at::Tensor> kv = cross.kv_proj(encoder_output);
-    keys.narrow(2, 0, length).copy_(split_heads(kv[0], cross.heads));
-    values.narrow(2, 0, length).copy_(split_heads(kv[1], cross.heads));
+    key_rows.copy_(split_heads(kv[0], cross.heads).unsqueeze(1).expand_as(key_rows));
+    value_rows.copy_(split_heads(kv[1], cross.heads).unsqueeze(1).expand_as(value_rows));
   }
   state.encoder_mask.copy_(at::arange(encoder_capacity, state.encoder_mask.options().dtype(at::kLong))
                                .lt(length)

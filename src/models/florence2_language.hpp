@@ -49,8 +49,8 @@ struct EncoderLayer {
 
 // Per request: a self-attention cache per layer (all beams) and the cross-attention keys/values, which
 // depend only on the encoder output and so are computed once. A fixed-shape state (for steps a CUDA graph
-// replays) holds the encoder side in buffers of a fixed encoder capacity, one per image (its beams share them),
-// `encoder_mask` marking the filled part, so one recording serves prompts of different lengths.
+// replays) holds the encoder side in buffers of a fixed encoder capacity, `encoder_mask` marking the filled
+// part, so one recording serves prompts of different lengths.
 struct DecoderState {
   std::vector<nn::KVCache> self_attention;
   std::vector<std::pair<at::Tensor, at::Tensor>> cross_attention;

@@ -56,7 +56,9 @@ Mlp::Mlp(const nn::Weights& weights, std::int64_t dim, std::int64_t hidden, cons
     : fc1(nn::Linear::load(weights, "fc1", policy, dim, hidden)),
       fc2(nn::Linear::load(weights, "fc2", policy, hidden, dim)) {}
 
-at::Tensor Mlp::operator()(const at::Tensor& x) const { return fc2(at::gelu(fc1(x))); }
+at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& residual) const {
+  return fc2(fc1(x, {.gelu = true}), {.residual = residual});
+}
 
 SpatialBlock::SpatialBlock(const nn::Weights& weights, const Florence2VisionConfig& config, std::int64_t stage,
                            const nn::LinearPolicy& policy)
@@ -100,7 +102,7 @@ at::Tensor SpatialBlock::operator()(const at::Tensor& x) const {
   t = t + window_attention(norm1(t), height, width);
   at::Tensor map = to_map(t, height, width);
   t = to_tokens(map + conv2(map));
-  t = t + ffn(norm2(t));
+  t = ffn(norm2(t), t);
   return to_map(t, height, width);
 }
 
@@ -116,23 +118,23 @@ ChannelBlock::ChannelBlock(const nn::Weights& weights, const Florence2VisionConf
           static_cast<std::int64_t>(static_cast<double>(config.embed_dim[stage]) * config.mlp_ratio), policy),
       groups(config.num_groups[stage]) {}
 
-at::Tensor ChannelBlock::channel_attention(const at::Tensor& tokens) const {
+at::Tensor ChannelBlock::channel_attention(const at::Tensor& tokens, const at::Tensor& residual) const {
   const std::int64_t batch = tokens.size(0), n = tokens.size(1), dim = tokens.size(2), group_dim = dim / groups;
   // Per group, the group_dim channels are the sequence and the n tokens the features: q, k, v [B, G, d, N];
   // the scale is the token count's, not the feature width's.
   const at::Tensor qkv_out = qkv(tokens).reshape({batch, n, 3, groups, group_dim}).permute({2, 0, 3, 4, 1});
   const at::Tensor attended = nn::scaled_dot_product_attention(qkv_out[0], qkv_out[1], qkv_out[2], std::nullopt,
                                                                false, 1.0 / std::sqrt(static_cast<double>(n)));
-  return proj(attended.permute({0, 3, 1, 2}).reshape({batch, n, dim}));  // channel index g * d + i
+  return proj(attended.permute({0, 3, 1, 2}).reshape({batch, n, dim}), {.residual = residual});  // channel g * d + i
 }
 
 at::Tensor ChannelBlock::operator()(const at::Tensor& x) const {
   const std::int64_t height = x.size(2), width = x.size(3);
   at::Tensor t = to_tokens(x + conv1(x));
-  t = t + channel_attention(norm1(t));
+  t = channel_attention(norm1(t), t);
   at::Tensor map = to_map(t, height, width);
   t = to_tokens(map + conv2(map));
-  t = t + ffn(norm2(t));
+  t = ffn(norm2(t), t);
   return to_map(t, height, width);
 }
 

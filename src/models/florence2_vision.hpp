@@ -40,7 +40,8 @@ struct Mlp {
   nn::Linear fc1;
   nn::Linear fc2;
   Mlp(const nn::Weights& weights, std::int64_t dim, std::int64_t hidden, const nn::LinearPolicy& policy);
-  at::Tensor operator()(const at::Tensor& x) const;
+  // residual + fc2(gelu(fc1(x))), the GELU and the add in place on the layers' outputs (ops::GemmFusion).
+  at::Tensor operator()(const at::Tensor& x, const at::Tensor& residual) const;
 };
 
 // Spatial block: self-attention inside non-overlapping window x window patches.
@@ -77,7 +78,8 @@ struct ChannelBlock {
   at::Tensor operator()(const at::Tensor& x) const;
 
  private:
-  at::Tensor channel_attention(const at::Tensor& tokens) const;
+  // residual + the channel attention of tokens.
+  at::Tensor channel_attention(const at::Tensor& tokens, const at::Tensor& residual) const;
 };
 
 // DaViT: per stage a patch embedding then depths[s] x (spatial block, channel block).

@@ -246,10 +246,14 @@ at::Tensor gemm_output(std::string_view op, const at::Tensor& A, int64_t out_fea
 }
 
 at::Tensor finish_gemm(std::string_view op, const at::Tensor& out, const GemmFusion& fusion) {
-  const at::Tensor activated = fusion.gelu ? at::gelu(out) : out;
-  if (!fusion.residual) return activated;
+  // In place on the gemm's own output (the same roundings as at::gelu and `residual + out`): a vision tower's
+  // MLP at 36864 tokens would otherwise hold its hidden activations twice.
+  at::Tensor result = out;
+  if (fusion.gelu) at::gelu_(result);
+  if (!fusion.residual) return result;
   check_gemm_residual(op, fusion, out.sizes());
-  return *fusion.residual + activated;
+  if (fusion.residual->scalar_type() != result.scalar_type()) return *fusion.residual + result;  // (promotes)
+  return result.add_(*fusion.residual);
 }
 
 GemmFusion epilogue_of(const GemmFusion& fusion) {
