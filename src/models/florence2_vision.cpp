@@ -11,6 +11,7 @@
 #include <ATen/ops/empty.h>
 #include <fmt/format.h>
 
+#include <algorithm>
 #include <cmath>
 
 #include "imagetotext/core/error.hpp"
@@ -123,8 +124,25 @@ at::Tensor ChannelBlock::channel_attention(const at::Tensor& tokens, const at::T
   // Per group, the group_dim channels are the sequence and the n tokens the features: q, k, v [B, G, d, N];
   // the scale is the token count's, not the feature width's.
   const at::Tensor qkv_out = qkv(tokens).reshape({batch, n, 3, groups, group_dim}).permute({2, 0, 3, 4, 1});
-  const at::Tensor attended = nn::scaled_dot_product_attention(qkv_out[0], qkv_out[1], qkv_out[2], std::nullopt,
-                                                               false, 1.0 / std::sqrt(static_cast<double>(n)));
+  const double scale = 1.0 / std::sqrt(static_cast<double>(n));
+  // ATen's attention for this shape (head_dim = n, in the thousands) is its math path, which computes in float32:
+  // at the first stage's 36864 tokens each float32 copy of q, k, v or the output is 18 MB a group set, the vision
+  // tower's memory peak. A few groups a call keep those copies near kChannelAttentionFloatBytes.
+  constexpr std::int64_t kChannelAttentionFloatBytes = 8 << 20;
+  const std::int64_t per_call =
+      std::max<std::int64_t>(1, kChannelAttentionFloatBytes / (batch * n * group_dim * std::int64_t{4}));
+  at::Tensor attended;
+  if (per_call >= groups) {
+    attended = nn::scaled_dot_product_attention(qkv_out[0], qkv_out[1], qkv_out[2], std::nullopt, false, scale);
+  } else {
+    attended = at::empty({batch, groups, group_dim, n}, tokens.options());
+    for (std::int64_t g = 0; g < groups; g += per_call) {
+      const std::int64_t count = std::min(per_call, groups - g);
+      attended.narrow(1, g, count)
+          .copy_(nn::scaled_dot_product_attention(qkv_out[0].narrow(1, g, count), qkv_out[1].narrow(1, g, count),
+                                                  qkv_out[2].narrow(1, g, count), std::nullopt, false, scale));
+    }
+  }
   return proj(attended.permute({0, 3, 1, 2}).reshape({batch, n, dim}), {.residual = residual});  // channel g * d + i
 }
 
