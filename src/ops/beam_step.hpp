@@ -61,10 +61,13 @@ struct RowPlan {
 };
 
 // Device values index arrays here: an inconsistent state is clamped into range, never read past an array.
-IMAGETOTEXT_HOST_DEVICE int64_t clamped(int64_t v, int64_t low, int64_t high) { return v < low ? low : v > high ? high : v; }
+IMAGETOTEXT_HOST_DEVICE int64_t clamped(int64_t v, int64_t low, int64_t high) {
+  return v < low ? low : v > high ? high : v;
+}
 
-// torch.topk's order: larger first, NaN above every number, equal values by position (the CUDA topk's sort is
-// stable; ties matter only between -1e9 placeholders, never between real scores of these small selections).
+// torch.topk's order: larger first, NaN above every number, equal values by position. Here values tie only
+// between -1e9 placeholders (continuations that hit a stop, unfilled results), where the choice changes no result
+// (torch's CPU topk picks among them otherwise: test_search_ops.py compares everything but that choice).
 IMAGETOTEXT_HOST_DEVICE bool ranks_above(float a, float b) {
   const bool a_nan = a != a, b_nan = b != b;
   return (a_nan && !b_nan) || a > b;

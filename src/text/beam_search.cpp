@@ -143,7 +143,9 @@ void DeviceSearch::start(const std::vector<std::int64_t>& prompt, std::int64_t m
   // Each row's first beam at 0, the others out of reach, so the first step expands one beam per row.
   running_scores_.view({batch_, settings_.num_beams}).select(1, 0).fill_(0.0);
   if (settings_.num_beams > 1) {
-    running_scores_.view({batch_, settings_.num_beams}).narrow(1, 1, settings_.num_beams - 1).fill_(ops::beam::kUnreachable);
+    running_scores_.view({batch_, settings_.num_beams})
+        .narrow(1, 1, settings_.num_beams - 1)
+        .fill_(ops::beam::kUnreachable);
   }
   scores_.fill_(ops::beam::kUnreachable);
   lengths_.fill_(prompt_length_);  // no generated token: transformers' beam_indices all -1
@@ -218,9 +220,11 @@ void DeviceSearch::beam_step(const at::Tensor& logits) {
                                    lengths_,           finished_,       heuristic_unsatisfied_, row_done_, done_,
                                    cur_len_,           position_,       tokens_};
   ops::BeamSearchRules rules{eos_, length_penalties_, max_length_on_device_, vocab_, prompt_length_};
-  rules.early_stopping = settings_.early_stopping == EarlyStopping::when_enough_finished ? ops::beam::when_enough_finished
-                         : settings_.early_stopping == EarlyStopping::never             ? ops::beam::never
-                                                                                         : ops::beam::heuristic;
+  switch (settings_.early_stopping) {
+    case EarlyStopping::heuristic: rules.early_stopping = ops::beam::heuristic; break;
+    case EarlyStopping::when_enough_finished: rules.early_stopping = ops::beam::when_enough_finished; break;
+    case EarlyStopping::never: rules.early_stopping = ops::beam::never; break;
+  }
   rules.length_penalty = settings_.length_penalty;
   ops::beam_search_update(topk_log_probs, topk_indices, state, rules);
 }

@@ -89,7 +89,7 @@ from transformers.generation.utils import GenerationMixin  # noqa: E402
 EARLY_STOPPING = {False: 0, True: 1, "never": 2}
 
 
-def random_search_state(batch, beams, keep, vocab, capacity, prompt, cur, eos, seed):
+def random_search_state(batch, beams, vocab, capacity, prompt, cur, eos, seed):
     """A mid-search state in transformers' layout ([batch, beams, ...]): running beams sorted by score, results
     with `finished` entries first (real scores, descending) then -1e9 placeholders, beam indices -1 past each
     sequence's generated part, and accumulated log-probs for the step with the EOS tokens among the likely ones."""
@@ -171,7 +171,7 @@ def test_beam_search_update_equals_transformers_step(device, case, seed):
     batch, beams, eos, early_stopping, length_penalty, cur, max_length = case
     vocab, capacity, prompt = 11, 24, 2
     keep = max(2, 1 + len(eos)) * beams
-    st = random_search_state(batch, beams, keep, vocab, capacity, prompt, cur, eos, seed)
+    st = random_search_state(batch, beams, vocab, capacity, prompt, cur, eos, seed)
     g = torch.Generator().manual_seed(seed + 100)
     heuristic = torch.rand(batch, 1, generator=g) < 0.8
     row_done = torch.zeros(batch, dtype=torch.bool)
@@ -181,7 +181,8 @@ def test_beam_search_update_equals_transformers_step(device, case, seed):
                                  length_penalty, heuristic)
 
     flat = lambda t: t.reshape(batch * beams, *t.shape[2:]).contiguous().to(device)  # noqa: E731
-    state = [flat(st["running"]), flat(st["running_scores"]), torch.zeros(batch * beams, dtype=torch.long, device=device),
+    state = [flat(st["running"]), flat(st["running_scores"]),
+             torch.zeros(batch * beams, dtype=torch.long, device=device),
              flat(st["sequences"]), flat(st["scores"]),
              (prompt + (st["indices"] != -1).sum(-1)).reshape(-1).to(device), flat(st["finished"]),
              heuristic.reshape(-1).to(device), row_done.clone().to(device),
@@ -236,7 +237,7 @@ def test_beam_search_update_equals_transformers_step(device, case, seed):
 def test_beam_search_update_leaves_a_done_search_where_it_is(device):
     """Steps after the search is done (a host checking done() every few steps) change no result and no length."""
     batch, beams, keep, vocab, capacity, prompt, cur = 2, 3, 6, 11, 24, 2, 8
-    st = random_search_state(batch, beams, keep, vocab, capacity, prompt, cur, [2], seed=5)
+    st = random_search_state(batch, beams, vocab, capacity, prompt, cur, [2], seed=5)
     flat = lambda t: t.reshape(batch * beams, *t.shape[2:]).contiguous().to(device)  # noqa: E731
     state = [flat(st["running"]), flat(st["running_scores"]), torch.zeros(6, dtype=torch.long, device=device),
              flat(st["sequences"]), flat(st["scores"]), torch.full((6,), cur, device=device), flat(st["finished"]),
@@ -246,7 +247,8 @@ def test_beam_search_update_leaves_a_done_search_where_it_is(device):
     before = [t.clone() for t in state]
     topk_log_probs, topk_indices = torch.topk(st["accumulated"], keep)
     ops.beam_search_update(topk_log_probs.to(device), topk_indices.to(device), state,
-                           torch.tensor([2], device=device), torch.arange(capacity + 1, dtype=torch.float32, device=device),
+                           torch.tensor([2], device=device),
+                           torch.arange(capacity + 1, dtype=torch.float32, device=device),
                            torch.tensor([20], device=device), vocab, prompt, 0, 1.0)
     for i in (3, 4, 5, 6, 8, 9, 10, 11):  # the results, the flags, cur_len, position
         assert torch.equal(state[i], before[i]), i

@@ -34,8 +34,9 @@ at::Tensor ban_repeated_ngrams_cpu(const at::Tensor& scores, const at::Tensor& s
 void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, at::TensorList state,
                             const at::Tensor& eos, const at::Tensor& length_penalties, const at::Tensor& max_length,
                             int64_t vocab, int64_t prompt_length, int64_t early_stopping, double length_penalty) {
-  const beam::Step s = detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties,
-                                                        max_length, vocab, prompt_length, early_stopping, length_penalty);
+  const beam::Step s =
+      detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties, max_length, vocab,
+                                       prompt_length, early_stopping, length_penalty);
   const int64_t n = s.beams, k = s.keep, capacity = s.capacity;
   std::vector<int64_t> source(k), token(k), next(n), kept(n), old_lengths(n);
   std::vector<float> running_log_prob(k), finished_score(k), old_scores(n);
@@ -64,7 +65,8 @@ void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& 
       int64_t* result = s.sequences + (first + i) * capacity;
       for (int64_t c = 0; c < width; ++c) {
         result[c] = kept[i] < n ? old_results[kept[i] * capacity + c]
-                                : beam::continuation_token(s, plan, row, kept[i] - n, c, cur, old_running.data(), capacity);
+                                : beam::continuation_token(s, plan, row, kept[i] - n, c, cur, old_running.data(),
+                                                           capacity);
       }
     }
     beam::finish_row(s, row, cur, lengths.next, frozen, plan);

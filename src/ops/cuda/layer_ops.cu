@@ -59,7 +59,8 @@ __global__ void rms_norm_kernel(const T* x, const T* __restrict__ weight, T* out
     if (i < n) out[offset + i] = cuda::rms_normed<T>(cached[c], inverse, gamma[c]);
   }
   for (int64_t i = threadIdx.x + kRmsCached * static_cast<int64_t>(blockDim.x); i < n; i += blockDim.x) {
-    out[offset + i] = cuda::rms_normed<T>(static_cast<float>(x[offset + i]), inverse, static_cast<float>(weight[i]));
+    out[offset + i] =
+        cuda::rms_normed<T>(static_cast<float>(x[offset + i]), inverse, static_cast<float>(weight[i]));
   }
 }
 

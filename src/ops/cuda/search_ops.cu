@@ -56,7 +56,9 @@ constexpr int kBeamThreads = 256;
 // The row plan's arrays in dynamic shared memory, 8-byte entries first.
 struct PlanLayout {
   int64_t beams, keep;
-  __host__ __device__ size_t bytes() const { return 8 * (2 * keep + 3 * beams) + 4 * (2 * keep + beams) + keep + beams; }
+  __host__ __device__ size_t bytes() const {
+    return 8 * (2 * keep + 3 * beams) + 4 * (2 * keep + beams) + keep + beams;
+  }
   __device__ beam::RowPlan at(unsigned char* base) const {
     int64_t* wide = reinterpret_cast<int64_t*>(base);
     float* narrow = reinterpret_cast<float*>(wide + 2 * keep + 3 * beams);
@@ -113,8 +115,9 @@ __global__ void __launch_bounds__(kBeamThreads) beam_search_update_kernel(beam::
 void beam_search_update_cuda(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, at::TensorList state,
                              const at::Tensor& eos, const at::Tensor& length_penalties, const at::Tensor& max_length,
                              int64_t vocab, int64_t prompt_length, int64_t early_stopping, double length_penalty) {
-  const beam::Step s = detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties,
-                                                        max_length, vocab, prompt_length, early_stopping, length_penalty);
+  const beam::Step s =
+      detail::check_beam_search_update(topk_log_probs, topk_indices, state, eos, length_penalties, max_length, vocab,
+                                       prompt_length, early_stopping, length_penalty);
   const c10::cuda::CUDAGuard guard(topk_log_probs.device());
   const PlanLayout layout{s.beams, s.keep};
   TORCH_CHECK_VALUE(layout.bytes() <= 48 * 1024, "beam_search_update: ", s.beams, " beams keeping ", s.keep,
