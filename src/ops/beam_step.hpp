@@ -140,6 +140,16 @@ IMAGETOTEXT_HOST_DEVICE int64_t continuation_token(const Step& s, const RowPlan&
   return column == cur ? plan.token[j] : old_running[(plan.source[j] - row * s.beams) * stride + column];
 }
 
+// Token `column` of the row's result i after the step: an earlier result (`old_results`, the row's results before
+// the step, `stride` apart) or a continuation, as plan.kept says.
+IMAGETOTEXT_HOST_DEVICE int64_t result_token(const Step& s, const RowPlan& plan, int64_t row, int64_t i,
+                                             int64_t column, int64_t cur, const int64_t* old_running,
+                                             const int64_t* old_results, int64_t stride) {
+  const int64_t m = plan.kept[i];
+  return m < s.beams ? old_results[m * stride + column]
+                     : continuation_token(s, plan, row, m - s.beams, column, cur, old_running, stride);
+}
+
 // After the row's sequences are written: its running scores and parents, its results' scores, lengths and flags
 // (unless the row was done before the step: `frozen`), then its stop rules at the new length `new_cur`.
 IMAGETOTEXT_HOST_DEVICE void finish_row(const Step& s, int64_t row, int64_t cur, int64_t new_cur, bool frozen,

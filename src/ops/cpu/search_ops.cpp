@@ -64,9 +64,7 @@ void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& 
       if (frozen) continue;
       int64_t* result = s.sequences + (first + i) * capacity;
       for (int64_t c = 0; c < width; ++c) {
-        result[c] = kept[i] < n ? old_results[kept[i] * capacity + c]
-                                : beam::continuation_token(s, plan, row, kept[i] - n, c, cur, old_running.data(),
-                                                           capacity);
+        result[c] = beam::result_token(s, plan, row, i, c, cur, old_running.data(), old_results.data(), capacity);
       }
     }
     beam::finish_row(s, row, cur, lengths.next, frozen, plan);

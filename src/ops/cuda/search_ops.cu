@@ -97,10 +97,8 @@ __global__ void __launch_bounds__(kBeamThreads) beam_search_update_kernel(beam::
       s.running_sequences[(first + beam) * capacity + c] =
           beam::continuation_token(s, plan, row, plan.next[beam], c, cur, old_running, capacity);
       if (frozen) continue;
-      const int64_t m = plan.kept[beam];
       s.sequences[(first + beam) * capacity + c] =
-          m < n ? old_results[m * capacity + c]
-                : beam::continuation_token(s, plan, row, m - n, c, cur, old_running, capacity);
+          beam::result_token(s, plan, row, beam, c, cur, old_running, old_results, capacity);
     }
     __syncthreads();
     if (threadIdx.x == 0) beam::finish_row(s, row, cur, lengths.next, frozen, plan);
