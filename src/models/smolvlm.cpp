@@ -19,6 +19,7 @@
 #include "imagetotext/io/safetensors.hpp"
 #include "imagetotext/nn/cuda_graph.hpp"
 #include "imagetotext/text/generation_config.hpp"
+#include "../ops/search_ops.hpp"
 
 namespace imagetotext {
 
@@ -136,11 +137,7 @@ struct SmolVLM::DecodeGraph {
   // model rather than keeping a pointer: copies of a SmolVLM share this recording.
   void step(const TextModel& text) {
     logits = text.decode_step(token, position, cache, padding);
-    const at::Tensor next = logits.argmax(-1, /*keepdim=*/true);
-    token.copy_(next);
-    generated.index_copy_(0, index, next.view({1, batch}));
-    position.add_(1);
-    index.add_(1);
+    ops::greedy_advance(logits, token, generated, index, position);
   }
 };
 

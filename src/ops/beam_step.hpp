@@ -2,15 +2,16 @@
 // 5.17, generation/utils.py: _get_top_k_continuations after its topk, _get_running_beams_for_next_iteration,
 // _update_finished_beams, _check_early_stop_heuristic, _beam_search_has_unfinished_sequences): scalar code over a
 // row's few candidates, shared by the CPU and CUDA kernels of beam_search_update (search_ops.hpp), which copy the
-// sequences around it. Float32 throughout, each operation rounded where transformers' tensor op rounds it.
+// sequences around it. Float32 throughout, each operation rounded where transformers' tensor op rounds it. At the
+// end, greedy search's order of candidates (torch.argmax's), shared by the kernels of greedy_advance.
 #pragma once
 
 #include <cstdint>
 
 #if defined(__CUDACC__)
-#define IMAGETOTEXT_HOST_DEVICE __host__ __device__ __forceinline__
+#define IMAGETOTEXT_SEARCH_RULE __host__ __device__ __forceinline__
 #else
-#define IMAGETOTEXT_HOST_DEVICE inline
+#define IMAGETOTEXT_SEARCH_RULE inline
 #endif
 
 namespace imagetotext::ops::beam {
@@ -61,21 +62,21 @@ struct RowPlan {
 };
 
 // Device values index arrays here: an inconsistent state is clamped into range, never read past an array.
-IMAGETOTEXT_HOST_DEVICE int64_t clamped(int64_t v, int64_t low, int64_t high) {
+IMAGETOTEXT_SEARCH_RULE int64_t clamped(int64_t v, int64_t low, int64_t high) {
   return v < low ? low : v > high ? high : v;
 }
 
 // torch.topk's order: larger first, NaN above every number, equal values by position. Here values tie only
 // between -1e9 placeholders (continuations that hit a stop, unfilled results), where the choice changes no result
 // (torch's CPU topk picks among them otherwise: test_search_ops.py compares everything but that choice).
-IMAGETOTEXT_HOST_DEVICE bool ranks_above(float a, float b) {
+IMAGETOTEXT_SEARCH_RULE bool ranks_above(float a, float b) {
   const bool a_nan = a != a, b_nan = b != b;
   return (a_nan && !b_nan) || a > b;
 }
 
 // The positions of the `count` largest of value(0 .. size - 1), in torch.topk's order.
 template <class Value>
-IMAGETOTEXT_HOST_DEVICE void top_positions(const Value& value, int64_t size, int64_t count, int64_t* out) {
+IMAGETOTEXT_SEARCH_RULE void top_positions(const Value& value, int64_t size, int64_t count, int64_t* out) {
   for (int64_t i = 0; i < count; ++i) {
     int64_t best = -1;
     for (int64_t j = 0; j < size; ++j) {
@@ -91,14 +92,14 @@ IMAGETOTEXT_HOST_DEVICE void top_positions(const Value& value, int64_t size, int
 struct Lengths {
   int64_t cur, next;
 };
-IMAGETOTEXT_HOST_DEVICE Lengths step_lengths(const Step& s) {
+IMAGETOTEXT_SEARCH_RULE Lengths step_lengths(const Step& s) {
   const int64_t cur = clamped(*s.cur_len, 1, s.capacity);
   return {cur, *s.done ? cur : clamped(cur + 1, 1, s.capacity)};
 }
 
 // Everything row `row` decides from its top-k continuations at length `cur` (the step's cur_len): the beams that
 // run on and the results it keeps. Reads the state as it was before the step.
-IMAGETOTEXT_HOST_DEVICE void plan_row(const Step& s, int64_t row, int64_t cur, const RowPlan& plan) {
+IMAGETOTEXT_SEARCH_RULE void plan_row(const Step& s, int64_t row, int64_t cur, const RowPlan& plan) {
   const int64_t n = s.beams, k = s.keep, first = row * n;
   const bool at_max_length = cur + 1 >= *s.max_length;
   for (int64_t j = 0; j < k; ++j) {
@@ -134,7 +135,7 @@ IMAGETOTEXT_HOST_DEVICE void plan_row(const Step& s, int64_t row, int64_t cur, c
 
 // Token `column` of continuation j: its parent's running sequence (`old_running`: the row's beams before the step,
 // `stride` apart) with the new token at `cur`.
-IMAGETOTEXT_HOST_DEVICE int64_t continuation_token(const Step& s, const RowPlan& plan, int64_t row, int64_t j,
+IMAGETOTEXT_SEARCH_RULE int64_t continuation_token(const Step& s, const RowPlan& plan, int64_t row, int64_t j,
                                                    int64_t column, int64_t cur, const int64_t* old_running,
                                                    int64_t stride) {
   return column == cur ? plan.token[j] : old_running[(plan.source[j] - row * s.beams) * stride + column];
@@ -142,7 +143,7 @@ IMAGETOTEXT_HOST_DEVICE int64_t continuation_token(const Step& s, const RowPlan&
 
 // Token `column` of the row's result i after the step: an earlier result (`old_results`, the row's results before
 // the step, `stride` apart) or a continuation, as plan.kept says.
-IMAGETOTEXT_HOST_DEVICE int64_t result_token(const Step& s, const RowPlan& plan, int64_t row, int64_t i,
+IMAGETOTEXT_SEARCH_RULE int64_t result_token(const Step& s, const RowPlan& plan, int64_t row, int64_t i,
                                              int64_t column, int64_t cur, const int64_t* old_running,
                                              const int64_t* old_results, int64_t stride) {
   const int64_t m = plan.kept[i];
@@ -152,7 +153,7 @@ IMAGETOTEXT_HOST_DEVICE int64_t result_token(const Step& s, const RowPlan& plan,
 
 // After the row's sequences are written: its running scores and parents, its results' scores, lengths and flags
 // (unless the row was done before the step: `frozen`), then its stop rules at the new length `new_cur`.
-IMAGETOTEXT_HOST_DEVICE void finish_row(const Step& s, int64_t row, int64_t cur, int64_t new_cur, bool frozen,
+IMAGETOTEXT_SEARCH_RULE void finish_row(const Step& s, int64_t row, int64_t cur, int64_t new_cur, bool frozen,
                                         const RowPlan& plan) {
   const int64_t n = s.beams, k = s.keep, first = row * n;
   for (int64_t i = 0; i < n; ++i) {
@@ -192,7 +193,7 @@ IMAGETOTEXT_HOST_DEVICE void finish_row(const Step& s, int64_t row, int64_t cur,
 }
 
 // After every row: the new length, and the search is done when every row is (tokens are the caller's copy).
-IMAGETOTEXT_HOST_DEVICE void finish_step(const Step& s, const Lengths& lengths) {
+IMAGETOTEXT_SEARCH_RULE void finish_step(const Step& s, const Lengths& lengths) {
   bool all_done = true;
   for (int64_t row = 0; row < s.batch; ++row) all_done = all_done && s.row_done[row];
   *s.done = all_done;
@@ -202,4 +203,18 @@ IMAGETOTEXT_HOST_DEVICE void finish_step(const Step& s, const Lengths& lengths) 
 
 }  // namespace imagetotext::ops::beam
 
-#undef IMAGETOTEXT_HOST_DEVICE
+namespace imagetotext::ops::greedy {
+
+// Whether logit a at index ia comes before logit b at ib in torch.argmax's order (ATen's greater_or_nan): NaN
+// above every number, the lower index among equals. An index below 0 marks "no candidate" and never comes first.
+IMAGETOTEXT_SEARCH_RULE bool comes_first(float a, int64_t ia, float b, int64_t ib) {
+  if (ia < 0) return false;
+  if (ib < 0) return true;
+  if (a != a) return b == b || ia < ib;  // NaN (the comparison is false only for NaN)
+  if (b != b) return false;
+  return a == b ? ia < ib : a > b;
+}
+
+}  // namespace imagetotext::ops::greedy
+
+#undef IMAGETOTEXT_SEARCH_RULE

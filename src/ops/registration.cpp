@@ -53,6 +53,9 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("reorder_cache_rows(Tensor(a!)[] caches, Tensor order, Tensor position) -> ()");
   // Search ops (src/ops/search_ops.hpp): scores with -inf where a token would repeat an n-gram of its row.
   m.def("ban_repeated_ngrams(Tensor scores, Tensor sequences, Tensor length, int n) -> Tensor");
+  // One greedy-decoding step after the logits: tokens, generated[step], step and position, in place.
+  m.def("greedy_advance(Tensor logits, Tensor(a!) tokens, Tensor(b!) generated, Tensor(c!) step, "
+        "Tensor(d!) position) -> ()");
   // One beam-search step after its topk, the state (ops::BeamSearchState's 13 tensors, in its order) in place.
   m.def("beam_search_update(Tensor topk_log_probs, Tensor topk_indices, Tensor(a!)[] state, Tensor eos, "
         "Tensor length_penalties, Tensor max_length, int vocab, int prompt_length, int early_stopping, "

@@ -99,6 +99,31 @@ beam::Step check_beam_search_update(const at::Tensor& topk_log_probs, const at::
   return s;
 }
 
+int64_t check_greedy_advance(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                             const at::Tensor& step, const at::Tensor& position) {
+  constexpr const char* op = "greedy_advance";
+  const c10::Device device = logits.device();
+  const at::ScalarType dtype = logits.scalar_type();
+  TORCH_CHECK_VALUE(logits.dim() == 2 && logits.size(0) >= 1 && logits.size(1) >= 1 &&
+                        (dtype == at::kFloat || dtype == at::kHalf || dtype == at::kBFloat16),
+                    op, ": logits must be float32, float16 or bfloat16 [batch, vocab], got ", dtype, " ", logits.sizes());
+  TORCH_CHECK_VALUE(logits.stride(1) == 1, op, ": logits' rows must be contiguous, got strides ", logits.strides());
+  const int64_t batch = logits.size(0);
+  const auto expect = [&](const at::Tensor& t, const char* name, std::vector<int64_t> shape) {
+    TORCH_CHECK_VALUE(t.scalar_type() == at::kLong && t.sizes() == at::IntArrayRef(shape) && t.device() == device &&
+                          t.is_contiguous(),
+                      op, ": ", name, " must be a contiguous int64 ", at::IntArrayRef(shape), " on ", device, ", got ",
+                      t.scalar_type(), " ", t.sizes(), " on ", t.device(), t.is_contiguous() ? "" : " (strided)");
+  };
+  expect(tokens, "tokens", {batch, 1});
+  TORCH_CHECK_VALUE(generated.dim() == 2, op, ": generated must be int64 [capacity, ", batch, "], got ",
+                    generated.sizes());
+  expect(generated, "generated", {generated.size(0), batch});
+  expect(step, "step", {1});
+  expect(position, "position", {1});
+  return logits.size(1);
+}
+
 }  // namespace detail
 
 std::vector<at::Tensor> BeamSearchState::list() const {
@@ -114,6 +139,15 @@ void beam_search_update(const at::Tensor& topk_log_probs, const at::Tensor& topk
                                          const at::Tensor&, const at::Tensor&, int64_t, int64_t, int64_t, double)>();
   op.call(topk_log_probs, topk_indices, state.list(), rules.eos, rules.length_penalties, rules.max_length, rules.vocab,
           rules.prompt_length, rules.early_stopping, rules.length_penalty);
+}
+
+void greedy_advance(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                    const at::Tensor& step, const at::Tensor& position) {
+  static const auto op = c10::Dispatcher::singleton()
+                             .findSchemaOrThrow("imagetotext::greedy_advance", "")
+                             .typed<void(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                         const at::Tensor&)>();
+  op.call(logits, tokens, generated, step, position);
 }
 
 at::Tensor ban_repeated_ngrams(const at::Tensor& scores, const at::Tensor& sequences, const at::Tensor& length,

@@ -59,6 +59,13 @@ struct BeamSearchRules {
 void beam_search_update(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, const BeamSearchState& state,
                         const BeamSearchRules& rules);
 
+// One step of greedy decoding after the logits, in place: tokens [batch, 1] = each row's argmax of logits [batch,
+// vocab] (torch.argmax: the first maximum, NaN above everything), written to generated [capacity, batch] at row
+// step[0] (int64 [1]; a step past capacity writes nothing), then step and position (int64 [1]) advanced by one.
+// One kernel on CUDA where ATen took six (argmax, a copy, index_copy_ and two add_), nothing read back to the host.
+void greedy_advance(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                    const at::Tensor& step, const at::Tensor& position);
+
 namespace detail {
 // Argument checks shared by the CPU and CUDA kernels; each throws c10::ValueError naming the argument.
 void check_ban_repeated_ngrams(const at::Tensor& scores, const at::Tensor& sequences, const at::Tensor& length,
@@ -68,6 +75,9 @@ beam::Step check_beam_search_update(const at::Tensor& topk_log_probs, const at::
                                     at::TensorList state, const at::Tensor& eos, const at::Tensor& length_penalties,
                                     const at::Tensor& max_length, int64_t vocab, int64_t prompt_length,
                                     int64_t early_stopping, double length_penalty);
+// The checks of greedy_advance; returns vocab.
+int64_t check_greedy_advance(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                             const at::Tensor& step, const at::Tensor& position);
 }  // namespace detail
 
 }  // namespace imagetotext::ops

@@ -294,3 +294,101 @@ def test_beam_search_update_bad_arguments_raise_value_error():
         call(prompt=9)
     with pytest.raises(ValueError, match="2 continuations a row cannot keep 3 beams"):
         call(log_probs=torch.zeros(2, 2), indices=torch.zeros(2, 2, dtype=torch.long))
+
+
+# --- greedy_advance: what SmolVLM's decode step ran as ATen ops after its logits ---------------------------------
+
+
+def greedy_composition(logits, tokens, generated, step, position):
+    """The ATen ops greedy_advance replaces (argmax, the token copy, index_copy_ into generated, two add_)."""
+    picked = logits.argmax(-1, keepdim=True)
+    tokens.copy_(picked)
+    if step.item() < generated.shape[0]:
+        generated.index_copy_(0, step, picked.view(1, -1))
+    step.add_(1)
+    position.add_(1)
+
+
+def logits_with_ties(batch, vocab, dtype, seed):
+    """Random logits, a few rows with repeated maxima (the first must win), some with NaN (the first NaN wins)."""
+    generator = torch.Generator().manual_seed(seed)
+    logits = torch.randn(batch, vocab, generator=generator).to(dtype)
+    for row in range(0, batch, 3):
+        top = logits[row].float().max()
+        spots = torch.randint(0, vocab, (3,), generator=generator)
+        logits[row, spots] = top.to(dtype)
+    for row in range(1, batch, 4):
+        logits[row, torch.randint(0, vocab, (2,), generator=generator)] = float("nan")
+    for row in range(2, batch, 5):
+        logits[row] = float("-inf")  # every entry equal: index 0
+    return logits
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("batch,vocab", [(1, 49280), (1, 7), (3, 51289), (8, 2000), (40, 1500)])
+@pytest.mark.parametrize("step", [0, 5, 9])
+def test_greedy_advance_equals_the_aten_ops(device, dtype, batch, vocab, step):
+    logits = logits_with_ties(batch, vocab, dtype, seed=batch * 7 + vocab + step)
+    capacity = 9  # step 9 is past the end: nothing is written to generated
+    generator = torch.Generator().manual_seed(step)
+    state = [torch.randint(0, 50, (batch, 1), generator=generator),
+             torch.randint(0, 50, (capacity, batch), generator=generator), torch.tensor([step]), torch.tensor([40])]
+    expected = [t.clone() for t in state]
+    greedy_composition(logits, *expected)
+    ours = [t.to(device) for t in state]
+    ops.greedy_advance(logits.to(device), *ours)
+    for name, got, want in zip(["tokens", "generated", "step", "position"], ours, expected):
+        assert torch.equal(got.cpu(), want), name
+
+
+@pytest.mark.gpu
+def test_greedy_advance_in_a_cuda_graph_reads_its_state_on_the_device():
+    """Recorded once, replayed: each replay writes the next row of generated and moves step and position on."""
+    batch, vocab, capacity = 2, 3000, 6
+    logits = torch.randn(batch, vocab, device="cuda")
+    tokens = torch.zeros(batch, 1, dtype=torch.long, device="cuda")
+    generated = torch.full((capacity, batch), -1, dtype=torch.long, device="cuda")
+    step, position = torch.tensor([0], device="cuda"), torch.tensor([17], device="cuda")
+    ops.greedy_advance(logits, tokens, generated, step, position)  # warm-up outside the capture
+    step.fill_(0), position.fill_(17), generated.fill_(-1)
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        ops.greedy_advance(logits, tokens, generated, step, position)
+    expected = []
+    for i in range(4):
+        logits.copy_(torch.randn(batch, vocab, device="cuda"))
+        graph.replay()
+        expected.append(logits.argmax(-1))
+    torch.cuda.synchronize()
+    assert torch.equal(generated[:4], torch.stack(expected))
+    assert (generated[4:] == -1).all()
+    assert step.item() == 4 and position.item() == 21
+    assert torch.equal(tokens.view(-1), expected[-1])
+
+
+def test_greedy_advance_bad_arguments_raise_value_error():
+    def call(logits=None, tokens=None, generated=None, step=None, position=None):
+        ops.greedy_advance(torch.zeros(2, 8) if logits is None else logits,
+                           torch.zeros(2, 1, dtype=torch.long) if tokens is None else tokens,
+                           torch.zeros(5, 2, dtype=torch.long) if generated is None else generated,
+                           torch.tensor([0]) if step is None else step, torch.tensor([3]) if position is None else position)
+
+    call()  # the defaults are valid
+    with pytest.raises(ValueError, match="logits must be float32, float16 or bfloat16 \\[batch, vocab\\]"):
+        call(logits=torch.zeros(2, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="logits must be float32, float16 or bfloat16 \\[batch, vocab\\]"):
+        call(logits=torch.zeros(8))
+    with pytest.raises(ValueError, match="logits' rows must be contiguous"):
+        call(logits=torch.zeros(8, 2).t())
+    with pytest.raises(ValueError, match="tokens must be a contiguous int64 \\[2, 1\\]"):
+        call(tokens=torch.zeros(2, 1, dtype=torch.int32))
+    with pytest.raises(ValueError, match="generated must be a contiguous int64 \\[5, 2\\]"):
+        call(generated=torch.zeros(2, 5, dtype=torch.long).t())
+    with pytest.raises(ValueError, match="generated must be int64 \\[capacity, 2\\]"):
+        call(generated=torch.zeros(10, dtype=torch.long))
+    with pytest.raises(ValueError, match="step must be a contiguous int64 \\[1\\]"):
+        call(step=torch.tensor([0, 1]))
+    with pytest.raises(ValueError, match="position must be a contiguous int64 \\[1\\]"):
+        call(position=torch.tensor([3.0]))

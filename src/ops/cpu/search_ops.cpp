@@ -1,4 +1,5 @@
 // The CPU side of the search ops: plain loops over the rows.
+#include <ATen/Dispatch.h>
 #include <torch/library.h>
 
 #include <algorithm>
@@ -29,6 +30,27 @@ at::Tensor ban_repeated_ngrams_cpu(const at::Tensor& scores, const at::Tensor& s
     }
   }
   return out;
+}
+
+void greedy_advance_cpu(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                        const at::Tensor& step, const at::Tensor& position) {
+  const int64_t vocab = detail::check_greedy_advance(logits, tokens, generated, step, position);
+  const int64_t batch = logits.size(0), capacity = generated.size(0), where = step.data_ptr<int64_t>()[0];
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "greedy_advance_cpu", [&] {
+    for (int64_t b = 0; b < batch; ++b) {
+      const scalar_t* row = logits.data_ptr<scalar_t>() + b * logits.stride(0);
+      float best = 0.0f;
+      int64_t best_index = -1;
+      for (int64_t i = 0; i < vocab; ++i) {
+        const float value = static_cast<float>(row[i]);
+        if (greedy::comes_first(value, i, best, best_index)) best = value, best_index = i;
+      }
+      tokens.data_ptr<int64_t>()[b] = best_index;
+      if (where >= 0 && where < capacity) generated.data_ptr<int64_t>()[where * batch + b] = best_index;
+    }
+  });
+  step.data_ptr<int64_t>()[0] = where + 1;
+  position.data_ptr<int64_t>()[0] += 1;
 }
 
 void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& topk_indices, at::TensorList state,
@@ -79,4 +101,5 @@ void beam_search_update_cpu(const at::Tensor& topk_log_probs, const at::Tensor& 
 TORCH_LIBRARY_IMPL(imagetotext, CPU, m) {
   m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cpu);
   m.impl("beam_search_update", &imagetotext::ops::beam_search_update_cpu);
+  m.impl("greedy_advance", &imagetotext::ops::greedy_advance_cpu);
 }

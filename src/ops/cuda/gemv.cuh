@@ -17,6 +17,7 @@
 
 #include <ATen/Dispatch.h>
 
+#include <algorithm>
 #include <optional>
 
 #include "blockwise.cuh"
@@ -152,15 +153,16 @@ __global__ void __launch_bounds__(kGemvThreads)
   weights.prepare();
   constexpr int kWeights = Weights::kWeightsPerChunk;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t n = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / kWarpSize;
+  const int64_t row_step = static_cast<int64_t>(gridDim.x) * kGemvWarps;  // a warp's rows: n, n + row_step, ...
+  int64_t n = blockIdx.x * static_cast<int64_t>(kGemvWarps) + threadIdx.x / kWarpSize;
   // A warp past the last weight row reads and writes nothing of its own: with a plain input it leaves now
   // (warp 0 of CTA 0 always waits, see launch.cuh), with a fused one once it has helped stage the input.
   if (kInput == GemvInput::plain && n >= N) return;
   const bool has_row = n < N;
-  const int64_t chunks = has_row ? K / kWeights : 0;
+  const int64_t chunks = K / kWeights;
   const uint4* row = weights.row(has_row ? n : 0, chunks);
-  uint4 raw[kGemvUnroll];
-  float scale[kGemvUnroll];
+  uint4 raw[kGemvUnroll] = {};
+  float scale[kGemvUnroll] = {};
   auto load_chunks = [&](int64_t first) {  // all loads first: kGemvUnroll chunks in flight per lane
 #pragma unroll
     for (int u = 0; u < kGemvUnroll; ++u) {
@@ -170,8 +172,6 @@ __global__ void __launch_bounds__(kGemvThreads)
     }
   };
   float acc[kRows];
-#pragma unroll
-  for (int m = 0; m < kRows; ++m) acc[m] = 0.0f;
   const scalar_t* input = A;  // the staged row for a fused input
   auto accumulate = [&](int64_t c, const float* w, float chunk_scale) {
 #pragma unroll
@@ -193,7 +193,7 @@ __global__ void __launch_bounds__(kGemvThreads)
   };
   // The first weights depend on no earlier kernel: they are loaded, and the first chunk decoded, while the
   // previous kernel finishes (at the decoders' small K that chunk is a lane's whole share); so is the norm's weight.
-  load_chunks(lane);
+  if (has_row) load_chunks(lane);
   float first_chunk[kWeights];
   weights.decode(raw[0], first_chunk);
   StageWeights<kInput, scalar_t> stage_weights;
@@ -207,30 +207,42 @@ __global__ void __launch_bounds__(kGemvThreads)
     input = staged;
     if (!has_row) return;
   }
-  // The residual is read now, so its latency hides behind the dot products.
-  float residual_value[kRows];
+  // The grid is at most one wave (launch_gemv_tile), so a CTA stages a fused input once and its warps take
+  // every row_step-th row: a wide weight (an lm_head's 49280 rows) pays the staging per resident CTA, not per
+  // four rows.
+  while (true) {
+    // The residual is read now, so its latency hides behind the dot products.
+    float residual_value[kRows];
 #pragma unroll
-  for (int m = 0; m < kRows; ++m) {
-    residual_value[m] = residual != nullptr && lane == 0 && m < rows ? static_cast<float>(residual[m * N + n]) : 0.0f;
-  }
-  if (lane < chunks) accumulate(lane, first_chunk, scale[0]);
-  accumulate_batch(lane, 1);
-  for (int64_t first = lane + kWarpSize * kGemvUnroll; first < chunks; first += kWarpSize * kGemvUnroll) {
-    load_chunks(first);
-    accumulate_batch(first, 0);
-  }
-  const float row_scale = weights.row_scale(n);
+    for (int m = 0; m < kRows; ++m) {
+      acc[m] = 0.0f;
+      residual_value[m] =
+          residual != nullptr && lane == 0 && m < rows ? static_cast<float>(residual[m * N + n]) : 0.0f;
+    }
+    if (lane < chunks) accumulate(lane, first_chunk, scale[0]);
+    accumulate_batch(lane, 1);
+    for (int64_t first = lane + kWarpSize * kGemvUnroll; first < chunks; first += kWarpSize * kGemvUnroll) {
+      load_chunks(first);
+      accumulate_batch(first, 0);
+    }
+    const float row_scale = weights.row_scale(n);
 #pragma unroll
-  for (int m = 0; m < kRows; ++m) {
-    if (m < rows) {  // uniform across the warp: the shuffles see all lanes
-      float sum = warp_sum(acc[m]) * row_scale;
-      if (lane == 0) {
-        if (bias != nullptr) sum += static_cast<float>(bias[n]);
-        if (fusion.gelu) sum = gelu_of_rounded<scalar_t>(sum);
-        if (residual != nullptr) sum = residual_value[m] + rounded<scalar_t>(sum);
-        out[m * N + n] = static_cast<scalar_t>(sum);
+    for (int m = 0; m < kRows; ++m) {
+      if (m < rows) {  // uniform across the warp: the shuffles see all lanes
+        float sum = warp_sum(acc[m]) * row_scale;
+        if (lane == 0) {
+          if (bias != nullptr) sum += static_cast<float>(bias[n]);
+          if (fusion.gelu) sum = gelu_of_rounded<scalar_t>(sum);
+          if (residual != nullptr) sum = residual_value[m] + rounded<scalar_t>(sum);
+          out[m * N + n] = static_cast<scalar_t>(sum);
+        }
       }
     }
+    n += row_step;
+    if (n >= N) return;
+    row = weights.row(n, chunks);
+    load_chunks(lane);
+    weights.decode(raw[0], first_chunk);
   }
 }
 
@@ -252,6 +264,19 @@ inline bool gemv_applies(const at::Tensor& A, int64_t rows, int64_t K, int weigh
   return rows <= kMaxGemvRows && K % weights_per_chunk == 0 && is_aligned_16(weights) && is_aligned_16(A.data_ptr());
 }
 
+// kKernel (a gemv_kernel instantiation) on a grid of one wave at most: the CTAs an SM holds (with the widest
+// staged row) on every SM, each warp looping over rows.
+template <auto kKernel, typename Weights, typename scalar_t>
+void launch_gemv_grid(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
+                      const scalar_t* bias, const GemvFusionArgs<scalar_t>& args, size_t staged_bytes, at::Tensor& out) {
+  constexpr int kMaxStagedBytes = kStageChunks * kGemvThreads * 16;
+  const int64_t ctas_per_sm = resident_ctas_per_sm<kKernel>(kGemvThreads, kMaxStagedBytes);
+  const int64_t ctas = std::min<int64_t>((N + kGemvWarps - 1) / kGemvWarps,
+                                         ctas_per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  launch_overlapped(kKernel, dim3(static_cast<unsigned>(ctas)), dim3(kGemvThreads), staged_bytes,
+                    A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, args, out.data_ptr<scalar_t>());
+}
+
 // The GEMV with the tile of kRows rows and the fusion (gemv_applies held for it; out has the output's shape,
 // and so has the residual, checked by the caller).
 template <typename Weights, typename scalar_t, int kRows>
@@ -261,20 +286,21 @@ void launch_gemv_tile(const at::Tensor& A, int64_t rows, const Weights& weights,
   const GemvFusionArgs<scalar_t> args{fusion.norm_weight ? fusion.norm_weight->data_ptr<scalar_t>() : nullptr,
                                       static_cast<float>(fusion.norm_eps),
                                       fusion.residual ? residual.data_ptr<scalar_t>() : nullptr, fusion.gelu};
-  const int64_t ctas = (N + kGemvWarps - 1) / kGemvWarps;
   const bool staged = fusion.norm_weight || fusion.gated;
   const size_t staged_bytes = staged ? static_cast<size_t>(K) * sizeof(scalar_t) : 0;
-  auto launch = [&](auto* kernel) {
-    launch_overlapped(kernel, dim3(static_cast<unsigned>(ctas)), dim3(kGemvThreads), staged_bytes,
-                      A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, args,
-                      out.data_ptr<scalar_t>());
-  };
   if constexpr (kRows == 1) {
-    if (fusion.norm_weight) return launch(&gemv_kernel<Weights, scalar_t, 1, GemvInput::rms_norm>);
-    if (fusion.gated) return launch(&gemv_kernel<Weights, scalar_t, 1, GemvInput::gated>);
+    if (fusion.norm_weight) {
+      return launch_gemv_grid<&gemv_kernel<Weights, scalar_t, 1, GemvInput::rms_norm>>(A, rows, weights, N, K, bias,
+                                                                                       args, staged_bytes, out);
+    }
+    if (fusion.gated) {
+      return launch_gemv_grid<&gemv_kernel<Weights, scalar_t, 1, GemvInput::gated>>(A, rows, weights, N, K, bias,
+                                                                                     args, staged_bytes, out);
+    }
   }
   TORCH_INTERNAL_ASSERT(!fusion.norm_weight && !fusion.gated, "gemv: a fused input takes one row of A");
-  launch(&gemv_kernel<Weights, scalar_t, kRows, GemvInput::plain>);
+  launch_gemv_grid<&gemv_kernel<Weights, scalar_t, kRows, GemvInput::plain>>(A, rows, weights, N, K, bias, args,
+                                                                             staged_bytes, out);
 }
 
 // out [rows, N] (A's dtype) = the input (A [rows, K] contiguous, rows <= kMaxGemvRows, or as the fusion says)

@@ -38,7 +38,6 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
-#include <atomic>
 #include <optional>
 
 #include "blockwise.cuh"
@@ -53,7 +52,6 @@ constexpr int kMmaTileN = 16;                      // weight rows per tile: the 
 constexpr int kMmaTileM = 8;                       // rows of A per mma: its N side
 constexpr int kMmaChunksPerStep = 4;               // lanes t = 0..3 of a group: 4 chunks of one row
 constexpr int kMmaUnroll = 4;                      // warp steps whose loads are in flight together
-constexpr int kMaxDevices = 64;
 // The most rows of A this GEMV takes (8 per m-tile: 1, 2, 4 or 8 tiles). The decode is paid once whatever
 // M is, but every 8 rows add A loads and mmas; each op sets its own limit from the benchmark.
 constexpr int64_t kMaxMmaRows = 64;
@@ -386,7 +384,6 @@ inline bool mma_norm_applies(const at::Tensor& A, int64_t rows, int64_t K, const
 template <typename Weights, typename scalar_t, int kMTiles, MmaInput kInput>
 void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& weights, int64_t N, int64_t K,
                            const scalar_t* bias, const MmaFusion<scalar_t>& fusion, at::Tensor& out) {
-  auto* kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles, kInput>;
   constexpr int kPartialBytes = kMmaWarps * kMTiles * kMmaTileM * kMmaTileN * sizeof(float);
   // A staged input's instantiation reserves room for the widest one (kMmaWarps rows, then the norm's weight and
   // bias), so the grid below fits every launch.
@@ -395,21 +392,12 @@ void launch_mma_gemv_tiles(const at::Tensor& A, int64_t rows, const Weights& wei
           ? 0
           : (kMmaWarps * (kMaxMmaStagedK + 32) + 2 * kMaxMmaStagedK) * static_cast<int>(sizeof(scalar_t));
   constexpr int kSharedBytes = Weights::kSharedBytes + kPartialBytes + kStagedBytes;
-  // Per instantiation and device (the attribute is per device): raise the dynamic shared-memory limit and
-  // size the persistent grid, once. Two threads racing here do the same idempotent work.
-  static std::atomic<int> ctas_per_sm_of[kMaxDevices] = {};
-  const int device = c10::cuda::current_device();
-  TORCH_CHECK(device < kMaxDevices, "mma_gemv: device index ", device, " above ", kMaxDevices);
-  int ctas_per_sm = ctas_per_sm_of[device].load(std::memory_order_relaxed);
-  if (ctas_per_sm == 0) {
-    C10_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSharedBytes));
-    int blocks = 0;
-    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kernel, kMmaThreads, kSharedBytes));
-    ctas_per_sm = std::max(blocks, 1);
-    ctas_per_sm_of[device].store(ctas_per_sm, std::memory_order_relaxed);
-  }
+  // The persistent grid: one wave (the CTAs an SM holds with the widest launch's shared memory).
+  constexpr auto kernel = &mma_gemv_kernel<Weights, scalar_t, kMTiles, kInput>;
+  const int ctas_per_sm = resident_ctas_per_sm<kernel>(kMmaThreads, kSharedBytes);
   const int64_t tiles = (N + kMmaTileN - 1) / kMmaTileN;
-  const int64_t ctas = std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const int64_t ctas =
+      std::min<int64_t>(tiles, int64_t{ctas_per_sm} * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
   // The launch asks only for the shared memory this K needs.
   const int shared_bytes =
       Weights::kSharedBytes + kPartialBytes +

@@ -19,8 +19,11 @@
 
 #include <ATen/cuda/CUDAContext.h>
 #include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAFunctions.h>
 #include <cuda_runtime.h>
 
+#include <algorithm>
+#include <atomic>
 #include <utility>
 
 namespace imagetotext::ops::cuda {
@@ -49,6 +52,27 @@ __device__ __forceinline__ void let_next_kernel_start() {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   asm volatile("griddepcontrol.launch_dependents;" :::);
 #endif
+}
+
+constexpr int kMaxDevices = 64;
+
+// How many CTAs of kKernel (`threads` each, with `shared_bytes` of dynamic shared memory, to which its limit is
+// raised) one SM of the current device holds at once: for persistent grids of one wave. Asked once per kernel
+// and device; two threads racing here do the same idempotent work.
+template <auto kKernel>
+int resident_ctas_per_sm(int threads, int shared_bytes) {
+  static std::atomic<int> ctas_per_sm_of[kMaxDevices] = {};
+  const int device = c10::cuda::current_device();
+  TORCH_CHECK(device < kMaxDevices, "device index ", device, " above ", kMaxDevices);
+  int ctas_per_sm = ctas_per_sm_of[device].load(std::memory_order_relaxed);
+  if (ctas_per_sm == 0) {
+    C10_CUDA_CHECK(cudaFuncSetAttribute(kKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, shared_bytes));
+    int blocks = 0;
+    C10_CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&blocks, kKernel, threads, shared_bytes));
+    ctas_per_sm = std::max(blocks, 1);
+    ctas_per_sm_of[device].store(ctas_per_sm, std::memory_order_relaxed);
+  }
+  return ctas_per_sm;
 }
 
 // Whether launches on the current device overlap: sm_90+ and not switched off by the environment.

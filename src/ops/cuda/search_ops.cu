@@ -1,4 +1,5 @@
 // CUDA kernels of the search ops (src/ops/search_ops.hpp).
+#include <ATen/Dispatch.h>
 #include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <torch/library.h>
@@ -6,6 +7,7 @@
 #include <cmath>
 
 #include "../search_ops.hpp"
+#include "blockwise.cuh"
 #include "launch.cuh"
 
 namespace imagetotext::ops {
@@ -49,6 +51,78 @@ at::Tensor ban_repeated_ngrams_cuda(const at::Tensor& scores_in, const at::Tenso
                           out.data_ptr<float>(), sequences.data_ptr<int64_t>(), length.data_ptr<int64_t>(), vocab,
                           sequences.size(1), static_cast<int>(n));
   return out;
+}
+
+constexpr int kGreedyWarps = 32;
+constexpr int kGreedyThreads = kGreedyWarps * cuda::kWarpSize;
+
+// (value, index) of the candidate that comes first (greedy::comes_first) among a warp's lanes.
+__device__ __forceinline__ void warp_argmax(float& value, int64_t& index) {
+  for (int offset = cuda::kWarpSize / 2; offset > 0; offset >>= 1) {
+    const float other = __shfl_xor_sync(cuda::kFullMask, value, offset);
+    const int64_t other_index = __shfl_xor_sync(cuda::kFullMask, index, offset);
+    if (greedy::comes_first(other, other_index, value, index)) value = other, index = other_index;
+  }
+}
+
+// One CTA: the rows in passes of up to kGreedyWarps, each row scanned by kGreedyWarps / rows warps (a row's
+// logits were just written by the lm_head, so they come from L2); the group's first warp combines its warps'
+// candidates, writes the token and its entry of `generated`. Thread 0 advances step and position last, after
+// every thread has read step.
+template <typename T>
+__global__ void __launch_bounds__(kGreedyThreads)
+greedy_advance_kernel(const T* logits, int64_t row_stride, int64_t batch, int64_t vocab, int64_t* tokens,
+                      int64_t* generated, int64_t capacity, int64_t* step, int64_t* position) {
+  cuda::let_next_kernel_start();
+  cuda::wait_for_previous_kernels(logits, tokens, generated, step, position);
+  __shared__ float warp_value[kGreedyWarps];
+  __shared__ int64_t warp_index[kGreedyWarps];
+  const int warp = threadIdx.x / cuda::kWarpSize, lane = threadIdx.x % cuda::kWarpSize;
+  const int64_t rows_per_pass = batch < kGreedyWarps ? batch : kGreedyWarps;
+  const int warps_per_row = kGreedyWarps / static_cast<int>(rows_per_pass);
+  const int group = warp / warps_per_row, member = warp % warps_per_row;
+  const int64_t where = *step;
+  for (int64_t first = 0; first < batch; first += rows_per_pass) {
+    const int64_t row = first + group;
+    const bool active = group < rows_per_pass && row < batch;
+    float value = 0.0f;
+    int64_t index = -1;
+    if (active) {
+      const T* values = logits + row * row_stride;
+#pragma unroll 8
+      for (int64_t i = member * cuda::kWarpSize + lane; i < vocab; i += warps_per_row * cuda::kWarpSize) {
+        const float v = static_cast<float>(values[i]);
+        if (greedy::comes_first(v, i, value, index)) value = v, index = i;
+      }
+    }
+    warp_argmax(value, index);
+    if (lane == 0) warp_value[warp] = value, warp_index[warp] = index;
+    __syncthreads();
+    if (active && member == 0 && lane == 0) {
+      for (int w = warp + 1; w < warp + warps_per_row; ++w) {
+        if (greedy::comes_first(warp_value[w], warp_index[w], value, index)) value = warp_value[w], index = warp_index[w];
+      }
+      tokens[row] = index;
+      if (where >= 0 && where < capacity) generated[where * batch + row] = index;
+    }
+    __syncthreads();  // warp_value is rewritten by the next pass
+  }
+  if (threadIdx.x == 0) {
+    *step = where + 1;
+    *position += 1;
+  }
+}
+
+void greedy_advance_cuda(const at::Tensor& logits, const at::Tensor& tokens, const at::Tensor& generated,
+                         const at::Tensor& step, const at::Tensor& position) {
+  const int64_t vocab = detail::check_greedy_advance(logits, tokens, generated, step, position);
+  const c10::cuda::CUDAGuard guard(logits.device());
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "greedy_advance_cuda", [&] {
+    cuda::launch_overlapped(&greedy_advance_kernel<scalar_t>, dim3(1), dim3(kGreedyThreads), 0,
+                            logits.data_ptr<scalar_t>(), logits.stride(0), logits.size(0), vocab,
+                            tokens.data_ptr<int64_t>(), generated.data_ptr<int64_t>(), generated.size(0),
+                            step.data_ptr<int64_t>(), position.data_ptr<int64_t>());
+  });
 }
 
 constexpr int kBeamThreads = 256;
@@ -131,4 +205,5 @@ void beam_search_update_cuda(const at::Tensor& topk_log_probs, const at::Tensor&
 TORCH_LIBRARY_IMPL(imagetotext, CUDA, m) {
   m.impl("ban_repeated_ngrams", &imagetotext::ops::ban_repeated_ngrams_cuda);
   m.impl("beam_search_update", &imagetotext::ops::beam_search_update_cuda);
+  m.impl("greedy_advance", &imagetotext::ops::greedy_advance_cuda);
 }
