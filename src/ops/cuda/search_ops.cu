@@ -53,7 +53,7 @@ at::Tensor ban_repeated_ngrams_cuda(const at::Tensor& scores_in, const at::Tenso
   return out;
 }
 
-constexpr int kGreedyWarps = 32;
+constexpr int kGreedyWarps = 16;  // 512 threads: 1024 left 64 registers a thread, and the scan spilled
 constexpr int kGreedyThreads = kGreedyWarps * cuda::kWarpSize;
 
 // (value, index) of the candidate that comes first (greedy::comes_first) among a warp's lanes.
@@ -65,13 +65,48 @@ __device__ __forceinline__ void warp_argmax(float& value, int64_t& index) {
   }
 }
 
-// One CTA: the rows in passes of up to kGreedyWarps, each row scanned by kGreedyWarps / rows warps (a row's
-// logits were just written by the lm_head, so they come from L2); the group's first warp combines its warps'
-// candidates, writes the token and its entry of `generated`. Thread 0 advances step and position last, after
-// every thread has read step.
+// The candidate among a row's values that comes first, over every `stride`-th kPer-element piece from `first` on:
+// the loads of kGreedyBatch pieces are issued before any is compared (the logits come from L2). `vector`: the row
+// is 16-byte aligned, so a whole piece is one load.
+template <typename T>
+__device__ __forceinline__ void scan_row(const T* values, int vocab, int first, int stride, bool vector, float& best,
+                                         int64_t& best_index) {
+  constexpr int kPer = 16 / static_cast<int>(sizeof(T));
+  constexpr int kGreedyBatch = 8;
+  const int pieces = (vocab + kPer - 1) / kPer;
+  for (int base = first; base < pieces; base += stride * kGreedyBatch) {
+    uint4 raw[kGreedyBatch];
+#pragma unroll
+    for (int u = 0; u < kGreedyBatch; ++u) {
+      const int p = base + u * stride, begin = p * kPer;
+      if (p < pieces && vector && begin + kPer <= vocab) {
+        raw[u] = *reinterpret_cast<const uint4*>(values + begin);  // a plain load: see launch.cuh
+      } else {
+        T* out = reinterpret_cast<T*>(&raw[u]);
+#pragma unroll
+        for (int e = 0; e < kPer; ++e) out[e] = p < pieces && begin + e < vocab ? values[begin + e] : T(0);
+      }
+    }
+#pragma unroll
+    for (int u = 0; u < kGreedyBatch; ++u) {
+      const int p = base + u * stride;
+      const T* piece = reinterpret_cast<const T*>(&raw[u]);
+#pragma unroll
+      for (int e = 0; e < kPer; ++e) {
+        const int i = p * kPer + e;
+        const float v = static_cast<float>(piece[e]);
+        if (p < pieces && i < vocab && greedy::comes_first(v, i, best, best_index)) best = v, best_index = i;
+      }
+    }
+  }
+}
+
+// One CTA: the rows in passes of up to kGreedyWarps, each row scanned by kGreedyWarps / rows warps; the group's
+// first warp combines its warps' candidates, writes the token and its entry of `generated`. Thread 0 advances step
+// and position last, after every thread has read step.
 template <typename T>
 __global__ void __launch_bounds__(kGreedyThreads)
-greedy_advance_kernel(const T* logits, int64_t row_stride, int64_t batch, int64_t vocab, int64_t* tokens,
+greedy_advance_kernel(const T* logits, int64_t row_stride, int64_t batch, int64_t vocab, bool vector, int64_t* tokens,
                       int64_t* generated, int64_t capacity, int64_t* step, int64_t* position) {
   cuda::let_next_kernel_start();
   cuda::wait_for_previous_kernels(logits, tokens, generated, step, position);
@@ -88,12 +123,8 @@ greedy_advance_kernel(const T* logits, int64_t row_stride, int64_t batch, int64_
     float value = 0.0f;
     int64_t index = -1;
     if (active) {
-      const T* values = logits + row * row_stride;
-#pragma unroll 8
-      for (int64_t i = member * cuda::kWarpSize + lane; i < vocab; i += warps_per_row * cuda::kWarpSize) {
-        const float v = static_cast<float>(values[i]);
-        if (greedy::comes_first(v, i, value, index)) value = v, index = i;
-      }
+      scan_row(logits + row * row_stride, static_cast<int>(vocab), member * cuda::kWarpSize + lane,
+               warps_per_row * cuda::kWarpSize, vector, value, index);
     }
     warp_argmax(value, index);
     if (lane == 0) warp_value[warp] = value, warp_index[warp] = index;
@@ -118,8 +149,9 @@ void greedy_advance_cuda(const at::Tensor& logits, const at::Tensor& tokens, con
   const int64_t vocab = detail::check_greedy_advance(logits, tokens, generated, step, position);
   const c10::cuda::CUDAGuard guard(logits.device());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "greedy_advance_cuda", [&] {
+    const bool vector = cuda::is_aligned_16(logits.data_ptr()) && (logits.stride(0) * sizeof(scalar_t)) % 16 == 0;
     cuda::launch_overlapped(&greedy_advance_kernel<scalar_t>, dim3(1), dim3(kGreedyThreads), 0,
-                            logits.data_ptr<scalar_t>(), logits.stride(0), logits.size(0), vocab,
+                            logits.data_ptr<scalar_t>(), logits.stride(0), logits.size(0), vocab, vector,
                             tokens.data_ptr<int64_t>(), generated.data_ptr<int64_t>(), generated.size(0),
                             step.data_ptr<int64_t>(), position.data_ptr<int64_t>());
   });
