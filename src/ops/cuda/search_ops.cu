@@ -53,8 +53,10 @@ at::Tensor ban_repeated_ngrams_cuda(const at::Tensor& scores_in, const at::Tenso
   return out;
 }
 
-constexpr int kGreedyWarps = 16;  // 512 threads: 1024 left 64 registers a thread, and the scan spilled
-constexpr int kGreedyThreads = kGreedyWarps * cuda::kWarpSize;
+constexpr int kGreedyThreads = 256;
+constexpr int kGreedyWarps = kGreedyThreads / cuda::kWarpSize;
+constexpr int kGreedyBatch = 2;        // 16-byte pieces a thread loads before it compares any
+constexpr int64_t kGreedyChunk = 2048;  // logits a CTA of the first kernel scans: about one piece per thread
 
 // (value, index) of the candidate that comes first (greedy::comes_first) among a warp's lanes.
 __device__ __forceinline__ void warp_argmax(float& value, int64_t& index) {
@@ -65,79 +67,90 @@ __device__ __forceinline__ void warp_argmax(float& value, int64_t& index) {
   }
 }
 
-// The candidate among a row's values that comes first, over every `stride`-th kPer-element piece from `first` on:
-// the loads of kGreedyBatch pieces are issued before any is compared (the logits come from L2). `vector`: the row
-// is 16-byte aligned, so a whole piece is one load.
+// The same among the CTA's threads: the result in every thread. Uses (and syncs around) two shared arrays.
+__device__ __forceinline__ void block_argmax(float& value, int64_t& index) {
+  __shared__ float warp_value[kGreedyWarps];
+  __shared__ int64_t warp_index[kGreedyWarps];
+  warp_argmax(value, index);
+  const int warp = threadIdx.x / cuda::kWarpSize, lane = threadIdx.x % cuda::kWarpSize;
+  if (lane == 0) warp_value[warp] = value, warp_index[warp] = index;
+  __syncthreads();
+  value = lane < kGreedyWarps ? warp_value[lane] : 0.0f;
+  index = lane < kGreedyWarps ? warp_index[lane] : -1;
+  warp_argmax(value, index);
+  __syncthreads();  // the arrays may be reused
+}
+
+// greedy_advance, first kernel: CTA (chunk, row) reduces logits [chunk * kGreedyChunk, + kGreedyChunk) of its row
+// to the candidate that comes first, in partial [row, chunk]. One piece of 16 bytes a thread, every load issued
+// before any is compared (the logits come from L2): one CTA scanning a whole 49280-entry row took 16 us on the
+// H100, bound by its compares. `vector`: the row is 16-byte aligned, so a whole piece is one load.
 template <typename T>
-__device__ __forceinline__ void scan_row(const T* values, int vocab, int first, int stride, bool vector, float& best,
-                                         int64_t& best_index) {
+__global__ void __launch_bounds__(kGreedyThreads)
+greedy_partials_kernel(const T* logits, int64_t row_stride, int64_t vocab, bool vector, float* partial_values,
+                       int64_t* partial_indices) {
+  cuda::let_next_kernel_start();
+  cuda::wait_for_previous_kernels(logits);
   constexpr int kPer = 16 / static_cast<int>(sizeof(T));
-  constexpr int kGreedyBatch = 8;
-  const int pieces = (vocab + kPer - 1) / kPer;
-  for (int base = first; base < pieces; base += stride * kGreedyBatch) {
+  const int64_t row = blockIdx.y, chunk = blockIdx.x;
+  const int64_t begin = chunk * kGreedyChunk, end = min(vocab, begin + kGreedyChunk);
+  const T* values = logits + row * row_stride;
+  float best = 0.0f;
+  int64_t best_index = -1;
+  for (int64_t base = begin + threadIdx.x * kPer; base < end; base += kGreedyThreads * kPer * kGreedyBatch) {
     uint4 raw[kGreedyBatch];
 #pragma unroll
     for (int u = 0; u < kGreedyBatch; ++u) {
-      const int p = base + u * stride, begin = p * kPer;
-      if (p < pieces && vector && begin + kPer <= vocab) {
-        raw[u] = *reinterpret_cast<const uint4*>(values + begin);  // a plain load: see launch.cuh
+      const int64_t first = base + u * kGreedyThreads * kPer;
+      if (vector && first + kPer <= end) {
+        raw[u] = *reinterpret_cast<const uint4*>(values + first);  // a plain load: see launch.cuh
       } else {
         T* out = reinterpret_cast<T*>(&raw[u]);
 #pragma unroll
-        for (int e = 0; e < kPer; ++e) out[e] = p < pieces && begin + e < vocab ? values[begin + e] : T(0);
+        for (int e = 0; e < kPer; ++e) out[e] = first + e < end ? values[first + e] : T(0);
       }
     }
 #pragma unroll
     for (int u = 0; u < kGreedyBatch; ++u) {
-      const int p = base + u * stride;
+      const int64_t first = base + u * kGreedyThreads * kPer;
       const T* piece = reinterpret_cast<const T*>(&raw[u]);
 #pragma unroll
       for (int e = 0; e < kPer; ++e) {
-        const int i = p * kPer + e;
         const float v = static_cast<float>(piece[e]);
-        if (p < pieces && i < vocab && greedy::comes_first(v, i, best, best_index)) best = v, best_index = i;
+        if (first + e < end && greedy::comes_first(v, first + e, best, best_index)) best = v, best_index = first + e;
       }
     }
+  }
+  block_argmax(best, best_index);
+  if (threadIdx.x == 0) {
+    partial_values[row * gridDim.x + chunk] = best;
+    partial_indices[row * gridDim.x + chunk] = best_index;
   }
 }
 
-// One CTA: the rows in passes of up to kGreedyWarps, each row scanned by kGreedyWarps / rows warps; the group's
-// first warp combines its warps' candidates, writes the token and its entry of `generated`. Thread 0 advances step
-// and position last, after every thread has read step.
-template <typename T>
+// greedy_advance, second kernel (one CTA): each row's partials reduced to its token, written to tokens and to
+// generated[step]; then step and position advanced, after every thread has read step.
 __global__ void __launch_bounds__(kGreedyThreads)
-greedy_advance_kernel(const T* logits, int64_t row_stride, int64_t batch, int64_t vocab, bool vector, int64_t* tokens,
-                      int64_t* generated, int64_t capacity, int64_t* step, int64_t* position) {
+greedy_finish_kernel(const float* partial_values, const int64_t* partial_indices, int64_t chunks, int64_t batch,
+                     int64_t* tokens, int64_t* generated, int64_t capacity, int64_t* step, int64_t* position) {
   cuda::let_next_kernel_start();
-  cuda::wait_for_previous_kernels(logits, tokens, generated, step, position);
-  __shared__ float warp_value[kGreedyWarps];
-  __shared__ int64_t warp_index[kGreedyWarps];
-  const int warp = threadIdx.x / cuda::kWarpSize, lane = threadIdx.x % cuda::kWarpSize;
-  const int64_t rows_per_pass = batch < kGreedyWarps ? batch : kGreedyWarps;
-  const int warps_per_row = kGreedyWarps / static_cast<int>(rows_per_pass);
-  const int group = warp / warps_per_row, member = warp % warps_per_row;
+  cuda::wait_for_previous_kernels(partial_values, partial_indices, tokens, generated, step, position);
   const int64_t where = *step;
-  for (int64_t first = 0; first < batch; first += rows_per_pass) {
-    const int64_t row = first + group;
-    const bool active = group < rows_per_pass && row < batch;
-    float value = 0.0f;
-    int64_t index = -1;
-    if (active) {
-      scan_row(logits + row * row_stride, static_cast<int>(vocab), member * cuda::kWarpSize + lane,
-               warps_per_row * cuda::kWarpSize, vector, value, index);
+  for (int64_t row = 0; row < batch; ++row) {
+    float best = 0.0f;
+    int64_t best_index = -1;
+    for (int64_t c = threadIdx.x; c < chunks; c += kGreedyThreads) {
+      const float v = partial_values[row * chunks + c];
+      const int64_t i = partial_indices[row * chunks + c];
+      if (greedy::comes_first(v, i, best, best_index)) best = v, best_index = i;
     }
-    warp_argmax(value, index);
-    if (lane == 0) warp_value[warp] = value, warp_index[warp] = index;
-    __syncthreads();
-    if (active && member == 0 && lane == 0) {
-      for (int w = warp + 1; w < warp + warps_per_row; ++w) {
-        if (greedy::comes_first(warp_value[w], warp_index[w], value, index)) value = warp_value[w], index = warp_index[w];
-      }
-      tokens[row] = index;
-      if (where >= 0 && where < capacity) generated[where * batch + row] = index;
+    block_argmax(best, best_index);
+    if (threadIdx.x == 0) {
+      tokens[row] = best_index;
+      if (where >= 0 && where < capacity) generated[where * batch + row] = best_index;
     }
-    __syncthreads();  // warp_value is rewritten by the next pass
   }
+  __syncthreads();  // every thread has read step
   if (threadIdx.x == 0) {
     *step = where + 1;
     *position += 1;
@@ -148,13 +161,21 @@ void greedy_advance_cuda(const at::Tensor& logits, const at::Tensor& tokens, con
                          const at::Tensor& step, const at::Tensor& position) {
   const int64_t vocab = detail::check_greedy_advance(logits, tokens, generated, step, position);
   const c10::cuda::CUDAGuard guard(logits.device());
+  const int64_t batch = logits.size(0), chunks = (vocab + kGreedyChunk - 1) / kGreedyChunk;
+  TORCH_CHECK_VALUE(batch < 65536, "greedy_advance: batch above 65535");
+  at::Tensor partial_values = at::empty({batch, chunks}, logits.options().dtype(at::kFloat));
+  at::Tensor partial_indices = at::empty({batch, chunks}, logits.options().dtype(at::kLong));
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, logits.scalar_type(), "greedy_advance_cuda", [&] {
     const bool vector = cuda::is_aligned_16(logits.data_ptr()) && (logits.stride(0) * sizeof(scalar_t)) % 16 == 0;
-    cuda::launch_overlapped(&greedy_advance_kernel<scalar_t>, dim3(1), dim3(kGreedyThreads), 0,
-                            logits.data_ptr<scalar_t>(), logits.stride(0), logits.size(0), vocab, vector,
-                            tokens.data_ptr<int64_t>(), generated.data_ptr<int64_t>(), generated.size(0),
-                            step.data_ptr<int64_t>(), position.data_ptr<int64_t>());
+    cuda::launch_overlapped(&greedy_partials_kernel<scalar_t>,
+                            dim3(static_cast<unsigned>(chunks), static_cast<unsigned>(batch)), dim3(kGreedyThreads), 0,
+                            logits.data_ptr<scalar_t>(), logits.stride(0), vocab, vector,
+                            partial_values.data_ptr<float>(), partial_indices.data_ptr<int64_t>());
   });
+  cuda::launch_overlapped(&greedy_finish_kernel, dim3(1), dim3(kGreedyThreads), 0, partial_values.data_ptr<float>(),
+                          partial_indices.data_ptr<int64_t>(), chunks, batch, tokens.data_ptr<int64_t>(),
+                          generated.data_ptr<int64_t>(), generated.size(0), step.data_ptr<int64_t>(),
+                          position.data_ptr<int64_t>());
 }
 
 constexpr int kBeamThreads = 256;
