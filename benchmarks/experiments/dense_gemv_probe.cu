@@ -4,6 +4,8 @@
 // warp R rows (all their loads issued first) and a CTA W warps; outputs are checked against a float64 reference.
 // Build and run on the GPU machine:
 //   nvcc -O3 -std=c++17 -arch=sm_90a -o dense_gemv_probe dense_gemv_probe.cu && ./dense_gemv_probe 49280 576
+// Rows of up to 768 values only (3 chunks a lane); wider ones print the read floor alone. Results:
+// benchmarks/results/dense-gemv-probe-h100-2026-11-24.txt (the library's one-row-a-warp shape is the first line).
 #include <cuda_bf16.h>
 #include <cuda_runtime.h>
 

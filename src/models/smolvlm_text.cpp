@@ -80,7 +80,7 @@ at::Tensor rotary_per_row(const at::Tensor& x, const at::Tensor& cos, const at::
 
 at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, nn::KVCache& cache,
                                 const at::Tensor& cos, const at::Tensor& sin, const DeviceStep* step,
-                                const LeftPadding* padding, at::TensorList prefetch) const {
+                                const LeftPadding* padding) const {
   const std::int64_t batch = h.size(0), length = h.size(1), head_dim = config_.head_dim;
   auto split_heads = [&](const at::Tensor& t, std::int64_t heads) {
     return t.view({batch, length, heads, head_dim}).transpose(1, 2);
@@ -96,7 +96,7 @@ at::Tensor TextModel::attention(const DecoderLayer& layer, const at::Tensor& h, 
   if (step) {
     // cos, sin: one row at the step's position, or one per row of a left-padded batch.
     out = cache.attend_at(q, k, v, step->position, 1.0 / std::sqrt(static_cast<double>(head_dim)), cos, sin,
-                          padding ? std::optional<at::Tensor>(padding->first) : std::nullopt, prefetch);
+                          padding ? std::optional<at::Tensor>(padding->first) : std::nullopt);
   } else if (padding) {
     const auto [keys, values] = cache.append(rotate(k), v);
     out = nn::scaled_dot_product_attention(rotate(q), keys, values, padding->mask, /*causal=*/false);
@@ -118,22 +118,7 @@ at::Tensor TextModel::layers_forward(at::Tensor h, TextCache& cache, const at::T
   // in the decode step of one sequence none of them has a kernel of its own.
   for (std::size_t i = 0; i < layers_.size(); ++i) {
     const DecoderLayer& layer = layers_[i];
-    // A decode step streams every weight once and is bound by latency: while its attention runs, the weights of
-    // the rest of the layer and of the next layer's q/k/v projection move into L2 (measured on the H100:
-    // benchmarks/results, "l2-prefetch").
-    std::vector<at::Tensor> prefetch;
-    if (step) {
-      std::vector<const quant::QuantizedLinear*> next{&layer.o_proj.layer()};
-      for (const quant::QuantizedLinear* l : layer.gate_up_proj.layers()) next.push_back(l);
-      next.push_back(&layer.down_proj.layer());
-      if (i + 1 < layers_.size()) {
-        for (const quant::QuantizedLinear* l : layers_[i + 1].qkv_proj.layers()) next.push_back(l);
-      }
-      for (const quant::QuantizedLinear* l : next) {
-        for (at::Tensor& t : l->forward_tensors()) prefetch.push_back(std::move(t));
-      }
-    }
-    h = layer.o_proj(attention(layer, h, cache[i], cos, sin, step, padding, prefetch), {.residual = h});
+    h = layer.o_proj(attention(layer, h, cache[i], cos, sin, step, padding), {.residual = h});
     const at::Tensor gate_up = layer.gate_up_proj.joined(h, layer.post_attention_layernorm.as_linear_input());
     h = layer.down_proj(gate_up, {.gated = true, .residual = h});
   }

@@ -37,9 +37,8 @@ std::pair<at::Tensor, at::Tensor> KVCache::append(const at::Tensor& key, const a
 
 at::Tensor KVCache::attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                              const at::Tensor& position, double scale, const std::optional<at::Tensor>& cos,
-                             const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first,
-                             at::TensorList prefetch) {
-  return ops::append_decode_attention(query, key, value, keys_, values_, position, scale, cos, sin, first, prefetch);
+                             const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
+  return ops::append_decode_attention(query, key, value, keys_, values_, position, scale, cos, sin, first);
 }
 
 void KVCache::reorder(const at::Tensor& order) {

@@ -158,16 +158,13 @@ void reorder_cache_rows(at::TensorList caches, const at::Tensor& order, const at
 at::Tensor append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
                                    double scale, const std::optional<at::Tensor>& cos,
-                                   const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first,
-                                   at::TensorList prefetch) {
+                                   const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
   static const auto op =
       find_op<at::Tensor(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                          const at::Tensor&, const at::Tensor&, double, const std::optional<at::Tensor>&,
-                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&,
-                         std::optional<at::TensorList>)>(
+                         const std::optional<at::Tensor>&, const std::optional<at::Tensor>&)>(
           "imagetotext::append_decode_attention");
-  return op.call(query, key, value, keys, values, position, scale, cos, sin, first,
-                 prefetch.empty() ? std::nullopt : std::optional<at::TensorList>(prefetch));
+  return op.call(query, key, value, keys, values, position, scale, cos, sin, first);
 }
 
 }  // namespace imagetotext::ops

@@ -37,14 +37,12 @@ at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, con
 // sequence, or a row each; even head_dim) the query and key are rotated first, rounded as ops::rotary rounds.
 // On CUDA one pass of decode_attention's kernels (the rotation and the write happen in its split kernel). A
 // position outside the caches writes nothing on CUDA (the host keeps the step inside the capacity) and throws
-// on the CPU. `prefetch`: tensors the next kernels will read (the layer's next weights), which the CUDA split
-// kernel asks into L2 while it waits for the previous kernel (a hint: the CPU ignores it, and so does CUDA for a
-// tensor on another device or not contiguous).
+// on the CPU.
 at::Tensor append_decode_attention(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                    const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
                                    double scale, const std::optional<at::Tensor>& cos = std::nullopt,
                                    const std::optional<at::Tensor>& sin = std::nullopt,
-                                   const std::optional<at::Tensor>& first = std::nullopt, at::TensorList prefetch = {});
+                                   const std::optional<at::Tensor>& first = std::nullopt);
 
 // Beam search over fixed-shape caches: in every cache [batch, kv_heads, capacity, head_dim] (all of one shape and
 // dtype, contiguous, written in place), row b becomes what row order[b] held (order: int64 [batch] on the

@@ -48,8 +48,7 @@ TORCH_LIBRARY(imagetotext, m) {
   // Writes key and value into keys, values at position (the key rotated by cos, sin when given); returns
   // decode_attention of the query (rotated alike).
   m.def("append_decode_attention(Tensor query, Tensor key, Tensor value, Tensor(a!) keys, Tensor(b!) values, "
-        "Tensor position, float scale, Tensor? cos=None, Tensor? sin=None, Tensor? first=None, "
-        "Tensor[]? prefetch=None) -> Tensor");
+        "Tensor position, float scale, Tensor? cos=None, Tensor? sin=None, Tensor? first=None) -> Tensor");
   // Beam search over fixed-shape caches: row b of every cache becomes old row order[b] at positions 0 .. position.
   m.def("reorder_cache_rows(Tensor(a!)[] caches, Tensor order, Tensor position) -> ()");
   // Search ops (src/ops/search_ops.hpp): scores with -inf where a token would repeat an n-gram of its row.

@@ -304,14 +304,6 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x, const ops::GemmFusion& 
                         bias, fusion);
 }
 
-std::vector<at::Tensor> QuantizedLinear::forward_tensors() const {
-  std::vector<at::Tensor> tensors{weight_};
-  if (scb_.defined()) tensors.push_back(scb_);
-  if (float_absmax_.defined()) tensors.push_back(float_absmax_);
-  if (bias_) tensors.push_back(*bias_);
-  return tensors;
-}
-
 at::Tensor QuantizedLinear::dequantized_weight() const {
   if (format_ == Quantization::none) return weight_;
   if (is_int8(format_)) return ops::int8_vectorwise_dequant(weight_, scb_);

@@ -194,25 +194,6 @@ def test_append_decode_attention_is_rotary_then_index_copy_then_attention(device
 
 
 @pytest.mark.parametrize("device", DEVICES)
-def test_append_decode_attention_prefetch_is_only_a_hint(device):
-    """Tensors to prefetch into L2 (the layer's next weights) change nothing: not the output, the caches or
-    themselves; a strided one, one on another device or an empty list are taken as well."""
-    needs(device)
-    dtype = torch.bfloat16
-    q, k, v, cos, sin, keys, values = decoder_step(device, dtype, 1, 9, 3, 64, 300, False, seed=3)
-    where = torch.tensor([123], device=device)
-    plain_keys, plain_values = keys.clone(), values.clone()
-    expected = ops.append_decode_attention(q, k, v, plain_keys, plain_values, where, 0.125, cos, sin)
-    weights = [torch.randn(3072, 576, device=device, dtype=dtype), torch.randn(7, device=device),
-               torch.randn(64, 96, device=device).t(), torch.randn(5), torch.empty(0, device=device)]
-    copies = [w.clone() for w in weights]
-    ours = ops.append_decode_attention(q, k, v, keys, values, where, 0.125, cos, sin, prefetch=weights)
-    assert torch.equal(ours, expected)
-    assert torch.equal(keys, plain_keys) and torch.equal(values, plain_values)
-    assert all(torch.equal(w, c) for w, c in zip(weights, copies))
-
-
-@pytest.mark.parametrize("device", DEVICES)
 def test_append_decode_attention_past_the_capacity(device):
     """The host keeps a step inside the cache: on the CPU a position past it throws, on CUDA (where the position
     lives on the device) nothing is written, nothing outside the buffers is touched, and the step attends to the

@@ -86,11 +86,9 @@ class TextModel {
   // The decoder layers on h: the residual stream after the last layer (before the final norm).
   at::Tensor layers_forward(at::Tensor h, TextCache& cache, const at::Tensor& cos, const at::Tensor& sin,
                             const DeviceStep* step, const LeftPadding* padding) const;
-  // The attention block of `layer` on the residual stream h (its input norm included, o_proj not). A decode step
-  // asks `prefetch` (the weights the kernels after the attention read) into the GPU's L2 meanwhile.
+  // The attention block of `layer` on the residual stream h (its input norm included, o_proj not).
   at::Tensor attention(const DecoderLayer& layer, const at::Tensor& h, nn::KVCache& cache, const at::Tensor& cos,
-                       const at::Tensor& sin, const DeviceStep* step, const LeftPadding* padding,
-                       at::TensorList prefetch = {}) const;
+                       const at::Tensor& sin, const DeviceStep* step, const LeftPadding* padding) const;
   // lm_head on the final norm of the residual stream, the norm fused into lm_head's input.
   at::Tensor final_logits(const at::Tensor& h) const { return (*lm_head_)(h, norm_.as_linear_input()); }
 

@@ -28,12 +28,11 @@ class KVCache {
   // attention of `query` [batch, heads, 1, head_dim] over positions 0 .. position (from first[b] on for row b of a
   // left-padded batch), as ops::append_decode_attention (one pass of the attention kernels on CUDA). A rotary
   // model passes cos, sin [1 or batch, head_dim]: the key is written rotated and the query attends rotated.
-  // length() is not advanced: the host does not know the position. `prefetch`: what the next kernels read (see
-  // ops::append_decode_attention).
+  // length() is not advanced: the host does not know the position.
   at::Tensor attend_at(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                        const at::Tensor& position, double scale, const std::optional<at::Tensor>& cos = std::nullopt,
                        const std::optional<at::Tensor>& sin = std::nullopt,
-                       const std::optional<at::Tensor>& first = std::nullopt, at::TensorList prefetch = {});
+                       const std::optional<at::Tensor>& first = std::nullopt);
 
   // Beam search: sequence i continues sequence `order[i]` (an int64 tensor on the cache's device). Fixed-shape
   // caches, whose filled part only the device knows, move with ops::reorder_cache_rows.

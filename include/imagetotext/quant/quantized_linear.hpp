@@ -61,9 +61,6 @@ class QuantizedLinear {
   // float32 (CB * SCB / 127, bitsandbytes' int8_vectorwise_dequant), dense as stored.
   at::Tensor dequantized_weight() const;
 
-  // The tensors forward reads (weight and its statistics, bias), for a kernel that prefetches them into L2.
-  std::vector<at::Tensor> forward_tensors() const;
-
   Quantization format() const noexcept { return format_; }
   const std::optional<at::Tensor>& bias() const noexcept { return bias_; }
   // Bytes the weight occupies as stored (packed codes and statistics; not the bias or forward caches).

@@ -58,8 +58,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
 at::Tensor append_decode_attention_cpu(const at::Tensor& query, const at::Tensor& key, const at::Tensor& value,
                                        const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
                                        double scale, const std::optional<at::Tensor>& cos,
-                                       const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first,
-                                       std::optional<at::TensorList> /*prefetch: a hint for CUDA's L2*/) {
+                                       const std::optional<at::Tensor>& sin, const std::optional<at::Tensor>& first) {
   detail::check_append_decode_attention(query, key, value, keys, values, position, cos, sin, first);
   const at::Tensor index = position.reshape({1});
   if (!cos) {

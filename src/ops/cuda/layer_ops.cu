@@ -294,36 +294,14 @@ __device__ __forceinline__ void load_lane_strided(const T* base, int64_t stride,
   }
 }
 
-// Tensors the kernels after the attention will read (the layer's next weights), asked into L2 by the split kernel
-// before its wait: its CTAs sit idle there while the projection before it finishes, and the HBM is idle for the
-// ~6 us the attention takes; the GEMVs after it then stream their weights from L2.
-constexpr int kMaxPrefetch = 16;
-constexpr int kL2Line = 128;
-struct L2Prefetch {
-  const char* begin[kMaxPrefetch];
-  int64_t bytes[kMaxPrefetch];
-  int count;
-
-  // Every thread of the grid takes every `threads`-th line of each tensor (a hint: no wait, no result).
-  __device__ __forceinline__ void issue(int64_t thread, int64_t threads) const {
-    for (int t = 0; t < count; ++t) {
-      for (int64_t line = thread; line * kL2Line < bytes[t]; line += threads) {
-        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(begin[t] + line * kL2Line));
-      }
-    }
-  }
-};
-
 template <typename T, int E, bool kNewToken>
 __global__ void __launch_bounds__(kSplitThreads)
 decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> token,
                               const int64_t* position, const int64_t* first_position,
                               float* partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
-                              bool vector, L2Prefetch prefetch) {
+                              bool vector) {
   let_next_kernel_start();
-  prefetch.issue((static_cast<int64_t>(blockIdx.y) * gridDim.x + blockIdx.x) * kSplitThreads + threadIdx.x,
-                 static_cast<int64_t>(gridDim.x) * gridDim.y * kSplitThreads);
   wait_for_previous_kernels(query, keys, values, position, first_position, token.query, token.key, token.value,
                             token.cos, token.sin);
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
@@ -522,7 +500,7 @@ int dims_per_lane(int64_t dim) { return dim <= 32 ? 4 : dim <= 64 ? 8 : dim <= 1
 template <bool kNewToken, typename T>
 void launch_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                              const NewToken<T>& token, const at::Tensor& position, double scale,
-                             const at::Tensor& first, const L2Prefetch& prefetch, at::Tensor& out) {
+                             const at::Tensor& first, at::Tensor& out) {
   const int64_t batch = out.size(0), heads = out.size(1), dim = out.size(3), capacity = keys.size(2);
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, op, ": head_dim must be 1 to 256 on CUDA, got ", dim);
   TORCH_CHECK(batch * heads < 65536, op, ": batch * heads above 65535");
@@ -543,7 +521,7 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
                       kNewToken ? nullptr : query.data_ptr<T>(), keys.data_ptr<T>(), values.data_ptr<T>(), token,
                       position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
                       partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
-                      static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector, prefetch);
+                      static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
   };
   switch (dims_per_lane(dim)) {
     case 4: launch(std::integral_constant<int, 4>{}); break;
@@ -570,7 +548,7 @@ at::Tensor decode_attention_cuda(const at::Tensor& query_in, const at::Tensor& k
   at::Tensor out = at::empty(query.sizes(), query.options());
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, query.scalar_type(), "decode_attention_cuda", [&] {
     launch_decode_attention<false, scalar_t>("decode_attention", query, keys, values, NewToken<scalar_t>{}, position,
-                                             scale, first, L2Prefetch{}, out);
+                                             scale, first, out);
   });
   return out;
 }
@@ -579,18 +557,8 @@ at::Tensor append_decode_attention_cuda(const at::Tensor& query, const at::Tenso
                                         const at::Tensor& keys, const at::Tensor& values, const at::Tensor& position,
                                         double scale, const std::optional<at::Tensor>& cos_in,
                                         const std::optional<at::Tensor>& sin_in,
-                                        const std::optional<at::Tensor>& first_in,
-                                        std::optional<at::TensorList> prefetch_tensors) {
+                                        const std::optional<at::Tensor>& first_in) {
   detail::check_append_decode_attention(query, key, value, keys, values, position, cos_in, sin_in, first_in);
-  L2Prefetch prefetch{};
-  for (const at::Tensor& t : prefetch_tensors.value_or(at::TensorList{})) {
-    if (prefetch.count == kMaxPrefetch || !t.defined() || !t.is_cuda() || t.device() != query.device() ||
-        !t.is_contiguous()) {
-      continue;
-    }
-    prefetch.begin[prefetch.count] = static_cast<const char*>(t.data_ptr());
-    prefetch.bytes[prefetch.count++] = static_cast<int64_t>(t.nbytes());
-  }
   const c10::cuda::CUDAGuard guard(query.device());
   const at::Tensor cos = cos_in ? cos_in->contiguous() : at::Tensor(), sin = sin_in ? sin_in->contiguous() : at::Tensor();
   const at::Tensor first = first_in ? first_in->contiguous() : at::Tensor();
@@ -620,7 +588,7 @@ at::Tensor append_decode_attention_cuda(const at::Tensor& query, const at::Tenso
       token.vector = token.vector && cuda::is_aligned_16(cos.data_ptr()) && cuda::is_aligned_16(sin.data_ptr());
     }
     launch_decode_attention<true, scalar_t>("append_decode_attention", at::Tensor(), keys, values, token, position,
-                                            scale, first, prefetch, out);
+                                            scale, first, out);
   });
   return out;
 }
