@@ -1,13 +1,14 @@
 // The fused dequantize-GEMV behind gemm_4bit and gemm_int8_weight_only for few rows of A (decode, small
 // batches): out[m, n] = sum_k A[m, k] * W[n, k] + bias[n] with W read once, straight from its packed form.
 //
-// Geometry: CTAs of kGemvWarps warps, one warp per output column n (one row of W). Lane l streams the
-// 16-byte chunks l, l+32, ... of that row (coalesced: a warp reads 512 contiguous bytes per step), with
-// kGemvUnroll chunks in flight before the first is used; it decodes a chunk into float registers with the
-// format's decoder and multiplies it with every row of A (at most kRows, a compile-time tile, so the
-// weights are read once for all rows). A is small and stays in L1/L2. Accumulation is float32; one warp
-// reduction per row, one rounding to A's dtype at the end (bias added in float32 first). Launched overlapped
-// (launch.cuh): the first chunks are loaded before the wait for the previous kernel.
+// Geometry: at most one wave of CTAs of kGemvWarps warps; a warp takes one output column n (one row of W) at a
+// time, then the column a grid's worth of warps further. Lane l streams the 16-byte chunks l, l+32, ... of that
+// row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvUnroll chunks in flight before the first
+// is used; it decodes a chunk into float registers with the format's decoder and multiplies it with every row of
+// A (at most kRows, a compile-time tile, so the weights are read once for all rows). A is small and stays in
+// L1/L2. Accumulation is float32; one warp reduction per row, one rounding to A's dtype at the end (bias added in
+// float32 first). Launched overlapped (launch.cuh): the first chunks are loaded before the wait for the previous
+// kernel.
 //
 // Fusions (ops::GemmFusion): gelu of the rounded output and a residual added to it, at any row count; and for
 // one row of A, the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared

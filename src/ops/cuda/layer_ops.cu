@@ -20,7 +20,6 @@ namespace {
 
 using cuda::kWarpSize;
 using cuda::launch_overlapped;
-using cuda::resident_ctas_per_sm;
 using cuda::rounded;
 using cuda::let_next_kernel_start;
 using cuda::wait_for_previous_kernels;
@@ -446,6 +445,7 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
 // ~3 us of a SmolVLM-256M layer's 20 on the H100), then one thread per split weighs its state and one thread per
 // dim sums the weighted outputs.
 constexpr int kMergeLoads = 16;  // floats a thread loads before it stores any
+constexpr int64_t kMergeStateBytes = 48 * 1024;
 
 template <typename T>
 __global__ void __launch_bounds__(kMaxSplits)
@@ -506,8 +506,10 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
   TORCH_CHECK(batch * heads < 65536, op, ": batch * heads above 65535");
   if (batch * heads == 0 || capacity == 0) return;
   const int64_t group = heads / keys.size(1);
-  // The split depends on the capacity only (not on the position, which lives on the device).
-  const int64_t splits = std::min<int64_t>(kMaxSplits, (capacity + 63) / 64);
+  // The split depends on the capacity only (not on the position, which lives on the device), and the merge stages
+  // every split's state in shared memory: at most kMergeStateBytes, the default limit of every device.
+  const int64_t splits =
+      std::min<int64_t>({kMaxSplits, (capacity + 63) / 64, kMergeStateBytes / ((dim + 2) * int64_t{4})});
   const int64_t chunk = ((capacity + splits - 1) / splits + kSplitGroups - 1) / kSplitGroups * kSplitGroups;
   at::Tensor partials = at::empty({batch * heads * splits * (dim + 2)}, keys.options().dtype(at::kFloat));
   auto launch = [&](auto per_lane) {
@@ -529,10 +531,6 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
     case 16: launch(std::integral_constant<int, 16>{}); break;
     default: launch(std::integral_constant<int, 32>{});
   }
-  // The merge stages its splits' states in shared memory: up to kMaxSplits * (256 + 2) floats, above the default
-  // 48 KiB, so the kernel's limit is raised (once per device) to the widest.
-  constexpr int kMaxStateBytes = kMaxSplits * (8 * kWarpSize + 2) * static_cast<int>(sizeof(float));
-  resident_ctas_per_sm<&decode_attention_merge_kernel<T>>(kMaxSplits, kMaxStateBytes);
   const size_t state_bytes = static_cast<size_t>(splits * (dim + 2)) * sizeof(float);
   launch_overlapped(&decode_attention_merge_kernel<T>, dim3(static_cast<unsigned>(batch * heads)), dim3(kMaxSplits),
                     state_bytes, partials.data_ptr<float>(), out.data_ptr<T>(), static_cast<int>(dim),
