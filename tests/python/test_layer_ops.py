@@ -109,11 +109,13 @@ def reference_attention(query, keys, values, position):
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 @pytest.mark.parametrize("batch, heads, kv_heads, dim",
                          [(1, 9, 3, 64), (1, 15, 5, 64), (3, 4, 4, 32), (1, 8, 2, 128), (2, 4, 2, 16), (1, 2, 1, 80)])
-@pytest.mark.parametrize("position", [0, 63, 64, 200, 319])
-def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, dim, position):
+@pytest.mark.parametrize("position, capacity", [(0, 320), (63, 320), (64, 320), (200, 320), (319, 320),
+                                                (1237, 1280), (8999, 9000)])
+def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, dim, position, capacity):
+    """Capacities of one to 128 CUDA CTAs a head (a CTA takes 64 positions a round at head_dim 64 or less, a head
+    at most 128 CTAs: 9000 positions take two rounds a CTA)."""
     needs(device)
     torch.manual_seed(3)
-    capacity = 320
     query = torch.randn(batch, heads, 1, dim).to(device, dtype)
     keys = (torch.randn(batch, kv_heads, capacity, dim) * 2).to(device, dtype)
     values = torch.randn(batch, kv_heads, capacity, dim).to(device, dtype)

@@ -509,8 +509,9 @@ def test_cuda_gemm_device_mix_raises_value_error():
 @pytest.mark.gpu
 @pytest.mark.parametrize("fusion", list(FUSIONS))
 @pytest.mark.parametrize("M", [1, 3, 16])
-# 49280 x 576 (SmolVLM's lm_head): more rows than one wave of the SIMT GEMV's CTAs hold, so its warps loop over rows.
-@pytest.mark.parametrize("N,K", [(960, 576), (576, 1536), (72, 320), (49280, 576)])
+# 49280 x 576 (SmolVLM's lm_head): more rows than one wave of the SIMT GEMV's CTAs hold, so its warps loop over rows;
+# 960 x 2560 (SmolVLM-500M's down_proj, K = 2 x 2560 gated): in float32 more chunks a lane than the first batch loads.
+@pytest.mark.parametrize("N,K", [(960, 576), (576, 1536), (960, 2560), (72, 320), (49280, 576)])
 @pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "dense"])
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_cuda_gemm_fusion_matches_the_composition(dtype, kind, N, K, M, fusion):

@@ -3,12 +3,12 @@
 //
 // Geometry: at most one wave of CTAs of kGemvWarps warps; a warp takes one output column n (one row of W) at a
 // time, then the column a grid's worth of warps further. Lane l streams the 16-byte chunks l, l+32, ... of that
-// row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvUnroll chunks in flight before the first
-// is used; it decodes a chunk into float registers with the format's decoder and multiplies it with every row of
+// row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvFirstChunks chunks of the row's start, then
+// kGemvUnroll at a time, in flight before the first is used; it decodes a chunk into float registers with the format's decoder and multiplies it with every row of
 // A (at most kRows, a compile-time tile, so the weights are read once for all rows). A is small and stays in
 // L1/L2. Accumulation is float32; one warp reduction per row, one rounding to A's dtype at the end (bias added in
-// float32 first). Launched overlapped (launch.cuh): the first chunks are loaded before the wait for the previous
-// kernel.
+// float32 first). Launched overlapped (launch.cuh): the first row's first chunks are loaded before the wait for the
+// previous kernel.
 //
 // Fusions (ops::GemmFusion): gelu of the rounded output and a residual added to it, at any row count; and for
 // one row of A, the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared
@@ -20,6 +20,7 @@
 
 #include <algorithm>
 #include <optional>
+#include <type_traits>
 
 #include "blockwise.cuh"
 #include "imagetotext/quant/quantize.hpp"
@@ -40,6 +41,14 @@ constexpr int kGemvUnroll = 4;
 
 // What the GEMV multiplies the weights with: A's row, rms_norm of it, or silu_mul of its halves.
 enum class GemvInput { plain, rms_norm, gated };
+
+// Chunks per lane loaded for a row's start (before the wait, for the first row). A gated input is an MLP's
+// hidden activation, so its K is a few times the model's width (SmolVLM's down_proj: K = 1536 or 2560, 6 or 10
+// chunks a lane): 12 loads the whole row before the wait (at 4, the 500M down_proj waited for two more HBM round
+// trips after it: 5.7 us a layer on the H100). The others keep kGemvUnroll and their registers (168 instead of
+// 128 would leave 3 CTAs an SM instead of 4).
+template <GemvInput kInput>
+constexpr int kGemvFirstChunks = kInput == GemvInput::gated ? 12 : kGemvUnroll;
 
 template <typename scalar_t>
 struct GemvFusionArgs {
@@ -162,16 +171,18 @@ __global__ void __launch_bounds__(kGemvThreads)
   const bool has_row = n < N;
   const int64_t chunks = K / kWeights;
   const uint4* row = weights.row(has_row ? n : 0, chunks);
-  uint4 raw[kGemvUnroll] = {};
-  float scale[kGemvUnroll] = {};
-  auto load_chunks = [&](int64_t first) {  // all loads first: kGemvUnroll chunks in flight per lane
+  uint4 raw[kGemvFirstChunks<kInput>] = {};
+  float scale[kGemvFirstChunks<kInput>] = {};
+  auto load_chunks = [&](int64_t first, auto count) {  // all loads first: `count` chunks in flight per lane
 #pragma unroll
-    for (int u = 0; u < kGemvUnroll; ++u) {
+    for (int u = 0; u < decltype(count)::value; ++u) {
       const int64_t c = first + u * kWarpSize;
       raw[u] = c < chunks ? __ldcs(row + c) : make_uint4(0, 0, 0, 0);  // streamed: each byte is read once
       scale[u] = c < chunks ? weights.chunk_scale(n, K, c) : 0.0f;
     }
   };
+  constexpr std::integral_constant<int, kGemvFirstChunks<kInput>> kFirst{};
+  constexpr std::integral_constant<int, kGemvUnroll> kLater{};
   float acc[kRows];
   const scalar_t* input = A;  // the staged row for a fused input
   auto accumulate = [&](int64_t c, const float* w, float chunk_scale) {
@@ -180,10 +191,10 @@ __global__ void __launch_bounds__(kGemvThreads)
       if (m < rows) acc[m] = fmaf(dot_chunk<scalar_t, kWeights>(input + m * K + c * kWeights, w), chunk_scale, acc[m]);
     }
   };
-  // Chunks u_begin.. of the batch loaded for `first`.
-  auto accumulate_batch = [&](int64_t first, int u_begin) {
+  // Chunks u_begin.. of the batch of `count` loaded for `first`.
+  auto accumulate_batch = [&](int64_t first, int u_begin, auto count) {
 #pragma unroll
-    for (int u = u_begin; u < kGemvUnroll; ++u) {
+    for (int u = u_begin; u < decltype(count)::value; ++u) {
       const int64_t c = first + u * kWarpSize;
       if (c < chunks) {
         float w[kWeights];
@@ -194,7 +205,7 @@ __global__ void __launch_bounds__(kGemvThreads)
   };
   // The first weights depend on no earlier kernel: they are loaded, and the first chunk decoded, while the
   // previous kernel finishes (at the decoders' small K that chunk is a lane's whole share); so is the norm's weight.
-  if (has_row) load_chunks(lane);
+  if (has_row) load_chunks(lane, kFirst);
   float first_chunk[kWeights];
   weights.decode(raw[0], first_chunk);
   StageWeights<kInput, scalar_t> stage_weights;
@@ -221,10 +232,10 @@ __global__ void __launch_bounds__(kGemvThreads)
           residual != nullptr && lane == 0 && m < rows ? static_cast<float>(residual[m * N + n]) : 0.0f;
     }
     if (lane < chunks) accumulate(lane, first_chunk, scale[0]);
-    accumulate_batch(lane, 1);
-    for (int64_t first = lane + kWarpSize * kGemvUnroll; first < chunks; first += kWarpSize * kGemvUnroll) {
-      load_chunks(first);
-      accumulate_batch(first, 0);
+    accumulate_batch(lane, 1, kFirst);
+    for (int64_t first = lane + kWarpSize * kFirst.value; first < chunks; first += kWarpSize * kGemvUnroll) {
+      load_chunks(first, kLater);
+      accumulate_batch(first, 0, kLater);
     }
     const float row_scale = weights.row_scale(n);
 #pragma unroll
@@ -242,7 +253,7 @@ __global__ void __launch_bounds__(kGemvThreads)
     n += row_step;
     if (n >= N) return;
     row = weights.row(n, chunks);
-    load_chunks(lane);
+    load_chunks(lane, kFirst);
     weights.decode(raw[0], first_chunk);
   }
 }

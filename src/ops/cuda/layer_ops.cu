@@ -208,7 +208,9 @@ at::Tensor silu_mul_cuda(const at::Tensor& gate_in, const at::Tensor& up_in) {
 // trip (0.68 -> 0.72 ms a SmolVLM-256M token in a first version).
 constexpr int kSplitThreads = 128;
 constexpr int kSplitGroups = kSplitThreads / 8;  // positions in flight per CTA round
-constexpr int kSplitUnroll = 4;                 // rounds whose loads are issued together
+// Positions a group loads before it uses any: 4 (E = 4 or 8), fewer for wider lanes, so a lane's keys and values
+// in flight stay at 32 floats (E = 32 at 4 had spilled 12 KB a thread).
+constexpr int split_unroll(int E) { return E <= 8 ? 4 : 32 / E; }
 constexpr int kMaxSplits = 128;
 
 // E elements of row `row` from dim index j*E on, as float; `vector`: the E values are 16-byte aligned and whole.
@@ -300,7 +302,23 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
                               float* partials, int64_t heads,
                               int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
                               bool vector) {
+  constexpr int kUnroll = split_unroll(E);  // a CTA's round: kSplitGroups * kUnroll positions
   let_next_kernel_start();
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  // While the previous kernel runs, ask L2 for this chunk's cached keys and values: HBM misses otherwise, as a
+  // step streams far more weights than L2 holds (on the H100 this took ~0.7 us off the attention's critical path
+  // in each SmolVLM layer). A hint only, so it may read the position before the wait: a step stale at worst.
+  if (vector && threadIdx.x < 2) {
+    const int64_t kv_row = (blockIdx.y / heads) * (heads / group) + (blockIdx.y % heads) / group;
+    const int64_t chunk_begin = static_cast<int64_t>(blockIdx.x) * chunk;
+    const int64_t rows = min(chunk_begin + chunk, min(*position + 1, capacity)) - chunk_begin;
+    if (rows > 0) {
+      const T* base = (threadIdx.x == 0 ? keys : values) + (kv_row * capacity + chunk_begin) * dim;
+      asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base), "r"(static_cast<unsigned>(rows * dim * sizeof(T)))
+                   : "memory");
+    }
+  }
+#endif
   wait_for_previous_kernels(query, keys, values, position, first_position, token.query, token.key, token.value,
                             token.cos, token.sin);
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
@@ -377,11 +395,11 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   float running_max = -FLT_MAX, running_sum = 0.0f, acc[E] = {};
   // Rounds are uniform across the CTA (the 8-lane shuffles below need every lane of the warp); a group whose
   // position lies past the chunk's end takes part with a dead position.
-  for (int64_t round = begin; round < end; round += kSplitGroups * kSplitUnroll) {
+  for (int64_t round = begin; round < end; round += kSplitGroups * kUnroll) {
     const int64_t first = round + gid;
-    float k[kSplitUnroll][E], v[kSplitUnroll][E];
+    float k[kUnroll][E], v[kUnroll][E];
 #pragma unroll
-    for (int u = 0; u < kSplitUnroll; ++u) {  // every load first: kSplitUnroll positions in flight per group
+    for (int u = 0; u < kUnroll; ++u) {  // every load first: kUnroll positions in flight per group
       const int64_t p = first + u * kSplitGroups;
       if (p >= end) continue;
       if (holds_new && p == new_position) {  // no CTA reads the cache at the position being written
@@ -396,7 +414,7 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
       }
     }
 #pragma unroll
-    for (int u = 0; u < kSplitUnroll; ++u) {
+    for (int u = 0; u < kUnroll; ++u) {
       const bool live = first + u * kSplitGroups < end;  // uniform within the 8-lane group, not the warp
       float dot = 0.0f;
 #pragma unroll
@@ -445,7 +463,10 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
 // ~3 us of a SmolVLM-256M layer's 20 on the H100), then one thread per split weighs its state and one thread per
 // dim sums the weighted outputs.
 constexpr int kMergeLoads = 16;  // floats a thread loads before it stores any
-constexpr int64_t kMergeStateBytes = 48 * 1024;
+// The states' bytes at most: the default limit of every device, 48 KiB, less 1 KiB for the kernel's static shared
+// memory (656 bytes), which counts against the same limit (at head_dim 128 the full 48 KiB of states failed to
+// launch).
+constexpr int64_t kMergeStateBytes = 47 * 1024;
 
 template <typename T>
 __global__ void __launch_bounds__(kMaxSplits)
@@ -507,7 +528,7 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
   if (batch * heads == 0 || capacity == 0) return;
   const int64_t group = heads / keys.size(1);
   // The split depends on the capacity only (not on the position, which lives on the device), and the merge stages
-  // every split's state in shared memory: at most kMergeStateBytes, the default limit of every device.
+  // every split's state in shared memory: at most kMergeStateBytes.
   const int64_t splits =
       std::min<int64_t>({kMaxSplits, (capacity + 63) / 64, kMergeStateBytes / ((dim + 2) * int64_t{4})});
   const int64_t chunk = ((capacity + splits - 1) / splits + kSplitGroups - 1) / kSplitGroups * kSplitGroups;
