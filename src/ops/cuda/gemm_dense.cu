@@ -96,19 +96,24 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
   const at::Tensor a = A.contiguous(), weight = weight_in.contiguous();
   const int64_t rows = cuda::leading_rows(a), N = shape.out_features, K = shape.in_features;
   const int weights_per_chunk = 16 / static_cast<int>(a.element_size());
-  if (rows <= kMaxDenseGemvRows &&
-      cuda::gemv_applies(a, rows, K, weights_per_chunk, weight.data_ptr(), fusion)) {
-    at::Tensor out = detail::gemm_output(op, a, N, fusion);
-    if (rows == 0 || N == 0) return out;
+  // The SIMT GEMV on `input` with `gemv_fusion`; false where it does not apply.
+  auto simt_gemv = [&](const at::Tensor& input, const GemmFusion& gemv_fusion, at::Tensor& out) {
+    if (rows > kMaxDenseGemvRows ||
+        !cuda::gemv_applies(input, rows, K, weights_per_chunk, weight.data_ptr(), gemv_fusion)) {
+      return false;
+    }
+    out = detail::gemm_output(op, input, N, gemv_fusion);
+    if (rows == 0 || N == 0) return true;
     const at::Tensor bias_values = bias ? bias->contiguous() : at::Tensor();
-    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, a.scalar_type(), "gemm_dense_cuda", [&] {
+    AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, input.scalar_type(), "gemm_dense_cuda", [&] {
       static_assert(kMaxDenseGemvRows == 1, "launch the row tiles of launch_gemv for more rows");
       cuda::launch_gemv_tile<DenseRowWeights<scalar_t>, scalar_t, 1>(
-          a, rows, DenseRowWeights<scalar_t>{weight.data_ptr<scalar_t>()}, N, K,
-          bias ? bias_values.data_ptr<scalar_t>() : nullptr, fusion, out);
+          input, rows, DenseRowWeights<scalar_t>{weight.data_ptr<scalar_t>()}, N, K,
+          bias ? bias_values.data_ptr<scalar_t>() : nullptr, gemv_fusion, out);
     });
-    return out;
-  }
+    return true;
+  };
+  if (at::Tensor out; simt_gemv(a, fusion, out)) return out;
   // A norm the SIMT GEMV does not take (LayerNorm, a normed_out, several rows): the tensor-core GEMV stages it.
   const MakeDenseMmaWeights mma_weights{weight.data_ptr()};
   if (cuda::mma_norm_applies(a, rows, K, fusion) &&
@@ -118,6 +123,9 @@ at::Tensor gemm_dense_cuda(const at::Tensor& A, const at::Tensor& weight_in, con
     return out;
   }
   const at::Tensor input = gemm_input(a, fusion).contiguous();
+  // An input the GEMV cannot stage (a gated row wider than kStageChunks chunks a thread), composed: the same
+  // GEMV as the composition's, so the same sums (cuBLAS here summed in another order).
+  if (at::Tensor out; simt_gemv(input, detail::epilogue_of(fusion), out)) return out;
   if (rows >= 2 && rows <= kMaxDenseMmaRows &&
       cuda::mma_gemv_applies(input, rows, kMaxDenseMmaRows, N, K, DenseMmaWeights<c10::Half>::kK, weight.data_ptr())) {
     at::Tensor out = detail::gemm_output(op, input, N, fusion);
