@@ -44,11 +44,12 @@ enum class GemvInput { plain, rms_norm, gated };
 
 // Chunks per lane loaded for a row's start (before the wait, for the first row). A gated input is an MLP's
 // hidden activation, so its K is a few times the model's width (SmolVLM's down_proj: K = 1536 or 2560, 6 or 10
-// chunks a lane): 12 loads the whole row before the wait (at 4, the 500M down_proj waited for two more HBM round
-// trips after it: 5.7 us a layer on the H100). The others keep kGemvUnroll and their registers (168 instead of
-// 128 would leave 3 CTAs an SM instead of 4).
-template <GemvInput kInput>
-constexpr int kGemvFirstChunks = kInput == GemvInput::gated ? 12 : kGemvUnroll;
+// bfloat16 chunks a lane): enough for a row of K = 4096, at most 12, so the row is loaded before the wait (at 4,
+// the 500M down_proj waited for two more HBM round trips after it: 5.7 us a layer on the H100, 4.4 at 12). The
+// others keep kGemvUnroll and their registers (168 instead of 128 would leave 3 CTAs an SM instead of 4).
+template <GemvInput kInput, int kWeightsPerChunk>
+constexpr int kGemvFirstChunks =
+    kInput == GemvInput::gated ? std::clamp(4096 / (kWarpSize * kWeightsPerChunk), kGemvUnroll, 12) : kGemvUnroll;
 
 template <typename scalar_t>
 struct GemvFusionArgs {
@@ -171,8 +172,8 @@ __global__ void __launch_bounds__(kGemvThreads)
   const bool has_row = n < N;
   const int64_t chunks = K / kWeights;
   const uint4* row = weights.row(has_row ? n : 0, chunks);
-  uint4 raw[kGemvFirstChunks<kInput>] = {};
-  float scale[kGemvFirstChunks<kInput>] = {};
+  uint4 raw[kGemvFirstChunks<kInput, kWeights>] = {};
+  float scale[kGemvFirstChunks<kInput, kWeights>] = {};
   auto load_chunks = [&](int64_t first, auto count) {  // all loads first: `count` chunks in flight per lane
 #pragma unroll
     for (int u = 0; u < decltype(count)::value; ++u) {
@@ -181,7 +182,7 @@ __global__ void __launch_bounds__(kGemvThreads)
       scale[u] = c < chunks ? weights.chunk_scale(n, K, c) : 0.0f;
     }
   };
-  constexpr std::integral_constant<int, kGemvFirstChunks<kInput>> kFirst{};
+  constexpr std::integral_constant<int, kGemvFirstChunks<kInput, kWeights>> kFirst{};
   constexpr std::integral_constant<int, kGemvUnroll> kLater{};
   float acc[kRows];
   const scalar_t* input = A;  // the staged row for a fused input

@@ -8,7 +8,8 @@
 //
 // The rules every kernel launched with `launch_overlapped` keeps:
 // - before `wait_for_previous_kernels(...)` it reads only what no kernel of the step writes (weights, norm
-//   weights, tables) and writes nothing: an earlier kernel may still read or write any other buffer;
+//   weights, tables) and writes nothing: an earlier kernel may still read or write any other buffer (an L2
+//   prefetch hint may use a stale activation for its address: it reads nothing the kernel uses);
 // - it reads activations only through the pointers it passed to `wait_for_previous_kernels(...)`, never with
 //   __ldg, and its activation arguments are not __restrict__ (see there);
 // - every CTA that reads or writes activations calls it. Kernel i+1's completion then implies kernel i's,
