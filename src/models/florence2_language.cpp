@@ -2,7 +2,6 @@
 
 #include <ATen/ops/arange.h>
 #include <ATen/ops/empty_like.h>
-#include <ATen/ops/linear.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
 
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "imagetotext/core/error.hpp"
+#include "imagetotext/quant/quantize.hpp"
 #include "../ops/layer_ops.hpp"
 
 namespace imagetotext::florence2 {
@@ -207,9 +207,7 @@ at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) con
     h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], std::nullopt, nullptr);
     norm = &decoder_layers_[i].final_layer_norm;
   }
-  at::Tensor logits = at::linear((*norm)(h), shared_.weight);
-  if (lm_head_bias_) logits = logits + *lm_head_bias_;
-  return logits.to(at::kFloat);
+  return logits(h, *norm);
 }
 
 at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const {
@@ -221,9 +219,14 @@ at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& p
     h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], state.encoder_mask, &step);
     norm = &decoder_layers_[i].final_layer_norm;
   }
-  at::Tensor logits = at::linear((*norm)(h.select(1, 0)), shared_.weight);
-  if (lm_head_bias_) logits = logits + *lm_head_bias_;
-  return logits.to(at::kFloat);
+  return logits(h.select(1, 0), *norm);
+}
+
+at::Tensor LanguageModel::logits(const at::Tensor& h, const nn::LayerNorm& norm) const {
+  // One gemm with the norm fused (CUDA, a few rows: one tensor-core GEMV, where a norm, a cuBLAS GEMM and a bias
+  // add ran; and no cuBLAS call in a recorded step, whose capture stream would keep a cuBLAS workspace of its
+  // own); elsewhere the same composition as before (the norm, the matmul, the bias added).
+  return ops::gemm_dense(h, shared_.weight, lm_head_bias_, norm.as_linear_input()).to(at::kFloat);
 }
 
 void LanguageModel::reorder(DecoderState& state, const at::Tensor& order, const std::optional<at::Tensor>& position) const {

@@ -122,6 +122,9 @@ class LanguageModel {
   const Florence2TextConfig& config() const noexcept { return config_; }
 
  private:
+  // The tied lm_head over `norm`(h), plus the lm_head's bias, in float32.
+  at::Tensor logits(const at::Tensor& h, const nn::LayerNorm& norm) const;
+
   Florence2TextConfig config_;
   nn::Embedding shared_;
   std::optional<at::Tensor> lm_head_bias_;
