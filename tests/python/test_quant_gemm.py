@@ -510,7 +510,8 @@ def test_cuda_gemm_device_mix_raises_value_error():
 @pytest.mark.parametrize("fusion", list(FUSIONS))
 @pytest.mark.parametrize("M", [1, 3, 16])
 # 49280 x 576 (SmolVLM's lm_head): more rows than one wave of the SIMT GEMV's CTAs hold, so its warps loop over rows;
-# 960 x 2560 (SmolVLM-500M's down_proj, K = 2 x 2560 gated): in float32 more chunks a lane than the first batch loads.
+# 960 x 2560 (SmolVLM-500M's down_proj; gated, its input 2 x 2560 wide): in float32 more chunks a lane than the first
+# batch loads, and a row too wide to stage (gemm_dense composes it and runs the same GEMV).
 @pytest.mark.parametrize("N,K", [(960, 576), (576, 1536), (960, 2560), (72, 320), (49280, 576)])
 @pytest.mark.parametrize("kind", ["nf4", "fp4", "int8", "dense"])
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -3,9 +3,10 @@
 //
 // Geometry: at most one wave of CTAs of kGemvWarps warps; a warp takes one output column n (one row of W) at a
 // time, then the column a grid's worth of warps further. Lane l streams the 16-byte chunks l, l+32, ... of that
-// row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvFirstChunks chunks of the row's start, then
-// kGemvUnroll at a time, in flight before the first is used; it decodes a chunk into float registers with the format's decoder and multiplies it with every row of
-// A (at most kRows, a compile-time tile, so the weights are read once for all rows). A is small and stays in
+// row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvFirstChunks chunks of the row's start,
+// then kGemvUnroll at a time, in flight before the first is used; it decodes a chunk into float registers with the
+// format's decoder and multiplies it with every row of A (at most kRows, a compile-time tile, so the weights are
+// read once for all rows). A is small and stays in
 // L1/L2. Accumulation is float32; one warp reduction per row, one rounding to A's dtype at the end (bias added in
 // float32 first). Launched overlapped (launch.cuh): the first row's first chunks are loaded before the wait for the
 // previous kernel.
