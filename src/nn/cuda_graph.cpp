@@ -5,6 +5,9 @@
 #include "imagetotext/core/error.hpp"
 
 #if IMAGETOTEXT_WITH_CUDA
+#include <map>
+#include <mutex>
+
 #include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
@@ -22,14 +25,33 @@ Decoding parse_decoding(std::string_view name) {
 
 #if IMAGETOTEXT_WITH_CUDA
 
+namespace {
+
+// Recordings run one at a time, each device's on one side stream of its own. cuBLAS keeps a workspace for every
+// stream it ran on (32 MiB on Hopper) for the process's life: with a fresh pool stream per recording, each new
+// recording of a step that calls cuBLAS (a batch whose lm_head has more rows than the GEMVs take) pinned one more.
+std::mutex capture_mutex;
+
+c10::cuda::CUDAStream capture_stream(c10::DeviceIndex device) {  // under capture_mutex
+  static std::map<c10::DeviceIndex, c10::cuda::CUDAStream> streams;
+  auto it = streams.find(device);
+  if (it == streams.end()) {
+    it = streams.emplace(device, c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device)).first;
+  }
+  return it->second;
+}
+
+}  // namespace
+
 bool CudaGraph::supported(c10::Device device) { return device.is_cuda(); }
 
 void CudaGraph::capture(c10::Device device, const std::function<void()>& body) {
   if (!supported(device)) throw DeviceError(fmt::format("CUDA graphs need a CUDA device, not {}", device.str()));
   const c10::cuda::CUDAGuard device_guard(device);
   const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(device.index());
+  const std::lock_guard lock(capture_mutex);
   // Capture must not run on the legacy default stream; the side stream first waits for the caller's work.
-  const c10::cuda::CUDAStream side = c10::cuda::getStreamFromPool(/*isHighPriority=*/false, device.index());
+  const c10::cuda::CUDAStream side = capture_stream(device.index());
   at::cuda::CUDAEvent ready;
   ready.record(caller);
   ready.block(side);

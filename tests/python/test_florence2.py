@@ -659,6 +659,30 @@ def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_in
             assert again == rows, settings
 
 
+@pytest.mark.gpu
+def test_cuda_recordings_share_one_stream(long_positions_checkpoint, batch_inputs):
+    """Every recording of a decode step runs on one side stream per device. cuBLAS keeps a workspace for each
+    stream it ran on (32 MiB on Hopper) for the process's life, and a batch of three images with three beams runs
+    its lm_head (9 rows, more than the GEMVs take) on cuBLAS: recordings on fresh streams pinned one more workspace
+    each. Six more recordings (the settings alternate, so each records again) leave the memory allocated where
+    the first two left it."""
+    ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype="bfloat16")
+    pixel_values, input_ids, _ = batch_inputs
+    encoded = ours.encode(pixel_values.cuda(), input_ids[:, IMAGE_TOKENS:].cuda())
+    settings = [our_settings(dict(SERVICE, max_new_tokens=5, length_penalty=penalty)) for penalty in (1.0, 2.0)]
+
+    def record(kwargs):
+        ours.generate_batch(encoded, **kwargs, decoding="auto")
+        torch.cuda.synchronize()
+
+    record(settings[0])
+    record(settings[1])
+    after_two = torch.cuda.memory_allocated()
+    for i in range(6):
+        record(settings[i % 2])
+    assert torch.cuda.memory_allocated() - after_two < 8 * 2**20
+
+
 # --------------------------------------------------------------------------------------------------------
 # Names, prompts, bad inputs
 # --------------------------------------------------------------------------------------------------------

@@ -26,8 +26,10 @@ class CudaGraph {
   // Whether graphs can be captured on `device` (a CUDA device in a build with CUDA).
   static bool supported(c10::Device device);
 
-  // Runs `body` once eagerly on a side stream (so lazy initialisation, e.g. cuBLAS workspaces, happens outside
-  // the capture), then records it. Allocations made while recording stay reserved for the graph's lifetime.
+  // Runs `body` once eagerly on the device's recording stream (so lazy initialisation, e.g. cuBLAS workspaces,
+  // happens outside the capture), then records it there. One recording at a time, each device's on one side stream
+  // (cuBLAS keeps a workspace per stream it ran on). Allocations made while recording stay reserved for the
+  // graph's lifetime.
   // Throws DeviceError when recording fails.
   void capture(c10::Device device, const std::function<void()>& body);
 
