@@ -304,17 +304,18 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
                               bool vector) {
   constexpr int kUnroll = split_unroll(E);  // a CTA's round: kSplitGroups * kUnroll positions
   let_next_kernel_start();
+  const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
+  const int64_t kv_head = sequence * (heads / group) + head / group;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // While the previous kernel runs, ask L2 for this chunk's cached keys and values: HBM misses otherwise, as a
   // step streams far more weights than L2 holds (on the H100 this took ~1 us off the attention's critical path in
   // each SmolVLM layer). A hint only, so it may read the position before the wait: a step stale at worst. (`vector`:
   // rows of whole 16-byte pieces at 16-byte aligned caches, as the bulk prefetch needs.)
   if (vector && threadIdx.x < 2) {
-    const int64_t kv_row = (blockIdx.y / heads) * (heads / group) + (blockIdx.y % heads) / group;
     const int64_t chunk_begin = static_cast<int64_t>(blockIdx.x) * chunk;
     const int64_t rows = min(chunk_begin + chunk, min(*position + 1, capacity)) - chunk_begin;
     if (rows > 0) {
-      const T* base = (threadIdx.x == 0 ? keys : values) + (kv_row * capacity + chunk_begin) * dim;
+      const T* base = (threadIdx.x == 0 ? keys : values) + (kv_head * capacity + chunk_begin) * dim;
       const unsigned bytes = static_cast<unsigned>(rows * dim * sizeof(T));
       asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;" ::"l"(base), "r"(bytes) : "memory");
     }
@@ -322,8 +323,6 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
 #endif
   wait_for_previous_kernels(query, keys, values, position, first_position, token.query, token.key, token.value,
                             token.cos, token.sin);
-  const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
-  const int64_t kv_head = sequence * (heads / group) + head / group;
   const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
   // The new token's position, or -1 when the step lies outside the caches (then nothing is written).
