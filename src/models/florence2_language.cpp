@@ -1,6 +1,5 @@
 #include "florence2_language.hpp"
 
-#include <ATen/ops/arange.h>
 #include <ATen/ops/empty_like.h>
 #include <ATen/ops/zeros.h>
 #include <fmt/format.h>
@@ -74,8 +73,7 @@ DecoderLayer::DecoderLayer(const nn::Weights& weights, const Florence2TextConfig
       final_layer_norm(nn::LayerNorm::load(weights, "final_layer_norm", config.d_model, 1e-5)) {}
 
 at::Tensor DecoderLayer::operator()(const at::Tensor& pre, const nn::LayerNorm& input_norm, nn::KVCache& cache,
-                                    const std::pair<at::Tensor, at::Tensor>& cross,
-                                    const std::optional<at::Tensor>& encoder_mask, const DeviceStep* step) const {
+                                    const std::pair<at::Tensor, at::Tensor>& cross, const DeviceStep* step) const {
   // Each norm runs inside the linear layer that reads its output, which also writes the normed values out for
   // the residual step; each residual step runs as the residual of the linear layer that ends it; the GELU runs in
   // fc1's epilogue (ops::GemmFusion). A decode step is then GEMVs and attention kernels only.
@@ -95,9 +93,14 @@ at::Tensor DecoderLayer::operator()(const at::Tensor& pre, const nn::LayerNorm& 
   }
   const at::Tensor attended = self_attn.out_proj(merge_heads(own), {.residual = x});
   const at::Tensor h = at::empty_like(attended);
-  const at::Tensor image_and_prompt = nn::scaled_dot_product_attention(
-      split_heads(encoder_attn.q_proj(attended, self_attn_layer_norm.as_linear_input(h)), encoder_attn.heads),
-      cross.first, cross.second, encoder_mask);
+  const at::Tensor cross_query =
+      split_heads(encoder_attn.q_proj(attended, self_attn_layer_norm.as_linear_input(h)), encoder_attn.heads);
+  // A fixed-shape step reads each image's keys and values once for all its beams, up to the encoder's last position
+  // (the buffers' capacity is past it).
+  const at::Tensor image_and_prompt =
+      step ? ops::decode_attention(cross_query, cross.first, cross.second, step->encoder_last,
+                                   1.0 / std::sqrt(static_cast<double>(cross_query.size(3))))
+           : nn::scaled_dot_product_attention(cross_query, cross.first, cross.second);
   const at::Tensor crossed = encoder_attn.out_proj(merge_heads(image_and_prompt), {.residual = h});
   const at::Tensor h2 = at::empty_like(crossed);
   ops::GemmFusion fc1_fusion = encoder_attn_layer_norm.as_linear_input(h2);
@@ -147,7 +150,7 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
   for (const DecoderLayer& layer : decoder_layers_) {
     state.self_attention.emplace_back(sequences, heads, capacity, head_dim, encoder_output.options());
     if (fixed_shape) {
-      const auto buffer = [&] { return at::zeros({sequences, heads, encoder_capacity, head_dim}, encoder_output.options()); };
+      const auto buffer = [&] { return at::zeros({batch, heads, encoder_capacity, head_dim}, encoder_output.options()); };
       state.cross_attention.emplace_back(buffer(), buffer());
       continue;
     }
@@ -166,45 +169,41 @@ DecoderState LanguageModel::start_decoding(const at::Tensor& encoder_output, std
     state.cross_attention.emplace_back(per_sequence(kv[0]), per_sequence(kv[1]));
   }
   if (fixed_shape) {
-    state.encoder_mask = at::zeros({1, 1, 1, encoder_capacity}, encoder_output.options().dtype(at::kBool));
+    state.encoder_last = at::zeros({1}, encoder_output.options().dtype(at::kLong));
     restart_decoding(state, encoder_output);
   }
   return state;
 }
 
 void LanguageModel::restart_decoding(DecoderState& state, const at::Tensor& encoder_output) const {
-  const std::int64_t length = encoder_output.size(1), encoder_capacity = state.encoder_mask.size(3);
-  if (length > encoder_capacity) {
-    throw InvalidArgumentError(fmt::format("an encoder output of {} positions is past this decoder state's {}", length,
-                                           encoder_capacity));
+  if (!state.fixed_shape()) throw InvalidArgumentError("restart_decoding needs a fixed-shape decoder state");
+  const std::int64_t length = encoder_output.size(1), encoder_capacity = state.cross_attention.front().first.size(2);
+  if (length < 1 || length > encoder_capacity) {
+    throw InvalidArgumentError(fmt::format("an encoder output of {} positions does not fit this decoder state's {}",
+                                           length, encoder_capacity));
   }
-  const std::int64_t batch = encoder_output.size(0), sequences = state.cross_attention.front().first.size(0);
-  if (batch < 1 || sequences % batch != 0) {
-    throw InvalidArgumentError(fmt::format("a decoder state of {} sequences cannot take a batch of {} encoder outputs",
-                                           sequences, batch));
+  const std::int64_t batch = encoder_output.size(0), images = state.cross_attention.front().first.size(0);
+  if (batch != images) {
+    throw InvalidArgumentError(fmt::format("a decoder state for {} images cannot take a batch of {} encoder outputs",
+                                           images, batch));
   }
-  // Each image's keys and values into the filled part of its sequences' buffers ([batch, sequences per image, ...]).
-  const auto filled = [&](at::Tensor& buffer) {
-    return buffer.view({batch, sequences / batch, buffer.size(1), buffer.size(2), buffer.size(3)}).narrow(3, 0, length);
-  };
+  // Each image's keys and values into the filled part of its buffers; what lies past it is never read.
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
     const CrossAttention& cross = decoder_layers_[i].encoder_attn;
     auto& [keys, values] = state.cross_attention[i];
-    at::Tensor key_rows = filled(keys), value_rows = filled(values);
     const std::vector<at::Tensor> kv = cross.kv_proj(encoder_output);
-    key_rows.copy_(split_heads(kv[0], cross.heads).unsqueeze(1).expand_as(key_rows));
-    value_rows.copy_(split_heads(kv[1], cross.heads).unsqueeze(1).expand_as(value_rows));
+    keys.narrow(2, 0, length).copy_(split_heads(kv[0], cross.heads));
+    values.narrow(2, 0, length).copy_(split_heads(kv[1], cross.heads));
   }
-  state.encoder_mask.copy_(at::arange(encoder_capacity, state.encoder_mask.options().dtype(at::kLong))
-                               .lt(length)
-                               .view({1, 1, 1, encoder_capacity}));
+  state.encoder_last.fill_(length - 1);
 }
 
 at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) const {
+  if (state.fixed_shape()) throw InvalidArgumentError("decode needs a decoder state that is not fixed-shape");
   at::Tensor h = embed(ids) + positions(decoder_positions_, state.length(), ids.size(1), "decoder output");
   const nn::LayerNorm* norm = &decoder_layernorm_embedding_;  // the norm h is still to take
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], std::nullopt, nullptr);
+    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], nullptr);
     norm = &decoder_layers_[i].final_layer_norm;
   }
   return logits(h, *norm);
@@ -212,11 +211,11 @@ at::Tensor LanguageModel::decode(const at::Tensor& ids, DecoderState& state) con
 
 at::Tensor LanguageModel::decode_step(const at::Tensor& ids, const at::Tensor& position, DecoderState& state) const {
   if (!state.fixed_shape()) throw InvalidArgumentError("decode_step needs a fixed-shape decoder state");
-  const DeviceStep step{position};
+  const DeviceStep step{position, state.encoder_last};
   at::Tensor h = embed(ids) + decoder_positions_.index_select(0, position + kPositionOffset);
   const nn::LayerNorm* norm = &decoder_layernorm_embedding_;  // the norm h is still to take
   for (std::size_t i = 0; i < decoder_layers_.size(); ++i) {
-    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], state.encoder_mask, &step);
+    h = decoder_layers_[i](h, *norm, state.self_attention[i], state.cross_attention[i], &step);
     norm = &decoder_layers_[i].final_layer_norm;
   }
   return logits(h.select(1, 0), *norm);

@@ -49,19 +49,23 @@ struct EncoderLayer {
 
 // Per request: a self-attention cache per layer (all beams) and the cross-attention keys/values, which
 // depend only on the encoder output and so are computed once. A fixed-shape state (for steps a CUDA graph
-// replays) holds the encoder side in buffers of a fixed encoder capacity, `encoder_mask` marking the filled
-// part, so one recording serves prompts of different lengths.
+// replays) holds the encoder side once per image (its beams read the same rows: ops::decode_attention), in
+// buffers of a fixed encoder capacity filled up to `encoder_last`, so one recording serves prompts of different
+// lengths.
 struct DecoderState {
   std::vector<nn::KVCache> self_attention;
+  // [sequences, heads, encoder length, head_dim] each; fixed-shape: [images, heads, encoder capacity, head_dim]
   std::vector<std::pair<at::Tensor, at::Tensor>> cross_attention;
-  at::Tensor encoder_mask;  // fixed-shape states: [1, 1, 1, encoder capacity] bool
+  at::Tensor encoder_last;  // fixed-shape states: the last filled encoder position, int64 [1] on the device
   std::int64_t length() const { return self_attention.empty() ? 0 : self_attention.front().length(); }
-  bool fixed_shape() const { return encoder_mask.defined(); }
+  bool fixed_shape() const { return encoder_last.defined(); }
 };
 
-// Where a fixed-shape decode step writes its keys and values and attends up to (int64 [1] on the device).
+// A fixed-shape decode step: where it writes its keys and values and attends up to, and the last encoder position
+// the cross-attention reads (int64 [1] each, on the device).
 struct DeviceStep {
   at::Tensor position;
+  at::Tensor encoder_last;
 };
 
 struct DecoderLayer {
@@ -76,10 +80,10 @@ struct DecoderLayer {
   // Post-norm, with each norm run by the linear layer that reads its output: `pre` is the layer's input before
   // `input_norm` (the previous layer's final_layer_norm, or the decoder's layernorm_embedding), and the result
   // is the output before this layer's final_layer_norm. `step` null: the keys and values appended to the cache,
-  // causal attention over its filled part; else a fixed-shape step at step->position over the whole cache.
+  // causal attention over its filled part; else a fixed-shape step at step->position over the whole cache, and
+  // over the encoder positions up to step->encoder_last of `cross` held per image.
   at::Tensor operator()(const at::Tensor& pre, const nn::LayerNorm& input_norm, nn::KVCache& cache,
-                        const std::pair<at::Tensor, at::Tensor>& cross, const std::optional<at::Tensor>& encoder_mask,
-                        const DeviceStep* step) const;
+                        const std::pair<at::Tensor, at::Tensor>& cross, const DeviceStep* step) const;
 };
 
 class LanguageModel {
@@ -103,7 +107,8 @@ class LanguageModel {
   // A fixed-shape state's encoder side refilled, in place, for a new encoder output (recorded steps keep
   // reading the same buffers). Throws InvalidArgumentError past its encoder capacity.
   void restart_decoding(DecoderState& state, const at::Tensor& encoder_output) const;
-  // Appends `ids` [n, l] to every sequence and returns logits [n, l, vocab] in float32.
+  // Appends `ids` [n, l] to every sequence and returns logits [n, l, vocab] in float32 (a state that is not
+  // fixed-shape; InvalidArgumentError otherwise).
   at::Tensor decode(const at::Tensor& ids, DecoderState& state) const;
   // One fixed-shape step of a fixed-shape state: `ids` [n, 1] at `position` (int64 [1] on the device), keys and
   // values written there, attention over the whole caches masked past it. Returns logits [n, vocab] in

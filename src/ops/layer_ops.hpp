@@ -21,8 +21,10 @@ at::Tensor rotary(const at::Tensor& x, const at::Tensor& cos, const at::Tensor& 
 at::Tensor silu_mul(const at::Tensor& gate, const at::Tensor& up);
 
 // Attention of one new token per sequence: query [batch, heads, 1, head_dim] over keys, values
-// [batch, kv_heads, capacity, head_dim] at positions 0 .. position (int64 [1] on the device; the rest of the
+// [rows, kv_heads, capacity, head_dim] at positions 0 .. position (int64 [1] on the device; the rest of the
 // buffers is ignored), heads / kv_heads queries per key/value head. Returns [batch, heads, 1, head_dim].
+// rows divides batch: batch / rows consecutive sequences read one row (an image's beams attending to the keys and
+// values of its encoder output, held once); rows = batch is a row per sequence.
 // `first` (int64 [batch] on the device, each in 0 .. position): row b attends to first[b] .. position only, the
 // positions before being the left padding of a batch of prompts of different lengths.
 at::Tensor decode_attention(const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,

@@ -131,6 +131,44 @@ def test_decode_attention_matches_sdpa(device, dtype, batch, heads, kv_heads, di
     assert (ours.float() - expected).abs().max().item() <= bound * scale
 
 
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows, shared, heads, kv_heads, dim", [(1, 3, 16, 16, 64), (2, 3, 12, 12, 64),
+                                                                 (2, 2, 9, 3, 64), (3, 4, 4, 2, 16)])
+@pytest.mark.parametrize("position, capacity", [(576, 640), (5, 64), (1000, 1024)])
+def test_decode_attention_over_rows_shared_by_sequences(device, dtype, rows, shared, heads, kv_heads, dim, position,
+                                                        capacity):
+    """Keys and values held once for `shared` consecutive sequences (an image's beams over its encoder output): the
+    same as SDPA over the rows repeated per sequence (transformers' expanded encoder output), with and without
+    left padding."""
+    needs(device)
+    torch.manual_seed(6)
+    batch = rows * shared
+    query = torch.randn(batch, heads, 1, dim).to(device, dtype)
+    keys = (torch.randn(rows, kv_heads, capacity, dim) * 2).to(device, dtype)
+    values = torch.randn(rows, kv_heads, capacity, dim).to(device, dtype)
+    keys[:, :, position + 1:] = float("nan")
+    values[:, :, position + 1:] = float("nan")
+    per_sequence_keys, per_sequence_values = (t.repeat_interleave(shared, dim=0) for t in (keys, values))
+    expected = reference_attention(query, per_sequence_keys, per_sequence_values, position)
+    where = torch.tensor([position], device=device)
+    ours = ops.decode_attention(query, keys, values, where, dim ** -0.5)
+    assert ours.shape == query.shape and ours.dtype == dtype
+    bound = 1e-5 if dtype == torch.float32 else 2 ** -7
+    assert (ours.float() - expected).abs().max().item() <= bound * expected.abs().max().item()
+    # Per sequence, the kernels sum in the same order whether a row is shared or repeated.
+    repeated = ops.decode_attention(query, per_sequence_keys.contiguous(), per_sequence_values.contiguous(), where,
+                                    dim ** -0.5)
+    if device == "cuda":
+        assert torch.equal(ours, repeated)
+    else:
+        torch.testing.assert_close(ours, repeated)
+    first = (torch.arange(batch) * 7 % (position + 1)).to(device)
+    padded = ops.decode_attention(query, keys, values, where, dim ** -0.5, first)
+    torch.testing.assert_close(padded, ops.decode_attention(query, per_sequence_keys.contiguous(),
+                                                            per_sequence_values.contiguous(), where, dim ** -0.5, first))
+
+
 def decoder_step(device, dtype, batch, heads, kv_heads, dim, capacity, per_sequence, seed):
     """q, k, v as the decoder has them (views of one stacked projection [batch, 1, (heads + 2 kv_heads) dim]),
     cos and sin for the step's position (one row) or for each row of a left-padded batch (a row each), and
@@ -292,6 +330,9 @@ def test_bad_arguments_name_the_problem():
     q, kv = torch.randn(1, 6, 1, 8), torch.randn(1, 4, 10, 8)
     with pytest.raises(ValueError, match="kv_heads dividing"):
         ops.decode_attention(q, kv, kv, torch.tensor([3]), 1.0)
+    with pytest.raises(ValueError, match="rows dividing 3"):  # 2 rows of keys for 3 sequences
+        ops.decode_attention(torch.randn(3, 4, 1, 8), kv.expand(2, -1, -1, -1), kv.expand(2, -1, -1, -1),
+                             torch.tensor([3]), 1.0)
     with pytest.raises(ValueError, match="position must be one int64"):
         ops.decode_attention(q, kv[:, :3], kv[:, :3], torch.tensor([3.0]), 1.0)
     with pytest.raises(ValueError, match="query must be"):
@@ -320,7 +361,7 @@ def test_bad_arguments_name_the_problem():
         ada(q, k1, k1, cs.double(), cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="append_decode_attention: position must be one int64"):
         ada(q, k1, k1, cs, cs, cache, cache.clone(), torch.tensor([3, 4]), 1.0)
-    with pytest.raises(ValueError, match="append_decode_attention: keys and values must be .1, kv_heads dividing 5"):
+    with pytest.raises(ValueError, match="append_decode_attention: keys and values must be .rows dividing 1, kv_heads dividing 5"):
         ada(torch.randn(1, 5, 1, 8), k1, k1, cs, cs, cache, cache.clone(), at, 1.0)
     with pytest.raises(ValueError, match="append_decode_attention: first must be int64"):
         ada(q, k1, k1, cs, cs, cache, cache.clone(), at, 1.0, torch.tensor([0.0]))

@@ -42,15 +42,27 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
   detail::check_decode_attention("decode_attention", query, keys, values, position, first);
   const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
+  const int64_t rows = keys.size(0), shared = batch / rows, group = heads / kv_heads;
   // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
   const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;
   TORCH_CHECK_VALUE(filled > 0, "decode_attention: position must not be negative");
-  // The heads sharing a key/value head become that head's queries: the cache is read as it is.
-  const at::Tensor grouped = query.reshape({batch, kv_heads, heads / kv_heads, head_dim});
-  std::optional<at::Tensor> mask;  // [batch, 1, 1, filled]: true from each row's first position on
-  if (first) mask = at::arange(filled, first->options()).view({1, 1, 1, filled}).ge(first->view({batch, 1, 1, 1}));
+  // The queries that read one key/value head (the heads sharing it, of every sequence sharing its row) become that
+  // head's query rows, [rows, kv_heads, shared * group, head_dim]: the cache is read as it is.
+  const at::Tensor grouped = query.reshape({rows, shared, kv_heads, group, head_dim})
+                                 .permute({0, 2, 1, 3, 4})
+                                 .reshape({rows, kv_heads, shared * group, head_dim});
+  std::optional<at::Tensor> mask;  // [rows, 1, shared * group, filled]: true from each sequence's first position on
+  if (first) {
+    mask = at::arange(filled, first->options())
+               .view({1, 1, 1, filled})
+               .ge(first->view({rows, shared, 1, 1}))
+               .expand({rows, shared, group, filled})
+               .reshape({rows, 1, shared * group, filled});
+  }
   return at::scaled_dot_product_attention(grouped, keys.narrow(2, 0, filled), values.narrow(2, 0, filled), mask,
                                           0.0, false, scale)
+      .reshape({rows, kv_heads, shared, group, head_dim})
+      .permute({0, 2, 1, 3, 4})
       .reshape({batch, heads, 1, head_dim});
 }
 

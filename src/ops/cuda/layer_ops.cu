@@ -300,12 +300,14 @@ __global__ void __launch_bounds__(kSplitThreads)
 decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> token,
                               const int64_t* position, const int64_t* first_position,
                               float* partials, int64_t heads,
-                              int64_t group, int64_t capacity, int dim, float scale, int chunk, int splits,
-                              bool vector) {
+                              int64_t group, int64_t shared, int64_t capacity, int dim, float scale, int chunk,
+                              int splits, bool vector) {
   constexpr int kUnroll = split_unroll(E);  // a CTA's round: kSplitGroups * kUnroll positions
   let_next_kernel_start();
   const int64_t sequence_head = blockIdx.y, sequence = sequence_head / heads, head = sequence_head % heads;
-  const int64_t kv_head = sequence * (heads / group) + head / group;
+  // `shared` consecutive sequences read one row of the caches (1 but for decode_attention over an image's keys and
+  // values held once for its beams).
+  const int64_t kv_head = sequence / shared * (heads / group) + head / group;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // While the previous kernel runs, ask L2 for this chunk's cached keys and values: HBM misses otherwise, as a
   // step streams far more weights than L2 holds (on the H100 this took ~1 us off the attention's critical path in
@@ -515,9 +517,9 @@ decode_attention_merge_kernel(const float* partials, T* out, int dim, int splits
 // E, the dims each of a position's 8 lanes holds, for a head of `dim` (1 to 256).
 int dims_per_lane(int64_t dim) { return dim <= 32 ? 4 : dim <= 64 ? 8 : dim <= 128 ? 16 : 32; }
 
-// The split and merge kernels over keys, values [batch, kv_heads, capacity, dim] (contiguous) for `query`
-// (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's query (rotated or not; query undefined).
-// `op` names the calling op in errors.
+// The split and merge kernels over keys, values [rows, kv_heads, capacity, dim] (contiguous; rows divides batch, and
+// is batch with kNewToken) for `query` (contiguous [batch, heads, 1, dim]) or, with kNewToken, for the token's query
+// (rotated or not; query undefined). `op` names the calling op in errors.
 template <bool kNewToken, typename T>
 void launch_decode_attention(const char* op, const at::Tensor& query, const at::Tensor& keys, const at::Tensor& values,
                              const NewToken<T>& token, const at::Tensor& position, double scale,
@@ -526,7 +528,7 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
   TORCH_CHECK_VALUE(dim >= 1 && dim <= 8 * kWarpSize, op, ": head_dim must be 1 to 256 on CUDA, got ", dim);
   TORCH_CHECK(batch * heads < 65536, op, ": batch * heads above 65535");
   if (batch * heads == 0 || capacity == 0) return;
-  const int64_t group = heads / keys.size(1);
+  const int64_t group = heads / keys.size(1), shared = batch / keys.size(0);
   // The split depends on the capacity only (not on the position, which lives on the device), and the merge stages
   // every split's state in shared memory: at most kMergeStateBytes.
   const int64_t splits =
@@ -543,7 +545,7 @@ void launch_decode_attention(const char* op, const at::Tensor& query, const at::
                       dim3(static_cast<unsigned>(splits), static_cast<unsigned>(batch * heads)), dim3(kSplitThreads), 0,
                       kNewToken ? nullptr : query.data_ptr<T>(), keys.data_ptr<T>(), values.data_ptr<T>(), token,
                       position.data_ptr<int64_t>(), first.defined() ? first.data_ptr<int64_t>() : nullptr,
-                      partials.data_ptr<float>(), heads, group, capacity, static_cast<int>(dim),
+                      partials.data_ptr<float>(), heads, group, shared, capacity, static_cast<int>(dim),
                       static_cast<float>(scale), static_cast<int>(chunk), static_cast<int>(splits), vector);
   };
   switch (dims_per_lane(dim)) {
