@@ -6,13 +6,13 @@
 #include <ATen/ops/conv2d.h>
 #include <ATen/ops/cos.h>
 #include <ATen/ops/exp.h>
-#include <ATen/ops/gelu.h>
-#include <ATen/ops/sin.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/sin.h>
 #include <fmt/format.h>
 
 #include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "imagetotext/core/error.hpp"
 #include "imagetotext/nn/attention.hpp"
@@ -27,6 +27,29 @@ at::Tensor to_map(const at::Tensor& tokens, std::int64_t height, std::int64_t wi
 }
 at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
   return norm(x.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
+}
+
+// The most bytes a block's largest intermediate may take before the block runs it in pieces (token chunks, bands
+// of window rows). Florence-2-large's first stage has 36864 tokens: its MLP's hidden activations alone are 72 MiB
+// and the window attention's q/k/v 54 MiB, and whole they set a caption's peak GPU memory (issue 8: the weights +
+// 200 MB, with the decoder's state). Pieces of 16 MiB cost the first stages a few more launches.
+constexpr std::int64_t kPieceBytes = std::int64_t{16} << 20;
+std::int64_t pieces_for(std::int64_t bytes) { return std::max<std::int64_t>(1, (bytes + kPieceBytes - 1) / kPieceBytes); }
+
+// x + conv(x), the add in place on the convolution's output; x by value, released here.
+at::Tensor add_conv(at::Tensor x, const DepthwiseConv& conv) {
+  at::Tensor sum = conv(x);
+  sum.add_(x);
+  return sum;
+}
+
+// Both blocks' second half: map + conv(map), then the MLP over its tokens, back as a map.
+at::Tensor conv_and_mlp(at::Tensor map, const DepthwiseConv& conv, const nn::LayerNorm& norm, const Mlp& mlp) {
+  const std::int64_t height = map.size(2), width = map.size(3);
+  map = add_conv(std::move(map), conv);
+  at::Tensor tokens = mlp(norm, to_tokens(map));
+  map.reset();
+  return to_map(tokens, height, width);
 }
 }  // namespace
 
@@ -57,8 +80,18 @@ Mlp::Mlp(const nn::Weights& weights, std::int64_t dim, std::int64_t hidden, cons
     : fc1(nn::Linear::load(weights, "fc1", policy, dim, hidden)),
       fc2(nn::Linear::load(weights, "fc2", policy, hidden, dim)) {}
 
-at::Tensor Mlp::operator()(const at::Tensor& x, const at::Tensor& residual) const {
-  return fc2(fc1(x, {.gelu = true}), {.residual = residual});
+at::Tensor Mlp::operator()(const nn::LayerNorm& norm, const at::Tensor& tokens) const {
+  const std::int64_t batch = tokens.size(0), count = tokens.size(1);
+  const auto mlp = [&](const at::Tensor& x) { return fc2(fc1(norm(x), {.gelu = true}), {.residual = x}); };
+  const std::int64_t pieces = pieces_for(batch * count * fc1.layer().out_features * tokens.element_size());
+  if (pieces == 1) return mlp(tokens);
+  at::Tensor out = at::empty({batch, count, tokens.size(2)}, tokens.options());
+  const std::int64_t chunk = (count + pieces - 1) / pieces;
+  for (std::int64_t first = 0; first < count; first += chunk) {
+    const std::int64_t length = std::min(chunk, count - first);
+    out.narrow(1, first, length).copy_(mlp(tokens.narrow(1, first, length)));
+  }
+  return out;
 }
 
 SpatialBlock::SpatialBlock(const nn::Weights& weights, const Florence2VisionConfig& config, std::int64_t stage,
@@ -73,6 +106,19 @@ SpatialBlock::SpatialBlock(const nn::Weights& weights, const Florence2VisionConf
           static_cast<std::int64_t>(static_cast<double>(config.embed_dim[stage]) * config.mlp_ratio), policy),
       heads(config.num_heads[stage]),
       window(config.window_size) {}
+
+void SpatialBlock::add_window_attention(const at::Tensor& tokens, std::int64_t height, std::int64_t width) const {
+  // Windows never cross a band of whole window rows, so each band attends alone (the last one padded as the whole
+  // map would be): its q/k/v, not the map's, are what the band holds.
+  const std::int64_t window_rows = (height + window - 1) / window;
+  const std::int64_t pieces = pieces_for(3 * tokens.size(0) * tokens.size(1) * tokens.size(2) * tokens.element_size());
+  const std::int64_t rows_per_band = (window_rows + pieces - 1) / pieces;
+  for (std::int64_t top = 0; top < height; top += rows_per_band * window) {
+    const std::int64_t band_height = std::min(rows_per_band * window, height - top);
+    const at::Tensor band = tokens.narrow(1, top * width, band_height * width);
+    band.add_(window_attention(norm1(band), band_height, width));
+  }
+}
 
 at::Tensor SpatialBlock::window_attention(const at::Tensor& tokens, std::int64_t height, std::int64_t width) const {
   const std::int64_t batch = tokens.size(0), dim = tokens.size(2);
@@ -97,14 +143,11 @@ at::Tensor SpatialBlock::window_attention(const at::Tensor& tokens, std::int64_t
       .reshape({batch, height * width, dim});
 }
 
-at::Tensor SpatialBlock::operator()(const at::Tensor& x) const {
+at::Tensor SpatialBlock::operator()(at::Tensor x) const {
   const std::int64_t height = x.size(2), width = x.size(3);
-  at::Tensor t = to_tokens(x + conv1(x));
-  t = t + window_attention(norm1(t), height, width);
-  at::Tensor map = to_map(t, height, width);
-  t = to_tokens(map + conv2(map));
-  t = ffn(norm2(t), t);
-  return to_map(t, height, width);
+  at::Tensor map = add_conv(std::move(x), conv1);
+  add_window_attention(to_tokens(map), height, width);  // in place on map
+  return conv_and_mlp(std::move(map), conv2, norm2, ffn);
 }
 
 ChannelBlock::ChannelBlock(const nn::Weights& weights, const Florence2VisionConfig& config, std::int64_t stage,
@@ -119,41 +162,36 @@ ChannelBlock::ChannelBlock(const nn::Weights& weights, const Florence2VisionConf
           static_cast<std::int64_t>(static_cast<double>(config.embed_dim[stage]) * config.mlp_ratio), policy),
       groups(config.num_groups[stage]) {}
 
-at::Tensor ChannelBlock::channel_attention(const at::Tensor& tokens, const at::Tensor& residual) const {
+at::Tensor ChannelBlock::add_channel_attention(const at::Tensor& tokens) const {
   const std::int64_t batch = tokens.size(0), n = tokens.size(1), dim = tokens.size(2), group_dim = dim / groups;
   // Per group, the group_dim channels are the sequence and the n tokens the features: q, k, v [B, G, d, N];
   // the scale is the token count's, not the feature width's.
-  const at::Tensor qkv_out = qkv(tokens).reshape({batch, n, 3, groups, group_dim}).permute({2, 0, 3, 4, 1});
+  at::Tensor qkv_out = qkv(norm1(tokens)).view({batch, n, 3, groups, group_dim}).permute({2, 0, 3, 4, 1});
   const double scale = 1.0 / std::sqrt(static_cast<double>(n));
   // ATen's attention for this shape (head_dim = n, in the thousands) is its math path, which computes in float32:
-  // at the first stage's 36864 tokens each float32 copy of q, k, v or the output is 18 MB a group set, the vision
-  // tower's memory peak. A few groups a call keep those copies near kChannelAttentionFloatBytes.
+  // at the first stage's 36864 tokens each float32 copy of q, k, v or the output is 18 MB a group set. A few
+  // groups a call keep those copies near kChannelAttentionFloatBytes. Each call writes its groups into the output
+  // as the projection reads it ([B, N, C], channel g * d + i), so no copy of the whole precedes the projection.
   constexpr std::int64_t kChannelAttentionFloatBytes = 8 << 20;
   const std::int64_t per_call =
       std::max<std::int64_t>(1, kChannelAttentionFloatBytes / (batch * n * group_dim * std::int64_t{4}));
-  at::Tensor attended;
-  if (per_call >= groups) {
-    attended = nn::scaled_dot_product_attention(qkv_out[0], qkv_out[1], qkv_out[2], std::nullopt, false, scale);
-  } else {
-    attended = at::empty({batch, groups, group_dim, n}, tokens.options());
-    for (std::int64_t g = 0; g < groups; g += per_call) {
-      const std::int64_t count = std::min(per_call, groups - g);
-      attended.narrow(1, g, count)
-          .copy_(nn::scaled_dot_product_attention(qkv_out[0].narrow(1, g, count), qkv_out[1].narrow(1, g, count),
-                                                  qkv_out[2].narrow(1, g, count), std::nullopt, false, scale));
-    }
+  const at::Tensor attended = at::empty({batch, n, dim}, tokens.options());
+  const at::Tensor attended_groups = attended.view({batch, n, groups, group_dim}).permute({0, 2, 3, 1});
+  for (std::int64_t g = 0; g < groups; g += per_call) {
+    const std::int64_t count = std::min(per_call, groups - g);
+    attended_groups.narrow(1, g, count)
+        .copy_(nn::scaled_dot_product_attention(qkv_out[0].narrow(1, g, count), qkv_out[1].narrow(1, g, count),
+                                                qkv_out[2].narrow(1, g, count), std::nullopt, false, scale));
   }
-  return proj(attended.permute({0, 3, 1, 2}).reshape({batch, n, dim}), {.residual = residual});  // channel g * d + i
+  qkv_out.reset();
+  return proj(attended, {.residual = tokens});
 }
 
-at::Tensor ChannelBlock::operator()(const at::Tensor& x) const {
+at::Tensor ChannelBlock::operator()(at::Tensor x) const {
   const std::int64_t height = x.size(2), width = x.size(3);
-  at::Tensor t = to_tokens(x + conv1(x));
-  t = channel_attention(norm1(t), t);
-  at::Tensor map = to_map(t, height, width);
-  t = to_tokens(map + conv2(map));
-  t = ffn(norm2(t), t);
-  return to_map(t, height, width);
+  at::Tensor map = add_conv(std::move(x), conv1);
+  map = to_map(add_channel_attention(to_tokens(map)), height, width);
+  return conv_and_mlp(std::move(map), conv2, norm2, ffn);
 }
 
 VisionTower::VisionTower(const nn::Weights& weights, const Florence2VisionConfig& config,
@@ -173,7 +211,7 @@ at::Tensor VisionTower::operator()(const at::Tensor& pixel_values) const {
   at::Tensor x = pixel_values.to(convs_.front().weight.scalar_type());
   for (std::size_t s = 0; s < convs_.size(); ++s) {
     x = convs_[s](x);
-    for (const auto& [spatial, channel] : blocks_[s]) x = channel(spatial(x));
+    for (const auto& [spatial, channel] : blocks_[s]) x = channel(spatial(std::move(x)));
   }
   return x;
 }

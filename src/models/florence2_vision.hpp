@@ -40,8 +40,9 @@ struct Mlp {
   nn::Linear fc1;
   nn::Linear fc2;
   Mlp(const nn::Weights& weights, std::int64_t dim, std::int64_t hidden, const nn::LinearPolicy& policy);
-  // residual + fc2(gelu(fc1(x))), the GELU and the add in place on the layers' outputs (ops::GemmFusion).
-  at::Tensor operator()(const at::Tensor& x, const at::Tensor& residual) const;
+  // tokens + fc2(gelu(fc1(norm(tokens)))) for tokens [B, N, C] (any strides), the GELU and the add in place on
+  // the layers' outputs (ops::GemmFusion); in token chunks where the hidden activations would be large.
+  at::Tensor operator()(const nn::LayerNorm& norm, const at::Tensor& tokens) const;
 };
 
 // Spatial block: self-attention inside non-overlapping window x window patches.
@@ -57,9 +58,14 @@ struct SpatialBlock {
   std::int64_t window;
   SpatialBlock(const nn::Weights& weights, const Florence2VisionConfig& config, std::int64_t stage,
                const nn::LinearPolicy& policy);
-  at::Tensor operator()(const at::Tensor& x) const;  // [B, C, H, W] -> [B, C, H, W]
+  // [B, C, H, W] -> [B, C, H, W]; x by value, released once the block no longer needs it.
+  at::Tensor operator()(at::Tensor x) const;
 
  private:
+  // tokens [B, H*W, C] (a view of the block's map) += the window attention of norm1(tokens), in bands of
+  // window rows.
+  void add_window_attention(const at::Tensor& tokens, std::int64_t height, std::int64_t width) const;
+  // The window attention of normed tokens [B, H*W, C] (H*W of a whole band of windows, the last band cropped).
   at::Tensor window_attention(const at::Tensor& tokens, std::int64_t height, std::int64_t width) const;
 };
 
@@ -75,11 +81,12 @@ struct ChannelBlock {
   std::int64_t groups;
   ChannelBlock(const nn::Weights& weights, const Florence2VisionConfig& config, std::int64_t stage,
                const nn::LinearPolicy& policy);
-  at::Tensor operator()(const at::Tensor& x) const;
+  // [B, C, H, W] -> [B, C, H, W]; x by value, released once the block no longer needs it.
+  at::Tensor operator()(at::Tensor x) const;
 
  private:
-  // residual + the channel attention of tokens.
-  at::Tensor channel_attention(const at::Tensor& tokens, const at::Tensor& residual) const;
+  // tokens + the channel attention of norm1(tokens), [B, N, C].
+  at::Tensor add_channel_attention(const at::Tensor& tokens) const;
 };
 
 // DaViT: per stage a patch embedding then depths[s] x (spatial block, channel block).

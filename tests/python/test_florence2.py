@@ -248,6 +248,19 @@ def test_image_features_match_transformers(ours, inputs, reference_outputs):
     assert relative_error(features, reference_outputs[0]) < RELATIVE_BOUND
 
 
+def test_image_features_of_a_full_size_image_match_transformers(checkpoints):
+    """At the service's 768 x 768 the first stage holds 36864 tokens: there the blocks run in pieces (the MLP in
+    token chunks, the window attention in bands of window rows, the last band padded: 192 rows are not whole
+    windows of 5), which must give what the whole stage gives."""
+    model, dirs = checkpoints
+    pixel_values = torch.randn(1, 3, 768, 768, generator=torch.Generator().manual_seed(8))
+    with torch.no_grad():
+        expected = model.model.get_image_features(pixel_values).pooler_output
+    features = _C.Florence2Model.load(dirs["native"]).image_features(pixel_values)
+    assert features.shape == expected.shape == (1, 1 + 24 * 24, TEXT["d_model"])
+    assert relative_error(features, expected) < RELATIVE_BOUND
+
+
 def test_encoder_output_and_logits_match_transformers(ours, inputs, reference_outputs):
     _, encoder_output, logits, decoder_ids = reference_outputs
     prompt = inputs[1][:, IMAGE_TOKENS:]  # the original layout's ids: no image placeholders
