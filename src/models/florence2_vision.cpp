@@ -7,6 +7,8 @@
 #include <ATen/ops/cos.h>
 #include <ATen/ops/exp.h>
 #include <ATen/ops/empty.h>
+#include <ATen/ops/matmul.h>
+#include <ATen/ops/softmax.h>
 #include <ATen/ops/sin.h>
 #include <fmt/format.h>
 
@@ -32,8 +34,10 @@ at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
 // The most bytes a block's largest intermediate may take before the block runs it in pieces (token chunks, bands
 // of window rows). Florence-2-large's first stage has 36864 tokens: its MLP's hidden activations alone are 72 MiB
 // and the window attention's q/k/v 54 MiB, and whole they set a caption's peak GPU memory (issue 8: the weights +
-// 200 MB, with the decoder's state). Pieces of 16 MiB cost the first stages a few more launches.
-constexpr std::int64_t kPieceBytes = std::int64_t{16} << 20;
+// 200 MB, with the decoder's state). At 24 MiB only the first two stages run in pieces, below the channel
+// attention's own peak (its q/k/v whole, 54 MiB): on the H100 pieces of 16 MiB, which cut the third stage's MLPs
+// too, added 1.9 ms of kernels to large's 12.1 ms tower, most of it one more copy per piece.
+constexpr std::int64_t kPieceBytes = std::int64_t{24} << 20;
 std::int64_t pieces_for(std::int64_t bytes) { return std::max<std::int64_t>(1, (bytes + kPieceBytes - 1) / kPieceBytes); }
 
 // x + conv(x), the add in place on the convolution's output; x by value, released here.
@@ -168,10 +172,11 @@ at::Tensor ChannelBlock::add_channel_attention(const at::Tensor& tokens) const {
   // the scale is the token count's, not the feature width's.
   at::Tensor qkv_out = qkv(norm1(tokens)).view({batch, n, 3, groups, group_dim}).permute({2, 0, 3, 4, 1});
   const double scale = 1.0 / std::sqrt(static_cast<double>(n));
-  // ATen's attention for this shape (head_dim = n, in the thousands) is its math path, which computes in float32:
-  // at the first stage's 36864 tokens each float32 copy of q, k, v or the output is 18 MB a group set. A few
-  // groups a call keep those copies near kChannelAttentionFloatBytes. Each call writes its groups into the output
-  // as the projection reads it ([B, N, C], channel g * d + i), so no copy of the whole precedes the projection.
+  // In float32 (as ATen's attention computes this shape, head_dim = n in the thousands, on its math path), a few
+  // groups at a time: at the first stage's 36864 tokens each float32 copy of q, k or v is 4.5 MiB a group, and
+  // these are written one after the other (q and k released before v is made), so the copies alive at once stay
+  // near 2 x kChannelAttentionFloatBytes. Each step writes its groups into the output as the projection reads it
+  // ([B, N, C], channel g * d + i), so no copy of the whole precedes the projection.
   constexpr std::int64_t kChannelAttentionFloatBytes = 8 << 20;
   const std::int64_t per_call =
       std::max<std::int64_t>(1, kChannelAttentionFloatBytes / (batch * n * group_dim * std::int64_t{4}));
@@ -179,9 +184,9 @@ at::Tensor ChannelBlock::add_channel_attention(const at::Tensor& tokens) const {
   const at::Tensor attended_groups = attended.view({batch, n, groups, group_dim}).permute({0, 2, 3, 1});
   for (std::int64_t g = 0; g < groups; g += per_call) {
     const std::int64_t count = std::min(per_call, groups - g);
-    attended_groups.narrow(1, g, count)
-        .copy_(nn::scaled_dot_product_attention(qkv_out[0].narrow(1, g, count), qkv_out[1].narrow(1, g, count),
-                                                qkv_out[2].narrow(1, g, count), std::nullopt, false, scale));
+    const auto part = [&](std::int64_t which) { return qkv_out[which].narrow(1, g, count).to(at::kFloat); };
+    const at::Tensor weights = at::softmax(at::matmul(part(0), part(1).transpose(-1, -2)).mul_(scale), -1);
+    attended_groups.narrow(1, g, count).copy_(at::matmul(weights, part(2)));
   }
   qkv_out.reset();
   return proj(attended, {.residual = tokens});
