@@ -3,8 +3,8 @@
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bucketize.h>
 #include <ATen/ops/clamp_max.h>
-#include <ATen/ops/conv2d.h>
 #include <ATen/ops/gelu.h>
+#include <ATen/ops/linear.h>
 #include <ATen/ops/scaled_dot_product_attention.h>
 #include <ATen/ops/ones.h>
 #include <ATen/ops/where.h>
@@ -73,18 +73,27 @@ at::Tensor VisionTransformer::position_ids(const at::Tensor& patch_mask, at::Sca
 }
 
 at::Tensor VisionTransformer::embed(const at::Tensor& pixel_values, const std::optional<at::Tensor>& patch_mask) const {
-  const std::int64_t patch = config_.patch_size;
-  const at::Tensor patches = at::conv2d(pixel_values, patch_weight_, patch_bias_, {patch, patch});
-  const at::Tensor embeddings = patches.flatten(2).transpose(1, 2);
+  // The patch convolution (stride = kernel) as one matmul over each patch's pixels, which gives the embeddings as
+  // contiguous rows [tiles, patches, width]. On the H100 cuDNN's implicit-GEMM convolution took 1.2 ms for 17
+  // tiles, and its output viewed as tokens was transposed: every residual add after it kept that layout, and every
+  // LayerNorm copied its input contiguous first (5.4 of the image side's 18.2 ms of kernels).
+  const std::int64_t patch = config_.patch_size, tiles = pixel_values.size(0), channels = pixel_values.size(1);
+  const std::int64_t rows = pixel_values.size(2) / patch, columns = pixel_values.size(3) / patch;
+  const at::Tensor pixels_by_patch = pixel_values.narrow(2, 0, rows * patch)
+                                         .narrow(3, 0, columns * patch)
+                                         .reshape({tiles, channels, rows, patch, columns, patch})
+                                         .permute({0, 2, 4, 1, 3, 5})
+                                         .reshape({tiles, rows * columns, channels * patch * patch});
+  const at::Tensor embeddings =
+      at::linear(pixels_by_patch, patch_weight_.reshape({patch_weight_.size(0), -1}), patch_bias_);
   const std::int64_t side = config_.image_size / config_.patch_size;
   at::Tensor ids;
-  if (!patch_mask && patches.size(2) == side && patches.size(3) == side) {
+  if (!patch_mask && rows == side && columns == side) {
     // Full-size tiles, every patch real: the bucketing is the identity.
     ids = at::arange(side * side, pixel_values.options().dtype(at::kLong)).unsqueeze(0);
   } else {
-    const at::Tensor mask = patch_mask ? *patch_mask
-                                       : at::ones({patches.size(0), patches.size(2), patches.size(3)},
-                                                  pixel_values.options().dtype(at::kBool));
+    const at::Tensor mask =
+        patch_mask ? *patch_mask : at::ones({tiles, rows, columns}, pixel_values.options().dtype(at::kBool));
     ids = position_ids(mask, pixel_values.scalar_type());
   }
   return embeddings + position_embedding_(ids);
