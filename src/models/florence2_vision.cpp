@@ -22,11 +22,15 @@
 namespace imagetotext::florence2 {
 
 namespace {
-// [B, C, H, W] <-> [B, H*W, C], token index h*W + w.
+// [B, C, H, W] <-> [B, H*W, C], token index h*W + w. The tower keeps its maps channels-last, so both are views: the
+// tokens are contiguous rows for the norms, the linear layers and the residual adds, and the depthwise convolutions
+// read the same memory as NHWC. (In NCHW every LayerNorm copied its tokens contiguous first and every residual add
+// ran strided: on the H100 a quarter of large's tower time, benchmarks/results/image-side-kernels-*.)
 at::Tensor to_tokens(const at::Tensor& x) { return x.flatten(2).transpose(1, 2); }
 at::Tensor to_map(const at::Tensor& tokens, std::int64_t height, std::int64_t width) {
   return tokens.transpose(1, 2).reshape({tokens.size(0), tokens.size(2), height, width});
 }
+at::Tensor channels_last(const at::Tensor& map) { return map.contiguous(at::MemoryFormat::ChannelsLast); }
 at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
   return norm(x.permute({0, 2, 3, 1})).permute({0, 3, 1, 2});
 }
@@ -40,9 +44,9 @@ at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
 constexpr std::int64_t kPieceBytes = std::int64_t{24} << 20;
 std::int64_t pieces_for(std::int64_t bytes) { return std::max<std::int64_t>(1, (bytes + kPieceBytes - 1) / kPieceBytes); }
 
-// x + conv(x), the add in place on the convolution's output; x by value, released here.
+// x + conv(x), the add in place on the convolution's output (channels-last, as x); x by value, released here.
 at::Tensor add_conv(at::Tensor x, const DepthwiseConv& conv) {
-  at::Tensor sum = conv(x);
+  at::Tensor sum = channels_last(conv(x));
   sum.add_(x);
   return sum;
 }
@@ -215,7 +219,7 @@ VisionTower::VisionTower(const nn::Weights& weights, const Florence2VisionConfig
 at::Tensor VisionTower::operator()(const at::Tensor& pixel_values) const {
   at::Tensor x = pixel_values.to(convs_.front().weight.scalar_type());
   for (std::size_t s = 0; s < convs_.size(); ++s) {
-    x = convs_[s](x);
+    x = channels_last(convs_[s](x));
     for (const auto& [spatial, channel] : blocks_[s]) x = channel(spatial(std::move(x)));
   }
   return x;
