@@ -25,7 +25,8 @@ namespace {
 // [B, C, H, W] <-> [B, H*W, C], token index h*W + w. The tower keeps its maps channels-last, so both are views: the
 // tokens are contiguous rows for the norms, the linear layers and the residual adds, and the depthwise convolutions
 // read the same memory as NHWC. (In NCHW every LayerNorm copied its tokens contiguous first and every residual add
-// ran strided: on the H100 a quarter of large's tower time, benchmarks/results/image-side-kernels-*.)
+// ran strided: on the H100 large's tower took 12.7 ms of kernels so, 11.0 channels-last;
+// benchmarks/results/image-side-kernels-h100-2026-11-24*.)
 at::Tensor to_tokens(const at::Tensor& x) { return x.flatten(2).transpose(1, 2); }
 at::Tensor to_map(const at::Tensor& tokens, std::int64_t height, std::int64_t width) {
   return tokens.transpose(1, 2).reshape({tokens.size(0), tokens.size(2), height, width});
@@ -38,9 +39,9 @@ at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
 // The most bytes a block's largest intermediate may take before the block runs it in pieces (token chunks, bands
 // of window rows). Florence-2-large's first stage has 36864 tokens: its MLP's hidden activations alone are 72 MiB
 // and the window attention's q/k/v 54 MiB, and whole they set a caption's peak GPU memory (issue 8: the weights +
-// 200 MB, with the decoder's state). At 24 MiB only the first two stages run in pieces, below the channel
-// attention's own peak (its q/k/v whole, 54 MiB): on the H100 pieces of 16 MiB, which cut the third stage's MLPs
-// too, added 1.9 ms of kernels to large's 12.1 ms tower, most of it one more copy per piece.
+// 200 MB, with the decoder's state). At 24 MiB only the first two stages run in pieces, their peaks below the
+// channel attention's (its q/k/v whole, 54 MiB); 16 MiB cut the third stage's MLPs too, a few more kernels each
+// for no lower peak.
 constexpr std::int64_t kPieceBytes = std::int64_t{24} << 20;
 std::int64_t pieces_for(std::int64_t bytes) { return std::max<std::int64_t>(1, (bytes + kPieceBytes - 1) / kPieceBytes); }
 
