@@ -23,10 +23,10 @@ namespace imagetotext::florence2 {
 
 namespace {
 // [B, C, H, W] <-> [B, H*W, C], token index h*W + w. The tower keeps its maps channels-last, so both are views: the
-// tokens are contiguous rows for the norms, the linear layers and the residual adds, and the depthwise convolutions
-// read the same memory as NHWC. (In NCHW every LayerNorm copied its tokens contiguous first and every residual add
-// ran strided: on the H100 large's tower took 12.7 ms of kernels so, 11.0 channels-last;
-// benchmarks/results/image-side-kernels-h100-2026-11-24*.)
+// tokens are contiguous rows for the norms, the linear layers and the residual adds, and a convolution may read the
+// same memory as NHWC (cuDNN's kernel; where ATen picks its NCHW depthwise kernel, it copies). In NCHW every
+// LayerNorm copied its tokens contiguous first and every residual add ran strided: on the H100 large's tower took
+// 12.7 ms of kernels so, 11.0 channels-last (benchmarks/results/image-side-kernels-h100-2026-11-24*).
 at::Tensor to_tokens(const at::Tensor& x) { return x.flatten(2).transpose(1, 2); }
 at::Tensor to_map(const at::Tensor& tokens, std::int64_t height, std::int64_t width) {
   return tokens.transpose(1, 2).reshape({tokens.size(0), tokens.size(2), height, width});
