@@ -28,8 +28,10 @@ namespace {
 // LayerNorm copied its tokens contiguous first and every residual add ran strided: on the H100 large's tower took
 // 12.7 ms of kernels so, 11.0 channels-last (benchmarks/results/image-side-kernels-h100-2026-11-24*).
 at::Tensor to_tokens(const at::Tensor& x) { return x.flatten(2).transpose(1, 2); }
+// As [B, H, W, C] permuted, not [B, C, N] reshaped: that gave a batch of one a batch stride of C, which ATen's
+// memory-format check does not take for channels-last, so most convolutions copied the map to NCHW and back.
 at::Tensor to_map(const at::Tensor& tokens, std::int64_t height, std::int64_t width) {
-  return tokens.transpose(1, 2).reshape({tokens.size(0), tokens.size(2), height, width});
+  return tokens.reshape({tokens.size(0), height, width, tokens.size(2)}).permute({0, 3, 1, 2});
 }
 at::Tensor channels_last(const at::Tensor& map) { return map.contiguous(at::MemoryFormat::ChannelsLast); }
 at::Tensor layer_norm_channels(const nn::LayerNorm& norm, const at::Tensor& x) {
