@@ -98,9 +98,9 @@ void check_decode_attention(const char* op, const at::Tensor& query, const at::T
                             const at::Tensor& position, const std::optional<at::Tensor>& first) {
   TORCH_CHECK_VALUE(query.dim() == 4 && query.size(2) == 1, op, ": query must be [batch, heads, 1, "
                     "head_dim], got ", query.sizes());
-  TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() && keys.size(0) > 0 &&
-                        query.size(0) % keys.size(0) == 0 && keys.size(3) == query.size(3) && keys.size(1) > 0 &&
-                        query.size(1) % keys.size(1) == 0,
+  TORCH_CHECK_VALUE(keys.dim() == 4 && keys.sizes() == values.sizes() &&
+                        (keys.size(0) == query.size(0) || (keys.size(0) > 0 && query.size(0) % keys.size(0) == 0)) &&
+                        keys.size(3) == query.size(3) && keys.size(1) > 0 && query.size(1) % keys.size(1) == 0,
                     op, ": keys and values must be [rows dividing ", query.size(0), ", kv_heads dividing ",
                     query.size(1), ", capacity, ", query.size(3), "], got ", keys.sizes(), " and ", values.sizes());
   TORCH_CHECK_VALUE(keys.scalar_type() == query.scalar_type() && values.scalar_type() == query.scalar_type() &&

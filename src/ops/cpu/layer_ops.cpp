@@ -42,7 +42,7 @@ at::Tensor decode_attention_cpu(const at::Tensor& query, const at::Tensor& keys,
                                 const at::Tensor& position, double scale, const std::optional<at::Tensor>& first) {
   detail::check_decode_attention("decode_attention", query, keys, values, position, first);
   const int64_t batch = query.size(0), heads = query.size(1), kv_heads = keys.size(1), head_dim = query.size(3);
-  const int64_t rows = keys.size(0), shared = batch / rows, group = heads / kv_heads;
+  const int64_t rows = keys.size(0), shared = rows > 0 ? batch / rows : 1, group = heads / kv_heads;
   // On the CPU the position is at hand: attend to the filled part only (whatever lies past it never enters).
   const int64_t filled = std::min(position.item<int64_t>(), keys.size(2) - 1) + 1;
   TORCH_CHECK_VALUE(filled > 0, "decode_attention: position must not be negative");
