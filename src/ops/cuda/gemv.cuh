@@ -6,10 +6,9 @@
 // row (coalesced: a warp reads 512 contiguous bytes per step), with kGemvFirstChunks chunks of the row's start,
 // then kGemvUnroll at a time, in flight before the first is used; it decodes a chunk into float registers with the
 // format's decoder and multiplies it with every row of A (at most kRows, a compile-time tile, so the weights are
-// read once for all rows). A is small and stays in
-// L1/L2. Accumulation is float32; one warp reduction per row, one rounding to A's dtype at the end (bias added in
-// float32 first). Launched overlapped (launch.cuh): the first row's first chunks are loaded before the wait for the
-// previous kernel.
+// read once for all rows). A is small and stays in L1/L2. Accumulation is float32; one warp reduction per row,
+// one rounding to A's dtype at the end (bias added in float32 first). Launched overlapped (launch.cuh): the first
+// row's first chunks are loaded before the wait for the previous kernel.
 //
 // Fusions (ops::GemmFusion): gelu of the rounded output and a residual added to it, at any row count; and for
 // one row of A, the input itself: rms_norm(A) or silu_mul of A's two halves, staged once per CTA in shared

@@ -308,13 +308,14 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   // `shared` consecutive sequences read one row of the caches (1 but for decode_attention over an image's keys and
   // values held once for its beams).
   const int64_t kv_head = sequence / shared * (heads / group) + head / group;
+  const int split = blockIdx.x;
+  const int64_t chunk_begin = static_cast<int64_t>(split) * chunk;
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
   // While the previous kernel runs, ask L2 for this chunk's cached keys and values: HBM misses otherwise, as a
   // step streams far more weights than L2 holds (on the H100 this took ~1 us off the attention's critical path in
   // each SmolVLM layer). A hint only, so it may read the position before the wait: a step stale at worst. (`vector`:
   // rows of whole 16-byte pieces at 16-byte aligned caches, as the bulk prefetch needs.)
   if (vector && threadIdx.x < 2) {
-    const int64_t chunk_begin = static_cast<int64_t>(blockIdx.x) * chunk;
     const int64_t rows = min(chunk_begin + chunk, min(*position + 1, capacity)) - chunk_begin;
     if (rows > 0) {
       const T* base = (threadIdx.x == 0 ? keys : values) + (kv_head * capacity + chunk_begin) * dim;
@@ -325,7 +326,6 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
 #endif
   wait_for_previous_kernels(query, keys, values, position, first_position, token.query, token.key, token.value,
                             token.cos, token.sin);
-  const int split = blockIdx.x;
   const int64_t filled = min(*position, capacity - 1) + 1;
   // The new token's position, or -1 when the step lies outside the caches (then nothing is written).
   const int64_t new_position = kNewToken && *position >= 0 && *position < capacity ? *position : -1;
@@ -345,7 +345,6 @@ decode_attention_split_kernel(const T* query, T* keys, T* values, NewToken<T> to
   }
   // A left-padded row starts at its first real position (the positions before it are padding).
   const int64_t start = first_position ? max(first_position[sequence], int64_t{0}) : 0;
-  const int64_t chunk_begin = static_cast<int64_t>(split) * chunk;
   const int64_t begin = max(chunk_begin, start), end = min(chunk_begin + chunk, filled);
   float* partial = partials + (sequence_head * splits + split) * (dim + 2);
   if (begin >= end) {  // nothing to attend in this chunk (yet, or padding only): an empty state
