@@ -2,7 +2,8 @@
 averaged over 5 calls after 3 warm-ups, per kernel name (the 12 largest) and in total:
 - florence2-base / florence2-large: `image_features` (the DaViT tower and the projector) of one 768 x 768 image;
 - smolvlm-256M / smolvlm-500M: `prompt_logits` of bench_smolvlm.py's image and prompt (the 17-tile vision tower,
-  the connector and the prompt's prefill), i.e. what precedes the first token.
+  the connector and the prompt's prefill), i.e. what precedes the first token; `smolvlm-256M-int8` and
+  `smolvlm-256M-nf4` (500M likewise) quantize every linear layer but lm_head, as the hub's variants do.
 The sum of kernel times, unlike a wall-clock figure, hardly moves with the machine's load, so two trees compare in
 one call.
 
@@ -40,15 +41,16 @@ def image_side(name: str, directory: str):
         model = _C.Florence2Model.load(directory, device="cuda", dtype="bfloat16")
         pixel_values = torch.randn(1, 3, 768, 768, generator=torch.Generator().manual_seed(1)).cuda()
         return lambda: model.image_features(pixel_values)
-    write_checkpoint(Path(directory), name.removeprefix("smolvlm-"))
-    model = _C.SmolVLM(directory, device="cuda")
+    size, _, quantization = name.removeprefix("smolvlm-").partition("-")
+    write_checkpoint(Path(directory), size)
+    model = _C.SmolVLM(directory, quantization=quantization or "none", device="cuda")
     pixels = torch.randint(0, 256, (768, 768, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
     inputs = model.process(pixels)
     return lambda: model.prompt_logits(inputs["input_ids"], inputs["pixel_values"])
 
 
 def main(names):
-    print(f"GPU: {torch.cuda.get_device_name()}; bf16, mean of {CALLS} calls")
+    print(f"GPU: {torch.cuda.get_device_name()}; bf16 activations, mean of {CALLS} calls")
     for name in names:
         with tempfile.TemporaryDirectory() as directory:
             run = image_side(name, directory)
@@ -73,5 +75,6 @@ def main(names):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", default=["florence2-base", "florence2-large", "smolvlm-256M"],
-                        choices=["florence2-base", "florence2-large", "smolvlm-256M", "smolvlm-500M"])
+                        choices=["florence2-base", "florence2-large"] + [
+                            f"smolvlm-{size}{variant}" for size in ("256M", "500M") for variant in ("", "-int8", "-nf4")])
     main(parser.parse_args().models)

@@ -9,7 +9,7 @@ start relative to the previous kernel's end (negative: started early), and the t
 which the GPU had nothing to run (the host between runs of decode steps), and the kernels of one whole step.
 The profiler itself slows each kernel a little: compare runs of this script, not its sums with bench_smolvlm.py.
 
-Usage (GPU machine): python benchmarks/smolvlm_decode_trace.py [--models 256M 500M] > FILE
+Usage (GPU machine): python benchmarks/smolvlm_decode_trace.py [--models 256M 500M] [--quantization int8] > FILE
 """
 
 from __future__ import annotations
@@ -44,13 +44,13 @@ def short_name(name: str) -> str:
     return name[:100]
 
 
-def decode_kernels(size: str) -> list[dict]:
+def decode_kernels(size: str, quantization: str) -> list[dict]:
     """The kernels of one caption's second half (decode steps only), in the order they started."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp)
         bench_smolvlm.write_checkpoint(path, size)
         pixels = torch.randint(0, 256, (768, 768, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(1))
-        model = _C.SmolVLM(str(path), device="cuda")
+        model = _C.SmolVLM(str(path), quantization=quantization, device="cuda")
         inputs = model.process(pixels)
         caption = lambda: model.generate(inputs["input_ids"], inputs["pixel_values"], max_new_tokens=NEW_TOKENS)
         caption()
@@ -98,10 +98,13 @@ def report(size: str, kernels: list[dict]):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=["256M"], choices=sorted(bench_smolvlm.CONFIGS))
+    parser.add_argument("--quantization", default="none", choices=["none", "int8", "nf4"],
+                        help="of every linear layer but lm_head (activations stay bf16)")
     args = parser.parse_args()
-    print(f"# SmolVLM decode steps' critical path, {torch.cuda.get_device_name()}, {NEW_TOKENS}-token caption, bf16")
+    print(f"# SmolVLM decode steps' critical path, {torch.cuda.get_device_name()}, {NEW_TOKENS}-token caption, "
+          f"bf16, quantization {args.quantization}")
     for size in args.models:
-        report(size, decode_kernels(size))
+        report(size, decode_kernels(size, args.quantization))
 
 
 if __name__ == "__main__":

@@ -578,15 +578,16 @@ def test_cuda_graph_decoding_matches_eager(long_positions_checkpoint, inputs, dt
         encoded = ours.encode(pixel_values, torch.tensor([prompt]))
         eager, eager_score = ours.generate(encoded, **our_settings(settings), decoding="eager")
         graph, graph_score = ours.generate(encoded, **our_settings(settings))
-        if dtype == "float32":
+        if dtype == "float32" and settings["max_new_tokens"] <= 32:
             assert graph == eager, (len(prompt), settings)
             assert graph_score == pytest.approx(eager_score, rel=1e-5, abs=1e-5)
         else:
-            # bf16: the recorded step's attention kernel rounds differently from the eager one, and with random
-            # tiny weights many logits are near-tied, so the two searches may take different paths (an H100 run:
-            # one ended at its 6th token, the other went on). Each must be what its scores say: a beam caption's
-            # reported score is its teacher-forced rescoring within the rounding of bf16 logits, a greedy caption
-            # picks the best token or a near tie of it at every step.
+            # The recorded step's cross-attention is the split decode-attention kernel, the eager step's SDPA: they
+            # round differently, and with random tiny weights many logits are near-tied, so the two searches may
+            # take different paths (H100 runs: bf16, one ended at its 6th token, the other went on; float32, the
+            # 300-token captions parted at token 275). Each must be what its scores say: a beam caption's reported
+            # score is its teacher-forced rescoring within the rounding of bf16 logits (loose for float32), a greedy
+            # caption picks the best token or a near tie of it at every step.
             assert graph[:1] == eager[:1], (len(prompt), settings)
             for tokens, score in [(graph, graph_score), (eager, eager_score)]:
                 if settings["num_beams"] > 1:
@@ -630,11 +631,12 @@ def assert_greedy_up_to_near_ties(model, encoded, tokens, label):
 @pytest.mark.gpu
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 @pytest.mark.parametrize("decoding", ["eager", "auto"])
-def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_inputs, dtype, decoding):
+def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_inputs, dtype, decoding, monkeypatch):
     """On CUDA (auto: the CUDA graph recorded for the batch), a batch of three images against each image alone,
     with the service's settings and an end token the rows reach at different steps. float32: the same tokens,
-    scores within 1e-3 of their size (cuDNN runs the vision tower's convolutions in TF32, torch's default for
-    convolutions, and picks another algorithm for 3 images than for 1: 1.2e-4 measured on the H100). bf16: the
+    scores within 1e-3 of their size, with TF32 off (torch's default runs convolutions in TF32, and cuDNN picks
+    another algorithm for 3 images than for 1: their scores 1.2e-4 apart on the H100 with the tower's maps NCHW,
+    1.06e-3 with them channels-last; the rows' independence is the subject here, not TF32). bf16: the
     batch's GEMMs have M = 9 rows instead of 3 and round differently, and with random tiny weights many logits
     are near-tied, so the two searches may take different beams (H100 runs: final scores 2.7 %, 6 % and 11 %
     apart), and their scores are not comparable. What must hold is that rows do not interact: each caption the
@@ -642,6 +644,8 @@ def test_cuda_batch_matches_its_images_alone(long_positions_checkpoint, batch_in
     within the rounding of bf16 logits, and nearer than over another image of the batch; a greedy row picks at
     each step the best token of its image's logits or a near tie of it; and the batch gives the same result every
     time it runs."""
+    if dtype == "float32":
+        monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
     ours = _C.Florence2Model.load(long_positions_checkpoint, device="cuda", dtype=dtype)
     pixel_values, input_ids, _ = batch_inputs
     prompt = input_ids[:, IMAGE_TOKENS:].cuda()

@@ -821,6 +821,23 @@ def test_cuda_bf16_batch_matches_single_images(tiny, decoding):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("case", ["640x480", "wide 17x300", "4000x3000"])
+def test_cuda_processor_is_the_cpu_processor(real_geometry, case):
+    """On CUDA the processor resizes and tiles on the device (Pillow's integer arithmetic, resize_pillow's CUDA
+    kernel): the same input_ids and the CPU processor's pixel values (which test_processor_matches_transformers
+    holds to transformers') up to the float32 rounding of the normalization, where one level of a resized pixel
+    would be 2/255."""
+    path, _, _, on_cpu = real_geometry
+    pixels = smooth_image(*PIXEL_CASES[case])
+    expected = on_cpu.process(pixels)
+    out = _C.SmolVLM(str(path), device="cuda", dtype="float32").process(pixels)
+    assert out["pixel_values"].device.type == "cuda"
+    assert out["input_ids"].tolist() == expected["input_ids"].tolist()
+    assert (out["rows"], out["cols"]) == (expected["rows"], expected["cols"])
+    assert float((out["pixel_values"].cpu() - expected["pixel_values"]).abs().max()) <= 1e-6
+
+
+@pytest.mark.gpu
 def test_cuda_caption_batch_is_deterministic_and_close_to_single_captions(real_geometry):
     """caption_batch on CUDA (bf16, the graph): captions of several meme-sized images, each equal to the single
     caption of its image up to a near tie (see test_cuda_bf16_batch_matches_single_images)."""

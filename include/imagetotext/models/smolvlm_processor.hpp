@@ -56,7 +56,7 @@ class Processor {
   static std::pair<std::int64_t, std::int64_t> vision_encoder_size(std::int64_t height, std::int64_t width,
                                                                    std::int64_t tile);
 
-  // Resizes and splits uint8 RGB pixels [height, width, 3].
+  // Resizes and splits uint8 RGB pixels [height, width, 3] on their device.
   Tiles tile(const at::Tensor& pixels) const;
 
   // Tiles [n, H, W, 3] uint8 -> model input [n, 3, H, W]: rescaled and normalized.
