@@ -245,7 +245,7 @@ void LanguageModel::reorder(DecoderState& state, const at::Tensor& order, const 
 }
 
 bool LanguageModel::capturable() const {
-  auto synchronizes = [](const quant::QuantizedLinear* layer) { return layer->format() == Quantization::llm_int8; };
+  auto synchronizes = [](const quant::QuantizedLinear* layer) { return layer->synchronizes(); };
   for (const DecoderLayer& l : decoder_layers_) {
     std::vector<const quant::QuantizedLinear*> layers = l.self_attn.qkv_proj.layers();
     for (const quant::QuantizedLinear* layer : l.encoder_attn.kv_proj.layers()) layers.push_back(layer);

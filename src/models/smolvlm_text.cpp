@@ -176,17 +176,16 @@ at::Tensor TextModel::decode_step(const at::Tensor& token, const at::Tensor& pos
 }
 
 bool TextModel::capturable() const {
-  auto synchronizes = [](const quant::QuantizedLinear& layer) { return layer.format() == Quantization::llm_int8; };
   for (const DecoderLayer& l : layers_) {
     std::vector<const quant::QuantizedLinear*> layers = l.qkv_proj.layers();
     for (const quant::QuantizedLinear* layer : l.gate_up_proj.layers()) layers.push_back(layer);
     layers.push_back(&l.o_proj.layer());
     layers.push_back(&l.down_proj.layer());
     for (const quant::QuantizedLinear* layer : layers) {
-      if (synchronizes(*layer)) return false;
+      if (layer->synchronizes()) return false;
     }
   }
-  return !synchronizes(lm_head_->layer());
+  return !lm_head_->layer().synchronizes();
 }
 
 }  // namespace imagetotext::smolvlm

@@ -110,6 +110,17 @@ at::Tensor VisionTransformer::attention(const VisionEncoderLayer& layer, const a
   return layer.out_proj(out.transpose(1, 2).reshape({tiles, length, config_.hidden_size}));
 }
 
+bool VisionTransformer::capturable() const {
+  for (const VisionEncoderLayer& l : layers_) {
+    std::vector<const quant::QuantizedLinear*> layers = l.qkv_proj.layers();
+    for (const nn::Linear* linear : {&l.out_proj, &l.fc1, &l.fc2}) layers.push_back(&linear->layer());
+    for (const quant::QuantizedLinear* layer : layers) {
+      if (layer->synchronizes()) return false;
+    }
+  }
+  return true;
+}
+
 at::Tensor VisionTransformer::operator()(const at::Tensor& pixel_values, const std::optional<at::Tensor>& patch_mask) const {
   at::Tensor h = embed(pixel_values, patch_mask);
   std::optional<at::Tensor> key_mask;

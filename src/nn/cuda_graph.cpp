@@ -78,11 +78,24 @@ void CudaGraph::capture(c10::Device device, const std::function<void()>& body) {
   done.record(side);
   done.block(caller);
   graph_ = std::move(graph);
+  device_ = device;
 }
 
 void CudaGraph::replay() {
   if (!graph_) throw InvalidArgumentError("replay of a CUDA graph that was never recorded");
   static_cast<at::cuda::CUDAGraph*>(graph_.get())->replay();
+}
+
+void CudaGraph::acquire() {
+  if (released_) {
+    static_cast<at::cuda::CUDAEvent*>(released_.get())->block(c10::cuda::getCurrentCUDAStream(device_.index()));
+  }
+}
+
+void CudaGraph::release() {
+  if (!graph_) return;
+  if (!released_) released_ = std::make_shared<at::cuda::CUDAEvent>();
+  static_cast<at::cuda::CUDAEvent*>(released_.get())->record(c10::cuda::getCurrentCUDAStream(device_.index()));
 }
 
 #else
@@ -94,6 +107,10 @@ void CudaGraph::capture(c10::Device device, const std::function<void()>&) {
 }
 
 void CudaGraph::replay() { throw InvalidArgumentError("replay of a CUDA graph that was never recorded"); }
+
+void CudaGraph::acquire() {}
+
+void CudaGraph::release() {}
 
 #endif
 

@@ -821,6 +821,23 @@ def test_cuda_bf16_batch_matches_single_images(tiny, decoding):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
+def test_cuda_image_features_replay_the_eager_passes(tiny, dtype):
+    """On CUDA, image_features runs each pass of 4 full tiles as one recorded vision tower + connector (a CUDA
+    graph) and the tiles left over eagerly: bit for bit the eager vision tower and connector over the same passes,
+    for one image and then another (each replay reads its new input)."""
+    path, _, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cuda", dtype=dtype)
+    for seed in (1, 2):
+        pixel_values = sample_inputs(processor, seed=seed)["pixel_values"][0].to("cuda", getattr(torch, dtype))
+        assert pixel_values.shape[0] == 13  # 3 passes of 4 and 1 tile left
+        features = ours.image_features(pixel_values)
+        for start in range(0, 13, 4):
+            expected = ours.connector(ours.vision(pixel_values[start:start + 4]))
+            assert torch.equal(features[start:start + 4], expected), (seed, start)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("case", ["640x480", "wide 17x300", "4000x3000"])
 def test_cuda_processor_is_the_cpu_processor(real_geometry, case):
     """On CUDA the processor resizes and tiles on the device (Pillow's integer arithmetic, resize_pillow's CUDA

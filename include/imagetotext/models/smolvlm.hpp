@@ -88,6 +88,7 @@ class SmolVLM {
         text_(std::move(text)) {}
 
   struct DecodeGraph;
+  struct VisionGraph;
   // Decoding through `graph` (recorded again when the batch size changes or the capacity is short); `padding`
   // (int64 [batch] on the device) for a left-padded batch.
   std::vector<text::GreedySearchResult> generate_graphed(const at::Tensor& embeddings,
@@ -104,6 +105,8 @@ class SmolVLM {
   // for single captions and one for batches (of the last batch size seen), so neither evicts the other.
   std::shared_ptr<DecodeGraph> decode_graph_;
   std::shared_ptr<DecodeGraph> batch_decode_graph_;
+  // The vision tower and connector over one pass of full tiles, recorded on CUDA and replayed per pass.
+  std::shared_ptr<VisionGraph> vision_graph_;
 };
 
 }  // namespace imagetotext::smolvlm

@@ -46,6 +46,9 @@ class VisionTransformer {
 
   const SmolVLMVisionConfig& config() const noexcept { return config_; }
 
+  // Whether operator() can be recorded in a CUDA graph: no layer waits for the host (LLM.int8 does).
+  bool capturable() const;
+
  private:
   at::Tensor position_ids(const at::Tensor& patch_mask, at::ScalarType dtype) const;
   at::Tensor attention(const VisionEncoderLayer& layer, const at::Tensor& x,
@@ -67,6 +70,8 @@ class Connector {
 
   // [tiles, patches, vision width] -> [tiles, patches / s^2, text width].
   at::Tensor operator()(const at::Tensor& vision_hidden) const;
+
+  bool capturable() const { return !proj_->layer().synchronizes(); }
 
  private:
   std::int64_t scale_factor_ = 1;

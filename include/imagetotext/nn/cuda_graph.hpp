@@ -36,10 +36,20 @@ class CudaGraph {
   // Launches the recorded kernels on the current stream.
   void replay();
 
+  // For a recording whose input and output tensors successive callers share (under their own lock): acquire()
+  // makes the device's current stream wait for the work queued before the last release(), whichever stream
+  // queued it, so a caller does not overwrite inputs that an earlier replay has yet to read, nor outputs that an
+  // earlier copy has yet to read. Call acquire() before writing the inputs, release() after queuing the reads of
+  // the outputs. Neither waits on the host.
+  void acquire();
+  void release();
+
   bool captured() const noexcept { return static_cast<bool>(graph_); }
 
  private:
-  std::shared_ptr<void> graph_;  // at::cuda::CUDAGraph, kept opaque so this header needs no CUDA headers
+  std::shared_ptr<void> graph_;     // at::cuda::CUDAGraph, kept opaque so this header needs no CUDA headers
+  std::shared_ptr<void> released_;  // at::cuda::CUDAEvent recorded by release()
+  c10::Device device_{c10::kCPU};   // the recording's
 };
 
 }  // namespace imagetotext::nn

@@ -62,6 +62,9 @@ class QuantizedLinear {
   at::Tensor dequantized_weight() const;
 
   Quantization format() const noexcept { return format_; }
+  // Whether forward waits for the host (LLM.int8 finds its outlier columns with nonzero), so that it cannot run
+  // inside a CUDA graph.
+  bool synchronizes() const noexcept { return format_ == Quantization::llm_int8; }
   const std::optional<at::Tensor>& bias() const noexcept { return bias_; }
   // Bytes the weight occupies as stored (packed codes and statistics; not the bias or forward caches).
   size_t weight_bytes() const;
