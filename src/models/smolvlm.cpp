@@ -11,6 +11,7 @@
 #include <c10/util/StringUtil.h>
 #include <fmt/format.h>
 
+#include <map>
 #include <mutex>
 
 #include "imagetotext/core/device.hpp"
@@ -156,6 +157,20 @@ at::Tensor SmolVLM::prompt_logits(const at::Tensor& input_ids, const at::Tensor&
   return text_.logits(text_.forward(embeddings, cache));
 }
 
+// One prompt's prefill (one row, no padding) over its length rounded up to a multiple of kPrefillBucket: the
+// prompt's embeddings, then whatever the rows past them hold. Causal attention keeps those rows from the prompt's
+// positions, and each decode step writes its position's keys and values before it reads them, so what the extra
+// rows leave in the caches is never read. Recorded once per rounded length: launched one by one, a 256M prefill's
+// ~480 kernels took the H100 machine's host ~10 ms, the GPU ~2.5.
+constexpr std::int64_t kPrefillBucket = 64;
+
+struct PrefillRecording {
+  at::Tensor embeddings;  // [1, rounded length, hidden]
+  at::Tensor last;        // int64 [1]: the prompt's last position
+  at::Tensor logits;      // [1, vocab]: the logits there
+  nn::CudaGraph graph;
+};
+
 // The decode step recorded over caches of `capacity` positions for `batch` rows; its inputs and outputs live in
 // fixed tensors.
 struct SmolVLM::DecodeGraph {
@@ -170,6 +185,9 @@ struct SmolVLM::DecodeGraph {
   at::Tensor logits;     // [batch, vocab]: the last step's logits
   std::optional<at::Tensor> padding;  // [batch]: each row's left padding (batches of prompts of different lengths)
   nn::CudaGraph graph;   // step() recorded (CUDA devices)
+  // Prefills into `cache` by rounded length (single rows on CUDA), all in the first one's memory pool: one runs
+  // at a time, under `mutex`.
+  std::map<std::int64_t, PrefillRecording> prefills;
 
   // One decode step: the logits of `token` at `position`, the next tokens picked from them. Takes the text
   // model rather than keeping a pointer: copies of a SmolVLM share this recording.
@@ -285,7 +303,8 @@ std::vector<text::GreedySearchResult> SmolVLM::generate_graphed(const at::Tensor
       throw InvalidArgumentError(fmt::format("a prompt of {} tokens plus {} new ones is past the model's {} positions",
                                              length, max_new, config_.text.max_position_embeddings));
     }
-    g.graph = nn::CudaGraph{};  // free the old recording and caches before the new ones are allocated
+    g.graph = nn::CudaGraph{};  // free the old recordings and caches before the new ones are allocated
+    g.prefills.clear();
     g.cache.clear();
     const auto ids = at::TensorOptions().device(placement_.device).dtype(at::kLong);
     g.cache = text_.new_cache(batch, capacity);
@@ -299,7 +318,27 @@ std::vector<text::GreedySearchResult> SmolVLM::generate_graphed(const at::Tensor
     g.capacity = capacity;
   }
   at::Tensor first_logits;
-  {
+  if (batch == 1 && !padding && g.graph.captured()) {
+    RECORD_USER_SCOPE("smolvlm.prefill");
+    const std::int64_t rounded = std::min((length + kPrefillBucket - 1) / kPrefillBucket * kPrefillBucket, g.capacity);
+    const nn::CudaGraph* pool = g.prefills.empty() ? nullptr : &g.prefills.begin()->second.graph;
+    PrefillRecording& p = g.prefills[rounded];
+    if (!p.graph.captured()) {
+      p.embeddings = at::zeros({1, rounded, embeddings.size(2)}, embeddings.options());
+      p.last = at::zeros({1}, embeddings.options().dtype(at::kLong));
+      p.graph.capture(
+          placement_.device,
+          [&] {
+            for (nn::KVCache& layer : g.cache) layer.clear();
+            p.logits = text_.logits(text_.forward(p.embeddings, g.cache).index_select(1, p.last).select(1, 0));
+          },
+          pool);
+    }
+    p.embeddings.narrow(1, 0, length).copy_(embeddings);
+    p.last.fill_(length - 1);
+    p.graph.replay();
+    first_logits = p.logits.clone();  // the next prefill of this length writes over p.logits
+  } else {
     RECORD_USER_SCOPE("smolvlm.prefill");
     for (nn::KVCache& layer : g.cache) layer.clear();
     first_logits = text_.logits(text_.forward(embeddings, g.cache, padding).select(1, length - 1));

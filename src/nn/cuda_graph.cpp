@@ -45,8 +45,11 @@ c10::cuda::CUDAStream capture_stream(c10::DeviceIndex device) {  // under captur
 
 bool CudaGraph::supported(c10::Device device) { return device.is_cuda(); }
 
-void CudaGraph::capture(c10::Device device, const std::function<void()>& body) {
+void CudaGraph::capture(c10::Device device, const std::function<void()>& body, const CudaGraph* share_memory_with) {
   if (!supported(device)) throw DeviceError(fmt::format("CUDA graphs need a CUDA device, not {}", device.str()));
+  const c10::MempoolId_t pool = share_memory_with && share_memory_with->graph_
+                                         ? static_cast<at::cuda::CUDAGraph*>(share_memory_with->graph_.get())->pool()
+                                         : c10::MempoolId_t{0, 0};
   const c10::cuda::CUDAGuard device_guard(device);
   const c10::cuda::CUDAStream caller = c10::cuda::getCurrentCUDAStream(device.index());
   const std::lock_guard lock(capture_mutex);
@@ -60,7 +63,7 @@ void CudaGraph::capture(c10::Device device, const std::function<void()>& body) {
     const c10::cuda::CUDAStreamGuard stream_guard(side);
     body();
     // Thread-local mode: another thread's work on the device (another model) does not break this recording.
-    graph->capture_begin({0, 0}, cudaStreamCaptureModeThreadLocal);
+    graph->capture_begin(pool, cudaStreamCaptureModeThreadLocal);
     try {
       body();
     } catch (...) {
@@ -102,7 +105,7 @@ void CudaGraph::release() {
 
 bool CudaGraph::supported(c10::Device) { return false; }
 
-void CudaGraph::capture(c10::Device device, const std::function<void()>&) {
+void CudaGraph::capture(c10::Device device, const std::function<void()>&, const CudaGraph*) {
   throw DeviceError(fmt::format("CUDA graphs need a CUDA build of imagetotext; this one has none ({})", device.str()));
 }
 

@@ -29,9 +29,11 @@ class CudaGraph {
   // Runs `body` once eagerly on the device's recording stream (so lazy initialisation, e.g. cuBLAS workspaces,
   // happens outside the capture), then records it there. One recording at a time, each device's on one side stream
   // (cuBLAS keeps a workspace per stream it ran on). Allocations made while recording stay reserved for the
-  // graph's lifetime.
+  // graph's lifetime, in a memory pool of its own or, with `share_memory_with` (a recorded graph), in that graph's
+  // pool: graphs that never run at the same time (their callers serialize them) then reuse one another's
+  // intermediates; each graph's outputs stay its own as long as the caller holds them.
   // Throws DeviceError when recording fails.
-  void capture(c10::Device device, const std::function<void()>& body);
+  void capture(c10::Device device, const std::function<void()>& body, const CudaGraph* share_memory_with = nullptr);
 
   // Launches the recorded kernels on the current stream.
   void replay();
