@@ -681,6 +681,21 @@ def within_twice_reference_error(ours, reference, exact):
 
 
 @pytest.mark.gpu
+def test_cuda_vision_tower_matches_transformers(tiny):
+    """On CUDA, float32, where the MLP's GELU runs in fc1's cuBLASLt epilogue: the vision tower and the image
+    features against transformers' (on the CPU), as test_vision_tower_and_connector_match_transformers holds ours
+    on the CPU."""
+    path, model, processor = tiny
+    ours = _C.SmolVLM(str(path), device="cuda", dtype="float32")
+    pixel_values = sample_inputs(processor)["pixel_values"][0]
+    with torch.no_grad():
+        expected_vision = model.model.vision_model(pixel_values=pixel_values).last_hidden_state
+        expected_features = model.model.connector(expected_vision)
+    assert rel_err(ours.vision(pixel_values.cuda()).cpu(), expected_vision) < 1e-4
+    assert rel_err(ours.image_features(pixel_values.cuda()).cpu(), expected_features) < 1e-4
+
+
+@pytest.mark.gpu
 def test_cuda_bf16_matches_transformers(tiny):
     path, model, processor = tiny
     inputs = sample_inputs(processor)
