@@ -133,8 +133,9 @@ void check_int8_vectorwise_quant(const at::Tensor& A, double threshold) {
   TORCH_CHECK_VALUE(threshold >= 0.0, op, ": threshold must be >= 0 (0 disables outliers), got ", threshold);
 }
 
-void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) {
+void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB, std::optional<at::ScalarType> dtype) {
   constexpr std::string_view op = "int8_vectorwise_dequant";
+  if (dtype) check_weight_dtype(op, "dtype", *dtype);
   check_dtype(op, "CB", CB, at::kChar);
   check_dtype(op, "SCB", SCB, at::kFloat);
   check_same_device(op, "SCB", SCB, "CB", CB);
@@ -347,10 +348,10 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
   return op.call(A, threshold);
 }
 
-at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB) {
-  static const auto op =
-      find_op("imagetotext::int8_vectorwise_dequant").typed<at::Tensor(const at::Tensor&, const at::Tensor&)>();
-  return op.call(CB, SCB);
+at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB, std::optional<at::ScalarType> dtype) {
+  static const auto op = find_op("imagetotext::int8_vectorwise_dequant")
+                             .typed<at::Tensor(const at::Tensor&, const at::Tensor&, std::optional<at::ScalarType>)>();
+  return op.call(CB, SCB, dtype);
 }
 
 at::Tensor gemm_input(const at::Tensor& A, const GemmFusion& fusion) {

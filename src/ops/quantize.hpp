@@ -33,7 +33,7 @@ void check_dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, c
 // int8_vectorwise_quant: A 2-D [rows, cols] float32/float16/bfloat16, threshold >= 0.
 void check_int8_vectorwise_quant(const at::Tensor& A, double threshold);
 // int8_vectorwise_dequant: CB int8 2-D [rows, cols], SCB float32 [rows] on CB's device.
-void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+void check_int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB, std::optional<at::ScalarType> dtype);
 // int8_scaled_mm: CA int8 [M, K], CB int8 [N, K], SCA float32 [M], SCB float32 [N], bias float [N].
 void check_int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias);

@@ -24,8 +24,8 @@ TORCH_LIBRARY(imagetotext, m) {
   m.def("dequantize_blockwise(Tensor q, Tensor absmax, Tensor code, int blocksize, ScalarType dtype) -> Tensor");
   // float A [rows, cols] -> int8 CB = round(x * 127 / rowmax), float32 SCB = rowmax, int64 outlier columns.
   m.def("int8_vectorwise_quant(Tensor A, float threshold) -> (Tensor CB, Tensor SCB, Tensor? outlier_cols)");
-  // int8 CB [rows, cols] + float32 SCB [rows] -> float32 CB * SCB * (1/127).
-  m.def("int8_vectorwise_dequant(Tensor CB, Tensor SCB) -> Tensor");
+  // int8 CB [rows, cols] + float32 SCB [rows] -> CB * SCB * (1/127) in float32, rounded once to dtype if given.
+  m.def("int8_vectorwise_dequant(Tensor CB, Tensor SCB, ScalarType? dtype=None) -> Tensor");
   // The gemms' trailing arguments (norm_weight .. normed_out) are ops::GemmFusion
   // (include/imagetotext/quant/quantize.hpp): the input normed (RMS or LayerNorm, the normed input written to
   // normed_out if given) or gated first, gelu and a residual after.

@@ -56,7 +56,9 @@ void bind_quantized_linear(py::module_& m) {
       .def("__call__", &forward, py::arg("x"), py::call_guard<py::gil_scoped_release>())
       .def("state_dict", &QuantizedLinear::state_dict, py::arg("prefix") = "",
            "The tensors bitsandbytes would save for this layer, keyed '<prefix><name>'.")
-      .def("dequantized_weight", &QuantizedLinear::dequantized_weight, py::call_guard<py::gil_scoped_release>())
+      .def(
+          "dequantized_weight", [](const QuantizedLinear& l) { return l.dequantized_weight(); },
+          py::call_guard<py::gil_scoped_release>())
       .def_readonly("in_features", &QuantizedLinear::in_features)
       .def_readonly("out_features", &QuantizedLinear::out_features)
       .def_property_readonly("format", [](const QuantizedLinear& l) { return std::string(quantization_name(l.format())); })

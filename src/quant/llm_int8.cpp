@@ -21,7 +21,7 @@ at::Tensor llm_int8_matmul(const at::Tensor& A, const at::Tensor& CB, const at::
     // has no fp16 weight to use once the layer is quantized).
     const at::Tensor sub_a = rows.index_select(1, *outlier_cols);
     const at::Tensor sub_b =
-        ops::int8_vectorwise_dequant(CB.index_select(1, *outlier_cols), SCB).to(A.scalar_type()).t();
+        ops::int8_vectorwise_dequant(CB.index_select(1, *outlier_cols), SCB, A.scalar_type()).t();
     out = at::addmm(out, sub_a, sub_b);
   }
   std::vector<int64_t> shape(A.sizes().begin(), A.sizes().end() - 1);

@@ -304,11 +304,11 @@ at::Tensor QuantizedLinear::forward(const at::Tensor& x, const ops::GemmFusion& 
                         bias, fusion);
 }
 
-at::Tensor QuantizedLinear::dequantized_weight() const {
-  if (format_ == Quantization::none) return weight_;
-  if (is_int8(format_)) return ops::int8_vectorwise_dequant(weight_, scb_);
+at::Tensor QuantizedLinear::dequantized_weight(std::optional<at::ScalarType> dtype) const {
+  if (format_ == Quantization::none) return dtype ? weight_.to(*dtype) : weight_;
+  if (is_int8(format_)) return ops::int8_vectorwise_dequant(weight_, scb_, dtype);
   return ops::dequantize_4bit(weight_, float_absmax_, state_.blocksize, quant_type_name(state_.quant_type),
-                              state_.shape, state_.dtype);
+                              state_.shape, dtype.value_or(state_.dtype));
 }
 
 StateDict QuantizedLinear::state_dict(const std::string& prefix) const {

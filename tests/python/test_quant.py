@@ -278,7 +278,10 @@ def test_int8_vectorwise_matches_bitsandbytes(threshold, shape, dtype):
         assert cols is None and bnb_cols is None
     else:
         assert torch.equal(cols, bnb_cols)
-    assert torch.equal(quant.int8_vectorwise_dequant(CB, SCB), bnb_functional.int8_vectorwise_dequant(bnb_CB, bnb_SCB))
+    expected = bnb_functional.int8_vectorwise_dequant(bnb_CB, bnb_SCB)
+    assert torch.equal(quant.int8_vectorwise_dequant(CB, SCB), expected)
+    for out_dtype in (torch.float16, torch.bfloat16):  # the op's dtype: bitsandbytes' float32 values, rounded once
+        assert torch.equal(torch.ops.imagetotext.int8_vectorwise_dequant(CB, SCB, out_dtype), expected.to(out_dtype))
 
 
 def test_int8_outliers_with_one_row_keep_their_column():
@@ -337,6 +340,7 @@ CODE = quant.create_dynamic_map()
         (lambda: quant.int8_vectorwise_dequant(W, torch.ones(4)), "CB must be Char"),
         (lambda: quant.int8_vectorwise_dequant(W.to(torch.int8), torch.ones(5)), "SCB must hold 4"),
         (lambda: quant.int8_vectorwise_dequant(W.to(torch.int8), torch.ones(4).double()), "SCB must be Float"),
+        (lambda: ops.int8_vectorwise_dequant(W.to(torch.int8), torch.ones(4), torch.int32), "dtype must be float32"),
     ],
 )
 def test_bad_arguments_raise_value_error(call, message):

@@ -34,8 +34,9 @@ at::Tensor dequantize_blockwise(const at::Tensor& q, const at::Tensor& absmax, c
 // quantized to 0; with more than one row, their whole columns are zeroed.
 std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_quant(const at::Tensor& A,
                                                                                    double threshold);
-// float32 CB * SCB[row] * (1/127).
-at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB);
+// CB * SCB[row] * (1/127) in float32, rounded once to dtype when one is given.
+at::Tensor int8_vectorwise_dequant(const at::Tensor& CB, const at::Tensor& SCB,
+                                   std::optional<at::ScalarType> dtype = std::nullopt);
 // LLM.int8's int8 part: float16 [M, N] = half(fmaf(float(CA @ CB^T) * SCA[m] * SCB[n], 1/127^2, bias[n])).
 at::Tensor int8_scaled_mm(const at::Tensor& CA, const at::Tensor& CB, const at::Tensor& SCA, const at::Tensor& SCB,
                           const std::optional<at::Tensor>& bias);

@@ -57,9 +57,9 @@ class QuantizedLinear {
   // keyed `<prefix><name>`.
   StateDict state_dict(const std::string& prefix = "") const;
 
-  // The dequantized weight [out_features, in_features]: 4-bit in the original weight's dtype, INT8 in
-  // float32 (CB * SCB / 127, bitsandbytes' int8_vectorwise_dequant), dense as stored.
-  at::Tensor dequantized_weight() const;
+  // The dequantized weight [out_features, in_features], in `dtype` if given, else: 4-bit in the original
+  // weight's dtype, INT8 in float32 (CB * SCB / 127, bitsandbytes' int8_vectorwise_dequant), dense as stored.
+  at::Tensor dequantized_weight(std::optional<at::ScalarType> dtype = std::nullopt) const;
 
   Quantization format() const noexcept { return format_; }
   // Whether forward waits for the host (LLM.int8 finds its outlier columns with nonzero), so that it cannot run

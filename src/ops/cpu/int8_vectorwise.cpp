@@ -77,8 +77,9 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
   return {cb, scb, at::tensor(outlier_cols, input.options().dtype(at::kLong))};
 }
 
-at::Tensor int8_vectorwise_dequant_cpu(const at::Tensor& CB, const at::Tensor& SCB) {
-  detail::check_int8_vectorwise_dequant(CB, SCB);
+at::Tensor int8_vectorwise_dequant_cpu(const at::Tensor& CB, const at::Tensor& SCB,
+                                       std::optional<at::ScalarType> dtype) {
+  detail::check_int8_vectorwise_dequant(CB, SCB, dtype);
   const at::Tensor codes = CB.contiguous(), scales = SCB.contiguous();
   const int64_t rows = codes.size(0), cols = codes.size(1);
   at::Tensor out = at::empty(codes.sizes(), codes.options().dtype(at::kFloat));
@@ -94,7 +95,7 @@ at::Tensor int8_vectorwise_dequant_cpu(const at::Tensor& CB, const at::Tensor& S
       }
     }
   });
-  return out;
+  return dtype ? out.to(*dtype) : out;  // rounded once from the float32 value
 }
 
 }  // namespace

@@ -330,7 +330,7 @@ at::Tensor gemm_int8_weight_only_plain(const at::Tensor& A, const at::Tensor& CB
   const int64_t M = rows.size(0);
   if (M > kFusedMaxRows) {
     // float32 (CB * SCB) / 127 rounded once to A's dtype: the weight the CUDA large-M path builds directly.
-    const at::Tensor weight = ops::int8_vectorwise_dequant(CB, SCB).to(A.scalar_type());
+    const at::Tensor weight = ops::int8_vectorwise_dequant(CB, SCB, A.scalar_type());
     return at::linear(A, weight, bias);
   }
   const at::Tensor a = float_rows(rows), codes = CB.contiguous(), scales = SCB.contiguous();

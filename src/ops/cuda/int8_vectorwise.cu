@@ -108,9 +108,10 @@ std::tuple<at::Tensor, at::Tensor, std::optional<at::Tensor>> int8_vectorwise_qu
   return {cb, scb, outlier_cols};
 }
 
-at::Tensor int8_vectorwise_dequant_cuda(const at::Tensor& CB, const at::Tensor& SCB) {
-  detail::check_int8_vectorwise_dequant(CB, SCB);
-  return cuda::int8_dequantize_rows(CB, SCB, at::kFloat);
+at::Tensor int8_vectorwise_dequant_cuda(const at::Tensor& CB, const at::Tensor& SCB,
+                                        std::optional<at::ScalarType> dtype) {
+  detail::check_int8_vectorwise_dequant(CB, SCB, dtype);
+  return cuda::int8_dequantize_rows(CB, SCB, dtype.value_or(at::kFloat));
 }
 
 }  // namespace

@@ -36,9 +36,10 @@ at::Tensor dequantize_blockwise_meta(const at::Tensor& q, const at::Tensor& absm
   return at::empty(q.sizes(), q.options().dtype(dtype));
 }
 
-at::Tensor int8_vectorwise_dequant_meta(const at::Tensor& CB, const at::Tensor& SCB) {
-  detail::check_int8_vectorwise_dequant(CB, SCB);
-  return at::empty(CB.sizes(), CB.options().dtype(at::kFloat));
+at::Tensor int8_vectorwise_dequant_meta(const at::Tensor& CB, const at::Tensor& SCB,
+                                        std::optional<at::ScalarType> dtype) {
+  detail::check_int8_vectorwise_dequant(CB, SCB, dtype);
+  return at::empty(CB.sizes(), CB.options().dtype(dtype.value_or(at::kFloat)));
 }
 
 at::Tensor gemm_4bit_meta(const at::Tensor& A, const at::Tensor& packed, const at::Tensor& absmax, int64_t blocksize,
