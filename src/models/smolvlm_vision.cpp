@@ -112,17 +112,24 @@ at::Tensor VisionTransformer::attention(const VisionEncoderLayer& layer, const a
 }
 
 namespace {
+// Rows above which the quantized gemms dequantize the weight and run cuBLAS (cuda::kMaxMmaRows; below it their
+// fused GEMVs run).
+constexpr std::int64_t kDequantizingRows = 64;
+
 // GELU-tanh(fc1(x)). On CUDA a dense fc1 is one cuBLASLt GEMM whose epilogue adds the bias and applies the GELU
 // (tanh form, SigLIP's) before the output is rounded; the activation's own kernel read and wrote the
 // [tokens, intermediate] hidden state once more (0.8 of the 256M image side's 12.4 ms of GPU time on the H100).
-// The rounding differs from the composition's only in that the GELU sees the unrounded sum.
+// The rounding differs from the composition's only in that the GELU sees the unrounded sum. A weight-only
+// quantized fc1 over a tower's rows would dequantize and run cuBLAS anyway: it takes the same GEMM.
 at::Tensor mlp_hidden(const nn::Linear& fc1, const at::Tensor& x) {
   const quant::QuantizedLinear& layer = fc1.layer();
-  if (x.is_cuda() && layer.format() == Quantization::none && layer.bias()) {
+  const std::int64_t rows = x.numel() / x.size(-1);
+  const bool dequantizes = layer.format() != Quantization::llm_int8 && rows > kDequantizingRows;
+  if (x.is_cuda() && layer.bias() && (layer.format() == Quantization::none || dequantizes)) {
     std::vector<std::int64_t> sizes = x.sizes().vec();
     sizes.back() = layer.out_features;
-    return at::_addmm_activation(*layer.bias(), x.reshape({-1, x.size(-1)}), layer.dequantized_weight().t(), 1, 1,
-                                 /*use_gelu=*/true)
+    const at::Tensor weight = layer.dequantized_weight(x.scalar_type());
+    return at::_addmm_activation(*layer.bias(), x.reshape({-1, x.size(-1)}), weight.t(), 1, 1, /*use_gelu=*/true)
         .view(sizes);
   }
   return at::gelu(fc1(x), "tanh");

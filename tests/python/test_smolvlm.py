@@ -696,6 +696,20 @@ def test_cuda_vision_tower_matches_transformers(tiny):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("quantization", ["int8", "nf4"])
+def test_cuda_quantized_vision_tower_matches_the_cpu(tiny, quantization):
+    """float32: over more rows than the quantized GEMVs take, a weight-only quantized fc1 runs as a dense one does
+    (its dequantized weight in cuBLASLt's GELU epilogue); the tower against the same quantized tower on the CPU,
+    which composes dequantize, matmul and GELU (held to bitsandbytes by test_quantized_variants_match_bitsandbytes)."""
+    path, model, processor = tiny
+    pixel_values = sample_inputs(processor)["pixel_values"][0]
+    assert pixel_values.shape[0] * (TILE // PATCH) ** 2 > 64  # the rows of the dequantizing path
+    cpu = _C.SmolVLM(str(path), quantization=quantization, device="cpu")
+    cuda = _C.SmolVLM(str(path), quantization=quantization, device="cuda", dtype="float32")
+    assert rel_err(cuda.vision(pixel_values.cuda()).cpu(), cpu.vision(pixel_values)) < 1e-4
+
+
+@pytest.mark.gpu
 def test_cuda_bf16_matches_transformers(tiny):
     path, model, processor = tiny
     inputs = sample_inputs(processor)
