@@ -204,9 +204,10 @@ def test_fixed_shape_decoding_matches_transformers(tiny):
         assert rel_err(logits[step], expected_logits[0]) < 1e-4, f"step {step}"
 
 
+@pytest.mark.parametrize("keep_logits", [True, False])
 @pytest.mark.parametrize("decoding", ["eager", "graph"])
 @pytest.mark.parametrize("stop_at", [0, 1, 3, 4, 5, 9])
-def test_decoding_stops_at_the_first_end_token(tiny, decoding, stop_at):
+def test_decoding_stops_at_the_first_end_token(tiny, decoding, stop_at, keep_logits):
     """Any token can end decoding; the fixed-shape path runs steps ahead of the host and must drop them."""
     path, model, processor = tiny
     ours = _C.SmolVLM(str(path), device="cpu")
@@ -216,9 +217,9 @@ def test_decoding_stops_at_the_first_end_token(tiny, decoding, stop_at):
     end = free[stop_at]
     expected = free[:free.index(end) + 1]
     tokens, logits = ours.generate(inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"],
-                                   max_new_tokens=12, keep_logits=True, eos_token_ids=[end], decoding=decoding)
+                                   max_new_tokens=12, keep_logits=keep_logits, eos_token_ids=[end], decoding=decoding)
     assert tokens == expected
-    assert logits.shape[0] == len(expected)
+    assert logits.shape[0] == len(expected) if keep_logits else logits is None
 
 
 def test_unknown_decoding_mode_is_an_error(tiny):
@@ -736,14 +737,22 @@ def test_cuda_bf16_matches_transformers(tiny):
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
 def test_cuda_graph_decoding_matches_eager(tiny, dtype):
     """The replayed CUDA graph gives the eager steps' tokens; a longer prompt than the recording's capacity
-    records again, and a shorter one reuses the recording."""
+    records again, and a shorter one reuses the recording. Without logits the steps replay four at a time (one
+    recording of a round): the same kernels, so the same tokens bit for bit, also where a round runs past the
+    last step (max_new_tokens - 1 not a multiple of 4)."""
     path, model, processor = tiny
     ours = _C.SmolVLM(str(path), device="cuda", dtype=dtype)
-    for height, width, new in [(40, 70, STEPS), (90, 40, STEPS), (40, 70, 300), (40, 70, STEPS)]:
+    for height, width, new in [(40, 70, STEPS), (90, 40, STEPS), (40, 70, 300), (40, 70, STEPS), (40, 70, 11)]:
         inputs = sample_inputs(processor, height=height, width=width)
         args = (inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"])
         eager, eager_logits = ours.generate(*args, max_new_tokens=new, keep_logits=True, decoding="eager")
         graph, graph_logits = ours.generate(*args, max_new_tokens=new, keep_logits=True)
+        rounds, _ = ours.generate(*args, max_new_tokens=new)
+        assert rounds == graph, (height, width, new)
+        if len(graph) > 5:  # an end token inside the second round: the steps after it are dropped
+            end = graph[5]
+            ended, _ = ours.generate(*args, max_new_tokens=new, eos_token_ids=[end])
+            assert ended == graph[:graph.index(end) + 1], (height, width, new)
         if dtype == "float32":
             assert graph == eager, (height, width, new)
             assert rel_err(graph_logits.cpu(), eager_logits.cpu()) < 1e-5
@@ -823,6 +832,7 @@ def test_cuda_batched_graph_decoding_matches_eager(tiny, dtype):
         eager, eager_logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS, keep_logits=True,
                                                   decoding="eager")
         graph, graph_logits = ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS, keep_logits=True)
+        assert ours.generate_batch(*batch_args(inputs), max_new_tokens=STEPS)[0] == graph  # rounds of four steps
         for row in range(len(sizes)):
             if dtype == "float32":
                 assert graph[row] == eager[row], (len(sizes), row)
