@@ -29,8 +29,13 @@ struct Nf4Fp4Weights {
     return shared_table;
   }
   // The 16 values in shared memory: a warp's lookups hit at most 16 distinct words in 16 banks, no conflicts.
+  // One thread writes them, at constant indices: indexing the kernel argument by threadIdx (also as the compiler
+  // rewrote `if (threadIdx.x == code)`) copied the whole argument to the stack, local memory, in every thread.
   __device__ __forceinline__ void prepare() const {
-    if (threadIdx.x < 16) table()[threadIdx.x] = codes.values[threadIdx.x];
+    if (threadIdx.x == 0) {
+#pragma unroll
+      for (int code = 0; code < 16; ++code) table()[code] = codes.values[code];
+    }
     __syncthreads();
   }
   __device__ __forceinline__ const uint4* row(int64_t n, int64_t chunks) const {
@@ -71,9 +76,9 @@ struct Nf4Fp4MmaWeights {
 
   __device__ __forceinline__ void prepare(char* smem, float* scratch) const {
     uint16_t* values = reinterpret_cast<uint16_t*>(scratch);
+    if (threadIdx.x == 0) {  // as in Nf4Fp4Weights::prepare: one thread, constant indices
 #pragma unroll
-    for (int code = 0; code < 16; ++code) {  // constant indices: the kernel argument stays out of local memory
-      if (threadIdx.x == code) values[code] = Ops::bits(codes.values[code]);
+      for (int code = 0; code < 16; ++code) values[code] = Ops::bits(codes.values[code]);
     }
     __syncthreads();
     uint4* table = reinterpret_cast<uint4*>(smem);  // 16-byte stores: four replicas of an entry at a time
