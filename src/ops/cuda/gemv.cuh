@@ -151,7 +151,10 @@ __device__ __forceinline__ void stage_input(const scalar_t* a, int64_t K, const 
 // A warp with a few rows loads each after the one before it is done, after the wait for the previous kernel: one
 // HBM round trip a row on the critical path (SmolVLM-500M's gate/up, 5120 rows for ~2100 resident warps, took
 // 6.2 us a layer against 3.0 for its q/k/v). Before the wait, the warp asks L2 for its later rows (up to
-// kPrefetchRows of them; a wide weight such as an lm_head streams past L2 anyway), so those loads hit L2.
+// kPrefetchRows of them; a wide weight such as an lm_head streams past L2 anyway), so those loads hit L2. Only
+// for a weight of at most a quarter of L2 (launch_gemv_grid): a 14336 x 4096 INT8 weight (58.7 MB, 3-4 rows a
+// warp) prefetched three quarters of itself into the H100's 50 MB L2 at once and took 27.0 us a call instead of
+// 23.3, its prefetched lines evicted before their loads.
 constexpr int kPrefetchRows = 4;
 
 template <typename Weights>
@@ -180,7 +183,8 @@ __device__ __forceinline__ void prefetch_later_rows(const Weights& weights, int6
 template <typename Weights, typename scalar_t, int kRows, GemvInput kInput>
 __global__ void __launch_bounds__(kGemvThreads)
     gemv_kernel(const scalar_t* A, int rows, Weights weights, int64_t N, int64_t K,
-                const scalar_t* __restrict__ bias, GemvFusionArgs<scalar_t> fusion, scalar_t* __restrict__ out) {
+                const scalar_t* __restrict__ bias, GemvFusionArgs<scalar_t> fusion, bool prefetch_rows,
+                scalar_t* __restrict__ out) {
   static_assert(kInput == GemvInput::plain || kRows == 1, "a fused input is one row");
   let_next_kernel_start();
   weights.prepare();
@@ -231,7 +235,7 @@ __global__ void __launch_bounds__(kGemvThreads)
   if (has_row) load_chunks(lane, kFirst);
   // A weight too (INT8's SCB): loaded with the row's first chunks, not after its dot products.
   float row_scale = has_row ? weights.row_scale(n) : 1.0f;
-  prefetch_later_rows(weights, n, row_step, N, chunks, lane);
+  if (prefetch_rows) prefetch_later_rows(weights, n, row_step, N, chunks, lane);
   float first_chunk[kWeights];
   weights.decode(raw[0], first_chunk);
   StageWeights<kInput, scalar_t> stage_weights;
@@ -309,10 +313,13 @@ void launch_gemv_grid(const at::Tensor& A, int64_t rows, const Weights& weights,
                       const scalar_t* bias, const GemvFusionArgs<scalar_t>& args, size_t staged_bytes, at::Tensor& out) {
   constexpr int kMaxStagedBytes = kStageChunks * kGemvThreads * 16;
   const int64_t ctas_per_sm = resident_ctas_per_sm<kKernel>(kGemvThreads, kMaxStagedBytes);
-  const int64_t ctas = std::min<int64_t>((N + kGemvWarps - 1) / kGemvWarps,
-                                         ctas_per_sm * at::cuda::getCurrentDeviceProperties()->multiProcessorCount);
+  const cudaDeviceProp* device = at::cuda::getCurrentDeviceProperties();
+  const int64_t ctas = std::min<int64_t>((N + kGemvWarps - 1) / kGemvWarps, ctas_per_sm * device->multiProcessorCount);
+  const int64_t weight_bytes = N * (K / Weights::kWeightsPerChunk) * 16;
+  const bool prefetch_rows = weight_bytes <= int64_t{device->l2CacheSize} / 4;
   launch_overlapped(kKernel, dim3(static_cast<unsigned>(ctas)), dim3(kGemvThreads), staged_bytes,
-                    A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, args, out.data_ptr<scalar_t>());
+                    A.data_ptr<scalar_t>(), static_cast<int>(rows), weights, N, K, bias, args, prefetch_rows,
+                    out.data_ptr<scalar_t>());
 }
 
 // The GEMV with the tile of kRows rows and the fusion (gemv_applies held for it; out has the output's shape,
