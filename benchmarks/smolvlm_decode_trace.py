@@ -6,7 +6,8 @@ duration overstates what it adds to the step; what it adds is how much later it 
 (end(i) - end(i - 1), kernels in the order they start). For the decode steps of the caption's second half this
 prints, per kernel name: how many ran, the mean time each added (critical path), the mean duration, the mean
 start relative to the previous kernel's end (negative: started early), and the total it added. Then the gaps in
-which the GPU had nothing to run (the host between runs of decode steps), and the kernels of one whole step.
+which the GPU had nothing to run (the host between runs of decode steps), and the kernels of one whole step. The
+heading's "with a kernel running" is a step's time less those gaps: what a change to the kernels moves.
 The profiler itself slows each kernel a little: compare runs of this script, not its sums with bench_smolvlm.py.
 
 Usage (GPU machine): python benchmarks/smolvlm_decode_trace.py [--models 256M 500M] [--quantization int8] > FILE
@@ -78,8 +79,16 @@ def report(size: str, kernels: list[dict]):
     # The step's last kernel: greedy_advance's second one (or, before it, ATen's argmax).
     ends_step = [i for i, k in enumerate(kernels) if "greedy_finish" in k["name"] or "ArgMax" in k["name"]]
     steps = max(len(ends_step), 1)
+    # The time some kernel ran: the span less every gap in which none did. The gaps come from the host (graph
+    # launches, reading the tokens back) and vary from call to call under the profiler (57-96 us a 256M step in
+    # one day's calls), so A/B comparisons of kernels read this figure.
+    busy, reach = 0.0, kernels[0]["ts"]
+    for kernel in kernels:
+        end = kernel["ts"] + kernel["dur"]
+        busy += max(0.0, end - max(reach, kernel["ts"]))
+        reach = max(reach, end)
     print(f"\n## SmolVLM-{size}: {len(kernels)} kernels of {steps} decode steps over {span / 1e3:.2f} ms "
-          f"({span / steps:.0f} us a step under the profiler)\n")
+          f"({span / steps:.0f} us a step under the profiler, {busy / steps:.0f} us of it with a kernel running)\n")
     print(f"{'kernel':100s} {'count':>6s} {'adds us':>8s} {'dur us':>7s} {'start us':>9s} {'adds ms':>8s}")
     for name, values in sorted(added.items(), key=lambda item: -sum(item[1])):
         print(f"{name:100s} {len(values):6d} {statistics.mean(values):8.2f} {statistics.mean(durations[name]):7.2f} "
