@@ -171,13 +171,13 @@ struct PrefillRecording {
   nn::CudaGraph graph;
 };
 
-// The decode step recorded over caches of `capacity` positions for `batch` rows; its inputs and outputs live in
-// fixed tensors.
 // Decode steps between the host's reads of the picked tokens (greedy_search_rows' lookahead). A round of them is
 // recorded as one graph too: a graph launch a round instead of one a step, whose boundaries left the GPU idle
 // for a few microseconds each (SmolVLM-256M's step is ~560 us of kernels).
 constexpr std::int64_t kStepsPerRound = 4;
 
+// The decode step recorded over caches of `capacity` positions for `batch` rows; its inputs and outputs live in
+// fixed tensors.
 struct SmolVLM::DecodeGraph {
   std::mutex mutex;  // one request at a time uses the caches
   std::int64_t capacity = 0;

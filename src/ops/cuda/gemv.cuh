@@ -153,8 +153,8 @@ __device__ __forceinline__ void stage_input(const scalar_t* a, int64_t K, const 
 // 6.2 us a layer against 3.0 for its q/k/v). Before the wait, the warp asks L2 for its later rows (up to
 // kPrefetchRows of them; a wide weight such as an lm_head streams past L2 anyway), so those loads hit L2. Only
 // for a weight of at most a quarter of L2 (launch_gemv_grid): a 14336 x 4096 INT8 weight (58.7 MB, 3-4 rows a
-// warp) prefetched three quarters of itself into the H100's 50 MB L2 at once and took 27.0 us a call instead of
-// 23.3, its prefetched lines evicted before their loads.
+// warp) prefetched three quarters of itself into the H100's 50 MB L2 at once and took 27.5 us a call instead of
+// 23.4 (one call), its prefetched lines evicted before their loads.
 constexpr int kPrefetchRows = 4;
 
 template <typename Weights>
