@@ -219,7 +219,7 @@ def test_decoding_stops_at_the_first_end_token(tiny, decoding, stop_at, keep_log
     tokens, logits = ours.generate(inputs["input_ids"], inputs["pixel_values"], inputs["pixel_attention_mask"],
                                    max_new_tokens=12, keep_logits=keep_logits, eos_token_ids=[end], decoding=decoding)
     assert tokens == expected
-    assert logits.shape[0] == len(expected) if keep_logits else logits is None
+    assert (logits.shape[0] == len(expected)) if keep_logits else (logits is None)
 
 
 def test_unknown_decoding_mode_is_an_error(tiny):
